@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+
+	"github.com/rs/zerolog"
+
+	"github.com/rotor-proxy/rotor/config"
+	"github.com/rotor-proxy/rotor/httpproxy"
+	"github.com/rotor-proxy/rotor/pool"
+	"github.com/rotor-proxy/rotor/socks"
+)
+
+// errConfig marks errors that are the user's configuration (exit 2).
+var errConfig = errors.New("configuration error")
+
+// instance is one running rotor: a pool, its dialer and the listeners
+// that share them.
+type instance struct {
+	pool      *pool.Pool
+	http      *httpproxy.Server
+	socks     *socks.Server
+	httpAddr  net.Addr // nil when disabled
+	socksAddr net.Addr
+	wg        sync.WaitGroup
+	serveErr  chan error
+}
+
+// start builds the pool (binding each address once to check it), opens
+// the listeners and serves in the background.
+func start(cfg config.Config, log zerolog.Logger) (*instance, error) {
+	p, err := pool.New(cfg.Pool, cfg.Strategy)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errConfig, err)
+	}
+	d := pool.NewDialer(p, cfg.DialTimeout)
+	in := &instance{pool: p, serveErr: make(chan error, 2)}
+
+	var hl, sl net.Listener
+	if cfg.HTTPListen != "" {
+		if hl, err = net.Listen("tcp", cfg.HTTPListen); err != nil {
+			return nil, fmt.Errorf("HTTP listener: %w", err)
+		}
+	}
+	if cfg.SOCKSListen != "" {
+		if sl, err = net.Listen("tcp", cfg.SOCKSListen); err != nil {
+			if hl != nil {
+				hl.Close()
+			}
+			return nil, fmt.Errorf("SOCKS5 listener: %w", err)
+		}
+	}
+	if hl != nil {
+		in.httpAddr = hl.Addr()
+		in.http = httpproxy.New(httpproxy.Options{
+			Dialer: d, Credentials: cfg.Credentials, HeaderTimeout: cfg.HeaderTimeout,
+			Log: log.With().Str("listener", "http").Logger(),
+		})
+		in.serve(func() error { return in.http.Serve(hl) })
+	}
+	if sl != nil {
+		in.socksAddr = sl.Addr()
+		in.socks = socks.New(socks.Options{
+			Dialer: d, Credentials: cfg.Credentials, HandshakeTimeout: cfg.HandshakeTimeout,
+			Log: log.With().Str("listener", "socks5").Logger(),
+		})
+		in.serve(func() error { return in.socks.Serve(sl) })
+	}
+	return in, nil
+}
+
+func (in *instance) serve(f func() error) {
+	in.wg.Add(1)
+	go func() {
+		defer in.wg.Done()
+		if err := f(); err != nil {
+			in.serveErr <- err
+		}
+	}()
+}
+
+// shutdown stops both listeners at once and drains both in parallel until
+// ctx ends; then whatever is left is closed.
+func (in *instance) shutdown(ctx context.Context) error {
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	if in.http != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[0] = in.http.Shutdown(ctx) }()
+	}
+	if in.socks != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[1] = in.socks.Shutdown(ctx) }()
+	}
+	wg.Wait()
+	in.wg.Wait()
+	return errors.Join(errs...)
+}

@@ -1,0 +1,117 @@
+// Command rotor is an HTTP and SOCKS5 proxy that sends every request,
+// tunnel and SOCKS connection from the next address of a pool of local
+// source IPs.
+//
+//	rotor --pool 203.0.113.7,203.0.113.8     serve
+//	rotor demo                                see it work on loopback
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/spf13/pflag"
+
+	"github.com/rotor-proxy/rotor/config"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
+	stop()
+	os.Exit(code)
+}
+
+// run is main without the process: it returns the exit status.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	if len(args) > 0 && args[0] == "demo" {
+		if err := demo(ctx, stdout); err != nil {
+			fmt.Fprintf(stderr, "rotor demo: %v\n", err)
+			return 1
+		}
+		return 0
+	}
+	cfg, err := config.Parse(args, getenv)
+	if errors.Is(err, pflag.ErrHelp) {
+		usage(stdout)
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "rotor: %v\n", err)
+		return 2
+	}
+	if cfg.ShowVersion {
+		fmt.Fprintf(stdout, "rotor %s\n", version)
+		return 0
+	}
+	log := newLogger(cfg, stderr)
+	in, err := start(cfg, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "rotor: %v\n", err)
+		if errors.Is(err, errConfig) {
+			return 2
+		}
+		return 1
+	}
+	ev := log.Info().Str("version", version).Strs("pool", addrStrings(in)).Str("strategy", string(cfg.Strategy)).
+		Bool("auth", cfg.Credentials != nil)
+	if in.httpAddr != nil {
+		ev = ev.Stringer("http", in.httpAddr)
+	}
+	if in.socksAddr != nil {
+		ev = ev.Stringer("socks5", in.socksAddr)
+	}
+	ev.Msg("rotor started")
+
+	code := 0
+	select {
+	case <-ctx.Done():
+	case err := <-in.serveErr:
+		log.Error().Err(err).Msg("listener failed")
+		code = 1
+	}
+	log.Info().Dur("timeout", cfg.ShutdownTimeout).Msg("shutting down: listeners closed, draining")
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := in.shutdown(sctx); err != nil {
+		log.Warn().Err(err).Msg("drain timed out; closed remaining connections")
+	}
+	log.Info().Msg("rotor stopped")
+	return code
+}
+
+func addrStrings(in *instance) []string {
+	var s []string
+	for _, src := range in.pool.Sources() {
+		s = append(s, src.Addr.String())
+	}
+	return s
+}
+
+func newLogger(cfg config.Config, w io.Writer) zerolog.Logger {
+	if cfg.LogFormat == "console" {
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339}
+	}
+	return zerolog.New(w).Level(cfg.LogLevel).With().Timestamp().Logger()
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintf(w, `rotor: HTTP and SOCKS5 proxy that rotates outbound source addresses.
+
+Usage:
+  rotor --pool IP[,IP...] [flags]    serve (flags override environment variables)
+  rotor demo                         run a self-contained demo on loopback
+
+Flags:
+%s`, config.NewFlagSet("rotor").FlagUsages())
+}

@@ -1,0 +1,237 @@
+// Package config builds rotor's configuration once, from flags with
+// environment fallbacks, and validates it. Errors name the bad value; the
+// caller exits with status 2 on any of them.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/spf13/pflag"
+
+	"github.com/rotor-proxy/rotor/pool"
+)
+
+// Config is rotor's whole configuration. It is built by Parse and not
+// changed afterwards.
+type Config struct {
+	Pool     []netip.Addr
+	Strategy pool.Strategy
+
+	HTTPListen  string // empty: HTTP proxy disabled
+	SOCKSListen string // empty: SOCKS5 proxy disabled
+	AllowOpen   bool   // allow a non-loopback listener without credentials
+
+	Credentials *Credentials // nil: no authentication
+
+	DialTimeout      time.Duration
+	HandshakeTimeout time.Duration // SOCKS5 greeting, auth and request
+	HeaderTimeout    time.Duration // HTTP request head
+	ShutdownTimeout  time.Duration
+
+	LogLevel  zerolog.Level
+	LogFormat string // "json" or "console"
+
+	ShowVersion bool
+}
+
+// Defaults.
+const (
+	DefaultHTTPListen       = "127.0.0.1:7777"
+	DefaultSOCKSListen      = "127.0.0.1:1080"
+	DefaultDialTimeout      = 10 * time.Second
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultHeaderTimeout    = 30 * time.Second
+	DefaultShutdownTimeout  = 10 * time.Second
+)
+
+// Env names the environment variable behind each flag that has one. The
+// first four are the names the Pingora proxy rotor replaces used.
+func envNames() map[string]string {
+	return map[string]string{
+		"pool":         "IP_POOL",
+		"http-listen":  "LISTEN_ADDR",
+		"socks-listen": "SOCKS_LISTEN_ADDR",
+		"user":         "PROXY_USER",
+		"pass":         "PROXY_PASS",
+		"strategy":     "ROTATION_STRATEGY",
+		"log-level":    "LOG_LEVEL",
+		"log-format":   "LOG_FORMAT",
+	}
+}
+
+// NewFlagSet returns rotor's flags, unparsed, for Parse and for --help.
+func NewFlagSet(name string) *pflag.FlagSet {
+	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+	fs.SortFlags = false
+	fs.String("pool", "", "comma-separated local source IPs to rotate through (env IP_POOL; required)")
+	fs.String("http-listen", DefaultHTTPListen, "HTTP proxy listen address; empty disables (env LISTEN_ADDR)")
+	fs.String("socks-listen", DefaultSOCKSListen, "SOCKS5 proxy listen address; empty disables (env SOCKS_LISTEN_ADDR)")
+	fs.String("user", "", "proxy user name for both listeners (env PROXY_USER)")
+	fs.String("pass", "", "proxy password (env PROXY_PASS; prefer the env var: flags show in ps)")
+	fs.String("strategy", string(pool.RoundRobin), "rotation strategy: round-robin, random, least-recent (env ROTATION_STRATEGY)")
+	fs.Bool("allow-open", false, "allow listening on a non-loopback address without credentials")
+	fs.Duration("dial-timeout", DefaultDialTimeout, "bound on resolving and connecting to a target")
+	fs.Duration("handshake-timeout", DefaultHandshakeTimeout, "bound on a SOCKS5 greeting, auth and request")
+	fs.Duration("header-timeout", DefaultHeaderTimeout, "bound on reading an HTTP request head")
+	fs.Duration("shutdown-timeout", DefaultShutdownTimeout, "how long live requests and tunnels may drain on SIGTERM")
+	fs.String("log-level", "info", "trace, debug, info, warn, error (env LOG_LEVEL)")
+	fs.String("log-format", "json", "json, or console for people (env LOG_FORMAT)")
+	fs.Bool("version", false, "print the version and exit")
+	return fs
+}
+
+// Parse builds a Config from args, falling back to getenv for flags that
+// were not given. Precedence: flags, then environment, then defaults.
+// pflag.ErrHelp is returned as is for -h/--help.
+func Parse(args []string, getenv func(string) string) (Config, error) {
+	fs := NewFlagSet("rotor")
+	fs.SetOutput(discard{})
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	for flag, env := range envNames() {
+		if fs.Changed(flag) {
+			continue
+		}
+		if v, ok := lookup(getenv, env); ok {
+			if err := fs.Set(flag, v); err != nil {
+				return Config{}, fmt.Errorf("%s=%q: %w", env, v, err)
+			}
+		}
+	}
+	str := func(name string) string { v, _ := fs.GetString(name); return v }
+	dur := func(name string) time.Duration { v, _ := fs.GetDuration(name); return v }
+
+	var c Config
+	var err error
+	c.ShowVersion, _ = fs.GetBool("version")
+	if c.ShowVersion {
+		return c, nil
+	}
+	c.AllowOpen, _ = fs.GetBool("allow-open")
+	if c.Pool, err = ParsePool(str("pool")); err != nil {
+		return Config{}, err
+	}
+	if c.Strategy, err = pool.ParseStrategy(str("strategy")); err != nil {
+		return Config{}, err
+	}
+	if c.LogLevel, err = zerolog.ParseLevel(strings.ToLower(str("log-level"))); err != nil || str("log-level") == "" {
+		return Config{}, fmt.Errorf("unknown log level %q (want trace, debug, info, warn or error)", str("log-level"))
+	}
+	switch c.LogFormat = str("log-format"); c.LogFormat {
+	case "json", "console":
+	default:
+		return Config{}, fmt.Errorf("unknown log format %q (want json or console)", c.LogFormat)
+	}
+	for _, d := range []string{"dial-timeout", "handshake-timeout", "header-timeout", "shutdown-timeout"} {
+		if dur(d) <= 0 {
+			return Config{}, fmt.Errorf("--%s %s: must be positive", d, dur(d))
+		}
+	}
+	c.DialTimeout, c.HandshakeTimeout = dur("dial-timeout"), dur("handshake-timeout")
+	c.HeaderTimeout, c.ShutdownTimeout = dur("header-timeout"), dur("shutdown-timeout")
+
+	user, pass := str("user"), str("pass")
+	switch {
+	case user == "" && pass != "":
+		return Config{}, errors.New("a password is set but no user (set --user or PROXY_USER)")
+	case user != "" && pass == "":
+		return Config{}, fmt.Errorf("user %q has no password (set PROXY_PASS or --pass)", user)
+	case user != "":
+		if len(user) > 255 || len(pass) > 255 {
+			return Config{}, fmt.Errorf("user %q: user name and password must be at most 255 bytes (SOCKS5 limit)", user)
+		}
+		if strings.Contains(user, ":") {
+			return Config{}, fmt.Errorf("user %q: a user name cannot contain ':' (HTTP Basic auth)", user)
+		}
+		c.Credentials = NewCredentials(user, pass)
+	}
+
+	c.HTTPListen, c.SOCKSListen = str("http-listen"), str("socks-listen")
+	if c.HTTPListen == "" && c.SOCKSListen == "" {
+		return Config{}, errors.New("both listeners are disabled (set --http-listen or --socks-listen)")
+	}
+	if c.HTTPListen != "" && c.HTTPListen == c.SOCKSListen {
+		return Config{}, fmt.Errorf("HTTP and SOCKS5 listen on the same address %q", c.HTTPListen)
+	}
+	for _, l := range []struct{ name, addr string }{{"http-listen", c.HTTPListen}, {"socks-listen", c.SOCKSListen}} {
+		if l.addr == "" {
+			continue
+		}
+		loopback, err := checkListen(l.addr)
+		if err != nil {
+			return Config{}, fmt.Errorf("--%s %q: %w", l.name, l.addr, err)
+		}
+		if !loopback && c.Credentials == nil && !c.AllowOpen {
+			return Config{}, fmt.Errorf("--%s %q is not a loopback address and no credentials are set: "+
+				"set PROXY_USER and PROXY_PASS, or pass --allow-open to run an open proxy on purpose", l.name, l.addr)
+		}
+	}
+	return c, nil
+}
+
+// ParsePool parses a comma-separated list of IP addresses.
+func ParsePool(s string) ([]netip.Addr, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, errors.New("no pool: set --pool or IP_POOL to a comma-separated list of local IPs")
+	}
+	var out []netip.Addr
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		a, err := netip.ParseAddr(f)
+		if err != nil {
+			return nil, fmt.Errorf("pool entry %q is not an IP address", f)
+		}
+		a = a.Unmap()
+		if a.IsUnspecified() || a.IsMulticast() || a.Zone() != "" {
+			return nil, fmt.Errorf("pool entry %q cannot be a source address (unspecified, multicast or zoned)", f)
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+// checkListen validates host:port and reports whether host is loopback.
+// The host must be an IP literal, "localhost" or empty (all interfaces).
+func checkListen(addr string) (loopback bool, err error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false, errors.New("want host:port")
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil || (p == 0 && port != "0") {
+		return false, fmt.Errorf("port %q is not a number from 0 to 65535", port)
+	}
+	switch host {
+	case "":
+		return false, nil
+	case "localhost":
+		return true, nil
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return false, fmt.Errorf("host %q is not an IP address or localhost", host)
+	}
+	return ip.Unmap().IsLoopback(), nil
+}
+
+func lookup(getenv func(string) string, name string) (string, bool) {
+	if getenv == nil {
+		return "", false
+	}
+	v := getenv(name)
+	return v, v != ""
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }

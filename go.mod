@@ -1,0 +1,16 @@
+module github.com/rotor-proxy/rotor
+
+go 1.26.8
+
+require (
+	github.com/rs/zerolog v1.35.1
+	github.com/spf13/pflag v1.1.0
+	github.com/things-go/go-socks5 v0.0.5
+	golang.org/x/net v0.62.0
+	golang.org/x/sys v0.50.0
+)
+
+require (
+	github.com/mattn/go-colorable v0.1.14 // indirect
+	github.com/mattn/go-isatty v0.0.20 // indirect
+)

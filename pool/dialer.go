@@ -1,0 +1,160 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrNoAddress is returned when a host name has no address in the family
+// of the source picked for it (an IPv4 source never dials an AAAA answer).
+var ErrNoAddress = errors.New("host has no address in the source's family")
+
+// ErrBadTarget is returned for a target that is not host:port with a port
+// in 1-65535.
+var ErrBadTarget = errors.New("bad target address")
+
+// Dialer opens outbound TCP connections bound to a source of the pool. It
+// is safe for concurrent use; both listeners share one.
+type Dialer struct {
+	pool     *Pool
+	timeout  time.Duration
+	resolver *net.Resolver
+	net      net.Dialer
+}
+
+// NewDialer returns a dialer over p. timeout bounds name resolution and
+// connect together; zero means no bound beyond the caller's context.
+func NewDialer(p *Pool, timeout time.Duration) *Dialer {
+	d := &Dialer{pool: p, timeout: timeout, resolver: net.DefaultResolver}
+	d.net.Control = bindNoPort
+	return d
+}
+
+// Pool returns the pool the dialer picks from.
+func (d *Dialer) Pool() *Pool { return d.pool }
+
+// bindNoPort sets IP_BIND_ADDRESS_NO_PORT before Go binds the source
+// address. Without it bind(addr, 0) reserves an ephemeral port on that
+// address for every destination, so all connections from one source share
+// one 28k-port range and new connections slow to a crawl once TIME_WAIT
+// sockets fill it; with it the kernel picks the port at connect time, per
+// destination. The option is at the IP level for IPv6 sockets too.
+func bindNoPort(_, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+// Dial picks the next source that can reach target ("host:port") and
+// connects from it. It returns the source even when the dial fails, for
+// logging.
+func (d *Dialer) Dial(ctx context.Context, target string) (*net.TCPConn, *Source, error) {
+	host, port, err := splitTarget(target)
+	if err != nil {
+		return nil, nil, err
+	}
+	src, err := d.pool.Pick(FamilyOf(host))
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := d.dial(ctx, src, host, port)
+	return c, src, err
+}
+
+// DialFrom connects to target ("host:port") from src. Host names resolve
+// only in src's family.
+func (d *Dialer) DialFrom(ctx context.Context, src *Source, target string) (*net.TCPConn, error) {
+	host, port, err := splitTarget(target)
+	if err != nil {
+		return nil, err
+	}
+	return d.dial(ctx, src, host, port)
+}
+
+func (d *Dialer) dial(ctx context.Context, src *Source, host string, port uint16) (*net.TCPConn, error) {
+	if d.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d.timeout)
+		defer cancel()
+	}
+	network, lookup := "tcp4", "ip4"
+	if src.Addr.Is6() {
+		network, lookup = "tcp6", "ip6"
+	}
+	laddr := netip.AddrPortFrom(src.Addr, 0)
+
+	if ip, err := netip.ParseAddr(host); err == nil {
+		ip = ip.Unmap()
+		if ip.Is4() != src.Addr.Is4() {
+			return nil, fmt.Errorf("dial %s from %s: %w", host, src.Addr, ErrNoSource)
+		}
+		c, err := d.net.DialTCP(ctx, network, laddr, netip.AddrPortFrom(ip, port))
+		if err != nil {
+			return nil, fmt.Errorf("dial %s from %s: %w", net.JoinHostPort(host, strconv.Itoa(int(port))), src.Addr, err)
+		}
+		return c, nil
+	}
+
+	ips, err := d.resolver.LookupNetIP(ctx, lookup, host)
+	if err != nil {
+		// An empty answer for this family is a *net.DNSError with
+		// IsNotFound set; say which family was asked for.
+		var dnsErr *net.DNSError
+		if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
+			return nil, fmt.Errorf("resolve %s for %s source %s: %w (%w)", host, network[3:], src.Addr, ErrNoAddress, err)
+		}
+		return nil, fmt.Errorf("resolve %s: %w", host, err)
+	}
+	// Try each answer in order, as net.Dial does, until one connects or
+	// the context ends.
+	var firstErr error
+	for _, ip := range ips {
+		ip = ip.Unmap()
+		if ip.Is4() != src.Addr.Is4() {
+			continue
+		}
+		c, err := d.net.DialTCP(ctx, network, laddr, netip.AddrPortFrom(ip, port))
+		if err == nil {
+			return c, nil
+		}
+		if firstErr == nil {
+			firstErr = fmt.Errorf("dial %s (%s) from %s: %w", host, ip, src.Addr, err)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if firstErr == nil {
+		firstErr = fmt.Errorf("resolve %s for %s source %s: %w", host, network[3:], src.Addr, ErrNoAddress)
+	}
+	return nil, firstErr
+}
+
+// splitTarget splits "host:port" and checks the port.
+func splitTarget(target string) (string, uint16, error) {
+	host, ps, err := net.SplitHostPort(target)
+	if err != nil {
+		return "", 0, fmt.Errorf("%w %q: %w", ErrBadTarget, target, err)
+	}
+	if host == "" {
+		return "", 0, fmt.Errorf("%w %q: empty host", ErrBadTarget, target)
+	}
+	port, err := strconv.ParseUint(ps, 10, 16)
+	if err != nil || port == 0 {
+		return "", 0, fmt.Errorf("%w %q: port must be 1-65535", ErrBadTarget, target)
+	}
+	return host, uint16(port), nil
+}

@@ -1,0 +1,65 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"syscall"
+)
+
+// Class sorts dial errors into what a client is told. Both listeners map
+// a Class to their own reply (HTTP status, SOCKS5 reply code), so the two
+// protocols never disagree about the same failure.
+type Class uint8
+
+const (
+	ClassOther           Class = iota
+	ClassRefused               // target port closed (RST)
+	ClassNetUnreachable        // no route to the network
+	ClassHostUnreachable       // no route to the host, or ICMP host unreachable
+	ClassDNS                   // name does not resolve (in the source's family)
+	ClassTimeout               // connect or resolve took longer than the dial timeout
+	ClassCanceled              // the client went away first
+	ClassBadTarget             // malformed host:port
+	ClassNoSource              // no pool address of the target's family
+)
+
+var classNames = [...]string{"other", "refused", "net-unreachable", "host-unreachable", "dns", "timeout", "canceled", "bad-target", "no-source"}
+
+func (c Class) String() string { return classNames[c] }
+
+// Classify inspects err by type, never by message text.
+func Classify(err error) Class {
+	var dnsErr *net.DNSError
+	switch {
+	case err == nil:
+		return ClassOther
+	case errors.Is(err, ErrBadTarget):
+		return ClassBadTarget
+	case errors.Is(err, ErrNoSource):
+		return ClassNoSource
+	case errors.Is(err, ErrNoAddress):
+		return ClassDNS
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return ClassRefused
+	case errors.Is(err, syscall.ENETUNREACH):
+		return ClassNetUnreachable
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.EHOSTDOWN):
+		return ClassHostUnreachable
+	case errors.Is(err, context.Canceled):
+		return ClassCanceled
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, syscall.ETIMEDOUT):
+		return ClassTimeout
+	case errors.As(err, &dnsErr):
+		if dnsErr.IsTimeout {
+			return ClassTimeout
+		}
+		return ClassDNS
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return ClassTimeout
+	}
+	return ClassOther
+}

@@ -1,0 +1,152 @@
+// Package pool holds the set of local source addresses that rotor rotates
+// through and the one outbound dialer that binds each connection to the
+// address it picked.
+//
+//	listener (HTTP or SOCKS5) ──Pick(family)──▶ Pool ──▶ *Source
+//	          └──────────────DialFrom(src, target)──▶ Dialer ──▶ *net.TCPConn
+//
+// The pool is immutable after New; picking a source is one atomic operation
+// (round-robin), a per-P random number (random), or a short CAS loop
+// (least-recent). No pick takes a lock or allocates.
+package pool
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync/atomic"
+)
+
+// Family restricts a pick to the sources that can reach a target.
+type Family uint8
+
+const (
+	// Any is used for host names: the target is resolved in the family of
+	// whichever source is picked.
+	Any Family = iota
+	IPv4
+	IPv6
+)
+
+func (f Family) String() string {
+	switch f {
+	case IPv4:
+		return "IPv4"
+	case IPv6:
+		return "IPv6"
+	}
+	return "any"
+}
+
+// FamilyOf tells which sources can dial host: IPv4 or IPv6 for an address
+// literal (IPv4-mapped IPv6 counts as IPv4), Any for a name.
+func FamilyOf(host string) Family {
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return Any
+	}
+	if a.Unmap().Is4() {
+		return IPv4
+	}
+	return IPv6
+}
+
+// ErrNoSource is returned by Pick when the pool has no address of the
+// family the target needs.
+var ErrNoSource = errors.New("no source address of the target's family in the pool")
+
+// Source is one local address of the pool.
+type Source struct {
+	Addr  netip.Addr
+	Index int // position in Pool.Sources, for per-source state kept by callers
+	// lastPick is the pool-wide pick sequence number at this source's last
+	// pick (least-recent strategy). Padded so that neighbouring sources do
+	// not share a cache line.
+	lastPick atomic.Uint64
+	_        [48]byte
+}
+
+func (s *Source) String() string { return s.Addr.String() }
+
+// Pool is an immutable list of source addresses with a selection strategy.
+type Pool struct {
+	sources []*Source
+	// byFamily[f] picks among the sources usable for Family f. When the
+	// pool holds one family only, all entries share one picker, so that
+	// round-robin order is strict across address targets and name targets.
+	byFamily [3]picker
+	strategy Strategy
+}
+
+// New checks that every address can be bound on this host and builds the
+// pool. The first address that cannot be bound is named in the error.
+func New(addrs []netip.Addr, strategy Strategy) (*Pool, error) {
+	if len(addrs) == 0 {
+		return nil, errors.New("pool is empty")
+	}
+	p := &Pool{strategy: strategy}
+	seen := make(map[netip.Addr]bool, len(addrs))
+	var v4, v6 []*Source
+	for i, a := range addrs {
+		a = a.Unmap()
+		if seen[a] {
+			return nil, fmt.Errorf("address %s is in the pool twice", a)
+		}
+		seen[a] = true
+		if err := checkBindable(a); err != nil {
+			return nil, err
+		}
+		s := &Source{Addr: a, Index: i}
+		p.sources = append(p.sources, s)
+		if a.Is4() {
+			v4 = append(v4, s)
+		} else {
+			v6 = append(v6, s)
+		}
+	}
+	var seq atomic.Uint64 // shared by all least-recent pickers of this pool
+	all, err := newPicker(strategy, p.sources, &seq)
+	if err != nil {
+		return nil, err
+	}
+	p.byFamily[Any] = all
+	p.byFamily[IPv4], p.byFamily[IPv6] = all, all
+	if len(v4) > 0 && len(v6) > 0 {
+		p.byFamily[IPv4], _ = newPicker(strategy, v4, &seq)
+		p.byFamily[IPv6], _ = newPicker(strategy, v6, &seq)
+	} else if len(v4) == 0 {
+		p.byFamily[IPv4] = nil
+	} else {
+		p.byFamily[IPv6] = nil
+	}
+	return p, nil
+}
+
+// checkBindable binds a throwaway TCP socket to a so that an address that
+// is not configured on this host fails at start-up, not on the first
+// request.
+func checkBindable(a netip.Addr) error {
+	ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(a, 0)))
+	if err != nil {
+		return fmt.Errorf("address %s cannot be bound on this host (add it with `ip addr add %s/%d dev IFACE`): %w",
+			a, a, a.BitLen(), err)
+	}
+	return ln.Close()
+}
+
+// Pick returns the next source able to reach a target of family f.
+func (p *Pool) Pick(f Family) (*Source, error) {
+	pk := p.byFamily[f]
+	if pk == nil {
+		return nil, fmt.Errorf("%w: target is %s, pool has none", ErrNoSource, f)
+	}
+	return pk.pick(), nil
+}
+
+// Sources returns the pool's sources in configuration order. The slice
+// must not be modified.
+func (p *Pool) Sources() []*Source { return p.sources }
+
+// Strategy returns the pool's selection strategy.
+func (p *Pool) Strategy() Strategy { return p.strategy }

@@ -1,0 +1,258 @@
+package socks
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/things-go/go-socks5/statute"
+
+	"github.com/rotor-proxy/rotor/pool"
+	"github.com/rotor-proxy/rotor/tunnel"
+)
+
+// Reply codes not named by statute.
+const (
+	repGeneralFailure = statute.RepServerFailure // 0x01
+	noReply           = 0xff                     // connection closed without a reply
+)
+
+// session is what one connection's log line reports.
+type session struct {
+	user   string
+	target string
+	src    *pool.Source
+	reply  byte
+	stats  tunnel.Stats
+	err    error
+}
+
+func (s *Server) serveConn(c net.Conn) {
+	defer s.wg.Done()
+	if !s.conns.Add(c) {
+		return
+	}
+	defer s.conns.Remove(c)
+	defer c.Close()
+
+	start := time.Now()
+	ss := session{reply: noReply}
+	ss.err = s.handle(c, &ss)
+	s.logSession(c, &ss, time.Since(start))
+}
+
+// handle runs one SOCKS5 connection to its end.
+func (s *Server) handle(c net.Conn, ss *session) error {
+	if err := c.SetDeadline(time.Now().Add(s.opts.HandshakeTimeout)); err != nil {
+		return err
+	}
+	// 512 bytes hold any greeting and request; RFC 1929 auth (up to 513)
+	// is read through it in two fills.
+	br := bufio.NewReaderSize(c, 512)
+
+	mr, err := statute.ParseMethodRequest(br)
+	if err != nil {
+		return fmt.Errorf("greeting: %w", err)
+	}
+	if mr.Ver != statute.VersionSocks5 {
+		return fmt.Errorf("greeting: SOCKS version %d, want 5", mr.Ver)
+	}
+	method := s.chooseMethod(mr.Methods)
+	if _, err := c.Write([]byte{statute.VersionSocks5, method}); err != nil {
+		return fmt.Errorf("greeting reply: %w", err)
+	}
+	if method == statute.MethodNoAcceptable {
+		return fmt.Errorf("greeting: %w among %v", errNoMethod, mr.Methods)
+	}
+	if method == statute.MethodUserPassAuth {
+		if err := s.authenticate(c, br, ss); err != nil {
+			return err
+		}
+	}
+
+	req, err := statute.ParseRequest(br)
+	if err != nil {
+		if errors.Is(err, statute.ErrUnrecognizedAddrType) {
+			return s.fail(c, ss, statute.RepAddrTypeNotSupported, fmt.Errorf("request: %w", err))
+		}
+		return fmt.Errorf("request: %w", err)
+	}
+	if req.DstAddr.FQDN != "" {
+		ss.target = net.JoinHostPort(req.DstAddr.FQDN, strconv.Itoa(req.DstAddr.Port))
+	} else {
+		ss.target = net.JoinHostPort(req.DstAddr.IP.String(), strconv.Itoa(req.DstAddr.Port))
+	}
+	if req.Command != statute.CommandConnect {
+		// BIND and UDP ASSOCIATE are not offered (yet).
+		return s.fail(c, ss, statute.RepCommandNotSupported, fmt.Errorf("request: command %d not supported", req.Command))
+	}
+
+	// The handshake is over; the dial has its own timeout, and a slow dial
+	// must not make the reply write miss the handshake deadline.
+	if err := c.SetDeadline(time.Time{}); err != nil {
+		return err
+	}
+	target, src, err := s.opts.Dialer.Dial(s.baseCtx, ss.target)
+	ss.src = src
+	if err != nil {
+		return s.fail(c, ss, replyFor(pool.Classify(err)), err)
+	}
+	defer target.Close()
+
+	if err := writeReply(c, statute.RepSuccess, target.LocalAddr()); err != nil {
+		return fmt.Errorf("success reply: %w", err)
+	}
+	ss.reply = statute.RepSuccess
+	// Bytes the client pipelined behind its request (optimistic data) sit
+	// in br; they go to the target first.
+	early, _ := br.Peek(br.Buffered())
+	ss.stats, err = tunnel.Relay(c, target, early)
+	return err
+}
+
+// chooseMethod applies RFC 1928 method selection. With credentials only
+// username/password is acceptable; without, no-auth is preferred and a
+// client that offers only username/password is let in with any.
+func (s *Server) chooseMethod(offered []byte) byte {
+	hasNoAuth := bytes.IndexByte(offered, statute.MethodNoAuth) >= 0
+	hasUserPass := bytes.IndexByte(offered, statute.MethodUserPassAuth) >= 0
+	switch {
+	case s.opts.Credentials != nil && hasUserPass:
+		return statute.MethodUserPassAuth
+	case s.opts.Credentials != nil:
+		return statute.MethodNoAcceptable
+	case hasNoAuth:
+		return statute.MethodNoAuth
+	case hasUserPass:
+		return statute.MethodUserPassAuth
+	}
+	return statute.MethodNoAcceptable
+}
+
+var (
+	errAuthFailed = errors.New("authentication failed")
+	errNoMethod   = errors.New("no acceptable auth method")
+)
+
+func (s *Server) authenticate(c net.Conn, br *bufio.Reader, ss *session) error {
+	up, err := statute.ParseUserPassRequest(br)
+	if err != nil {
+		return fmt.Errorf("auth: %w", err)
+	}
+	ss.user = string(up.User)
+	ok := s.opts.Credentials == nil || s.opts.Credentials.Check(up.User, up.Pass)
+	clear(up.Pass)
+	status := statute.AuthSuccess
+	if !ok {
+		status = statute.AuthFailure
+	}
+	if _, err := c.Write([]byte{statute.UserPassAuthVersion, status}); err != nil {
+		return fmt.Errorf("auth reply: %w", err)
+	}
+	if !ok {
+		return errAuthFailed
+	}
+	return nil
+}
+
+// fail sends a failure reply and returns cause.
+func (s *Server) fail(c net.Conn, ss *session, rep byte, cause error) error {
+	ss.reply = rep
+	if err := writeReply(c, rep, nil); err != nil {
+		return errors.Join(cause, fmt.Errorf("failure reply: %w", err))
+	}
+	return cause
+}
+
+// writeReply sends a reply; for success, bound is the outbound socket's
+// real local address (the pool address and the port the kernel chose).
+func writeReply(c net.Conn, rep byte, bound net.Addr) error {
+	r := statute.Reply{Version: statute.VersionSocks5, Response: rep,
+		BndAddr: statute.AddrSpec{AddrType: statute.ATYPIPv4, IP: net.IPv4zero}}
+	if ta, ok := bound.(*net.TCPAddr); ok {
+		r.BndAddr.IP, r.BndAddr.Port = ta.IP, ta.Port
+		if ta.IP.To4() == nil {
+			r.BndAddr.AddrType = statute.ATYPIPv6
+		} else {
+			r.BndAddr.IP = ta.IP.To4()
+		}
+	}
+	_, err := c.Write(r.Bytes())
+	return err
+}
+
+// replyFor maps a dial failure to its RFC 1928 reply code.
+func replyFor(cl pool.Class) byte {
+	switch cl {
+	case pool.ClassRefused:
+		return statute.RepConnectionRefused // 0x05
+	case pool.ClassNetUnreachable:
+		return statute.RepNetworkUnreachable // 0x03
+	case pool.ClassHostUnreachable, pool.ClassDNS, pool.ClassTimeout, pool.ClassNoSource:
+		return statute.RepHostUnreachable // 0x04
+	}
+	return repGeneralFailure
+}
+
+func isTemporary(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
+}
+
+func (s *Server) logSession(c net.Conn, ss *session, d time.Duration) {
+	lvl := zerolog.InfoLevel
+	if ss.err != nil && ss.reply != statute.RepSuccess {
+		lvl = zerolog.WarnLevel
+	}
+	e := s.opts.Log.WithLevel(lvl)
+	if !e.Enabled() {
+		return
+	}
+	e = e.Str("proto", "socks5").Str("client", c.RemoteAddr().String())
+	if ss.user != "" {
+		e = e.Str("user", ss.user)
+	}
+	if ss.target != "" {
+		e = e.Str("target", ss.target)
+	}
+	if ss.src != nil {
+		e = e.Stringer("src", ss.src.Addr)
+	}
+	if ss.reply != noReply {
+		e = e.Uint8("reply", ss.reply)
+	}
+	e = e.Int64("up", ss.stats.Up).Int64("down", ss.stats.Down).Dur("dur", d)
+	if ss.err != nil && !isQuietClose(ss.err) {
+		e = e.Err(ss.err)
+		if ss.reply == noReply {
+			// The handshake did not finish; say why in one word too.
+			e = e.Str("reason", handshakeReason(ss.err))
+		}
+	}
+	e.Msg("socks5")
+}
+
+func handshakeReason(err error) string {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return "handshake-timeout"
+	case errors.Is(err, errAuthFailed):
+		return "auth-failed"
+	case errors.Is(err, errNoMethod):
+		return "no-acceptable-method"
+	}
+	return "bad-handshake"
+}
+
+// isQuietClose is a tunnel that ended because a peer reset or closed: an
+// ordinary end, not worth an error field.
+func isQuietClose(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}

@@ -161,7 +161,7 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	if c.HTTPListen == "" && c.SOCKSListen == "" {
 		return Config{}, errors.New("both listeners are disabled (set --http-listen or --socks-listen)")
 	}
-	if c.HTTPListen != "" && c.HTTPListen == c.SOCKSListen {
+	if c.HTTPListen != "" && c.HTTPListen == c.SOCKSListen && !strings.HasSuffix(c.HTTPListen, ":0") {
 		return Config{}, fmt.Errorf("HTTP and SOCKS5 listen on the same address %q", c.HTTPListen)
 	}
 	for _, l := range []struct{ name, addr string }{{"http-listen", c.HTTPListen}, {"socks-listen", c.SOCKSListen}} {

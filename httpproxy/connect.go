@@ -21,6 +21,8 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, user string, st
 		return
 	}
 	// r.Context ends when the client goes away, which cancels the dial.
+	// net/http reads a FIN before our 200 as going away too: a client
+	// that half-closes before the tunnel is up gets no tunnel.
 	up, src, err := s.opts.Dialer.Dial(r.Context(), target)
 	if err != nil {
 		cl := pool.Classify(err)

@@ -36,7 +36,7 @@ func (s *Server) logRequest(r *http.Request, user string, src *pool.Source, stat
 	if src != nil {
 		e = e.Stringer("src", src.Addr)
 	}
-	e = e.Int("status", status).Int64("up", up).Int64("down", down).Dur("dur", time.Since(start))
+	e = e.Int("status", status).Int64("up", up).Int64("down", down).Dur("dur_ms", time.Since(start))
 	if err != nil {
 		e = e.Err(err)
 	}

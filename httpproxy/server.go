@@ -107,7 +107,7 @@ func newTransport(d *pool.Dialer, src *pool.Source) *http.Transport {
 // after those.
 func (s *Server) Serve(ln net.Listener) error {
 	err := s.srv.Serve(ln)
-	if errors.Is(err, http.ErrServerClosed) {
+	if errors.Is(err, http.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
 		return nil
 	}
 	return err

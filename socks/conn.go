@@ -228,7 +228,7 @@ func (s *Server) logSession(c net.Conn, ss *session, d time.Duration) {
 	if ss.reply != noReply {
 		e = e.Uint8("reply", ss.reply)
 	}
-	e = e.Int64("up", ss.stats.Up).Int64("down", ss.stats.Down).Dur("dur", d)
+	e = e.Int64("up", ss.stats.Up).Int64("down", ss.stats.Down).Dur("dur_ms", d)
 	if ss.err != nil && !isQuietClose(ss.err) {
 		e = e.Err(ss.err)
 		if ss.reply == noReply {

@@ -26,8 +26,23 @@ type instance struct {
 	socks     *socks.Server
 	httpAddr  net.Addr // nil when disabled
 	socksAddr net.Addr
+	listeners []net.Listener
 	wg        sync.WaitGroup
 	serveErr  chan error
+}
+
+// onceCloseListener lets rotor close a listener itself, so that "stopped
+// accepting" is true when it is logged, and lets the server's own Shutdown
+// close it again without an error.
+type onceCloseListener struct {
+	net.Listener
+	once sync.Once
+	err  error
+}
+
+func (l *onceCloseListener) Close() error {
+	l.once.Do(func() { l.err = l.Listener.Close() })
+	return l.err
 }
 
 // start builds the pool (binding each address once to check it), opens
@@ -55,6 +70,8 @@ func start(cfg config.Config, log zerolog.Logger) (*instance, error) {
 		}
 	}
 	if hl != nil {
+		hl = &onceCloseListener{Listener: hl}
+		in.listeners = append(in.listeners, hl)
 		in.httpAddr = hl.Addr()
 		in.http = httpproxy.New(httpproxy.Options{
 			Dialer: d, Credentials: cfg.Credentials, HeaderTimeout: cfg.HeaderTimeout,
@@ -63,6 +80,8 @@ func start(cfg config.Config, log zerolog.Logger) (*instance, error) {
 		in.serve(func() error { return in.http.Serve(hl) })
 	}
 	if sl != nil {
+		sl = &onceCloseListener{Listener: sl}
+		in.listeners = append(in.listeners, sl)
 		in.socksAddr = sl.Addr()
 		in.socks = socks.New(socks.Options{
 			Dialer: d, Credentials: cfg.Credentials, HandshakeTimeout: cfg.HandshakeTimeout,
@@ -83,9 +102,17 @@ func (in *instance) serve(f func() error) {
 	}()
 }
 
+// stopAccepting closes both listeners; live connections go on.
+func (in *instance) stopAccepting() {
+	for _, l := range in.listeners {
+		l.Close()
+	}
+}
+
 // shutdown stops both listeners at once and drains both in parallel until
 // ctx ends; then whatever is left is closed.
 func (in *instance) shutdown(ctx context.Context) error {
+	in.stopAccepting()
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
 	if in.http != nil {

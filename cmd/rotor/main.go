@@ -80,7 +80,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		log.Error().Err(err).Msg("listener failed")
 		code = 1
 	}
-	log.Info().Dur("timeout", cfg.ShutdownTimeout).Msg("shutting down: listeners closed, draining")
+	in.stopAccepting()
+	log.Info().Stringer("timeout", cfg.ShutdownTimeout).Msg("shutting down: listeners closed, draining")
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	if err := in.shutdown(sctx); err != nil {

@@ -1,0 +1,173 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
+
+	"github.com/rotor-proxy/rotor/config"
+	"github.com/rotor-proxy/rotor/internal/target"
+	"github.com/rotor-proxy/rotor/pool"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	binErr    error
+)
+
+// rotorBinary builds ./cmd/rotor once per test run, for tests of exit
+// codes and signals that need a real process.
+func rotorBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		if binDir, binErr = os.MkdirTemp("", "rotor-test-"); binErr != nil {
+			return
+		}
+		out, err := exec.Command("go", "build", "-o", filepath.Join(binDir, "rotor"), ".").CombinedOutput()
+		if err != nil {
+			binErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return filepath.Join(binDir, "rotor")
+}
+
+const testUser, testPass = "tester", "pa55-w0rd-xyzzy"
+
+var poolAddrs = []string{"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"}
+
+// syncBuffer collects log output from many goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// rotor is a running instance for one test, with credentials, both
+// listeners on ephemeral loopback ports and a debug log captured.
+type rotor struct {
+	*instance
+	log  *syncBuffer
+	http string // proxy addresses
+	sock string
+}
+
+func startRotor(t *testing.T, mutate ...func(*config.Config)) *rotor {
+	t.Helper()
+	cfg := config.Config{
+		Strategy: pool.RoundRobin, HTTPListen: "127.0.0.1:0", SOCKSListen: "127.0.0.1:0",
+		Credentials: config.NewCredentials(testUser, testPass),
+		DialTimeout: 5 * time.Second, HandshakeTimeout: 5 * time.Second, HeaderTimeout: 5 * time.Second,
+	}
+	for _, a := range poolAddrs {
+		cfg.Pool = append(cfg.Pool, netip.MustParseAddr(a))
+	}
+	for _, m := range mutate {
+		m(&cfg)
+	}
+	logs := &syncBuffer{}
+	in, err := start(cfg, zerolog.New(logs).Level(zerolog.DebugLevel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := in.shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+	})
+	r := &rotor{instance: in, log: logs}
+	if in.httpAddr != nil {
+		r.http = in.httpAddr.String()
+	}
+	if in.socksAddr != nil {
+		r.sock = in.socksAddr.String()
+	}
+	return r
+}
+
+func (r *rotor) httpURL() string {
+	return "http://" + testUser + ":" + testPass + "@" + r.http
+}
+
+func (r *rotor) socksURL() string {
+	return "socks5://" + testUser + ":" + testPass + "@" + r.sock
+}
+
+func httpTarget(t *testing.T) *target.Server {
+	t.Helper()
+	return started(t)(target.HTTP("127.0.0.1:0"))
+}
+
+func tcpTarget(t *testing.T, handle func(*net.TCPConn)) *target.Server {
+	t.Helper()
+	return started(t)(target.TCP("127.0.0.1:0", handle))
+}
+
+func started(t *testing.T) func(*target.Server, error) *target.Server {
+	return func(s *target.Server, err error) *target.Server {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+}
+
+// wantEach fails unless every pool address was seen exactly n times.
+func wantEach(t *testing.T, seen map[string]int, n int) {
+	t.Helper()
+	total := 0
+	for _, a := range poolAddrs {
+		if seen[a] != n {
+			t.Errorf("%s seen %d times, want %d (all: %v)", a, seen[a], n, seen)
+		}
+		total += seen[a]
+	}
+	if total != len(poolAddrs)*n {
+		t.Errorf("requests left from addresses outside the pool: %v", seen)
+	}
+}
+
+func netipAddrPort(s string) (netip.AddrPort, error) { return netip.ParseAddrPort(s) }

@@ -1,0 +1,197 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rotor-proxy/rotor/internal/target"
+)
+
+func TestConfigErrorsExit2(t *testing.T) {
+	bin := rotorBinary(t)
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  []string
+		want string
+	}{
+		{"not an IP", []string{"--pool", "127.0.0.2,banana"}, nil, "banana"},
+		{"env not an IP", nil, []string{"IP_POOL=10.0.0.300"}, "10.0.0.300"},
+		{"not on this host", []string{"--pool", "127.0.0.2,192.0.2.77"}, nil, "192.0.2.77"},
+		{"unknown strategy", []string{"--pool", "127.0.0.2", "--strategy", "fastest"}, nil, "fastest"},
+		{"bad listen address", []string{"--pool", "127.0.0.2", "--http-listen", "127.0.0.1:http"}, nil, "127.0.0.1:http"},
+		{"env bad listen address", []string{"--pool", "127.0.0.2"}, []string{"LISTEN_ADDR=nowhere"}, "nowhere"},
+		{"user without password", []string{"--pool", "127.0.0.2"}, []string{"PROXY_USER=alice"}, "alice"},
+		{"open proxy", []string{"--pool", "127.0.0.2", "--socks-listen", "0.0.0.0:0"}, nil, "--allow-open"},
+		{"no pool", nil, nil, "IP_POOL"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := exec.Command(bin, tc.args...)
+			cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, tc.env...)
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			err := cmd.Run()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+				t.Fatalf("exit: %v, want status 2; stderr: %s", err, stderr.String())
+			}
+			msg := stderr.String()
+			if strings.Count(msg, "\n") != 1 || !strings.Contains(msg, tc.want) {
+				t.Fatalf("stderr %q: want one line naming %q", msg, tc.want)
+			}
+		})
+	}
+}
+
+func TestVersionAndHelp(t *testing.T) {
+	bin := rotorBinary(t)
+	for _, arg := range []string{"--version", "--help"} {
+		out, err := exec.Command(bin, arg).Output()
+		if err != nil || !strings.Contains(string(out), "rotor") {
+			t.Errorf("%s: %v %q", arg, err, out)
+		}
+	}
+}
+
+// rotorProcess runs the binary on a loopback pool and returns the
+// listener addresses from its start-up log line.
+type rotorProcess struct {
+	cmd         *exec.Cmd
+	http, socks string
+	lines       chan string // stderr, one JSON log line each; closed at exit
+}
+
+func startProcess(t *testing.T, args ...string) *rotorProcess {
+	t.Helper()
+	cmd := exec.Command(rotorBinary(t), append([]string{"--pool", "127.0.0.2,127.0.0.3",
+		"--http-listen", "127.0.0.1:0", "--socks-listen", "127.0.0.1:0"}, args...)...)
+	cmd.Env = []string{"PROXY_USER=" + testUser, "PROXY_PASS=" + testPass}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &rotorProcess{cmd: cmd, lines: make(chan string, 1000)}
+	go func() {
+		defer close(p.lines)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			p.lines <- sc.Text()
+		}
+	}()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+	var started struct{ Message, HTTP, Socks5 string }
+	if line := p.waitFor(t, "rotor started"); json.Unmarshal([]byte(line), &started) != nil {
+		t.Fatalf("bad start-up line %q", line)
+	}
+	p.http, p.socks = started.HTTP, started.Socks5
+	return p
+}
+
+// waitFor returns the first log line containing s, failing after 10 s.
+func (p *rotorProcess) waitFor(t *testing.T, s string) string {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	var seen []string
+	for {
+		select {
+		case line, ok := <-p.lines:
+			if !ok {
+				t.Fatalf("rotor exited before logging %q; it said:\n%s", s, strings.Join(seen, "\n"))
+			}
+			seen = append(seen, line)
+			if strings.Contains(line, s) {
+				return line
+			}
+		case <-timeout:
+			t.Fatalf("no log line with %q within 10s", s)
+		}
+	}
+}
+
+// SIGTERM during live tunnels: the listeners close at once, the tunnels
+// finish within the timeout without losing a byte, and rotor exits 0.
+func TestSIGTERMDrainsTunnels(t *testing.T) {
+	tgt := tcpTarget(t, target.CountThenReply)
+	p := startProcess(t, "--shutdown-timeout", "20s")
+	r := &rotor{http: p.http, sock: p.socks}
+	tunnels := []net.Conn{openTunnel(t, r, "connect", tgt.Addr), openTunnel(t, r, "socks5", tgt.Addr)}
+	chunk := bytes.Repeat([]byte("0123456789"), 100_000) // 1 MB
+	for _, c := range tunnels {
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+		if _, err := c.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	p.waitFor(t, "shutting down")
+	for _, addr := range []string{p.http, p.socks} {
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			t.Errorf("%s still accepts connections after SIGTERM", addr)
+		}
+	}
+	signalled := time.Now()
+	for _, c := range tunnels {
+		if _, err := c.Write(chunk); err != nil {
+			t.Fatalf("tunnel cut after SIGTERM: %v", err)
+		}
+		_ = c.(*net.TCPConn).CloseWrite()
+		reply, err := io.ReadAll(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.TrimSpace(string(reply)); got != strconv.Itoa(2*len(chunk)) {
+			t.Fatalf("target counted %q bytes, want %d", got, 2*len(chunk))
+		}
+	}
+	err := p.cmd.Wait()
+	if err != nil {
+		t.Fatalf("exit: %v, want status 0", err)
+	}
+	// Exit follows the last tunnel, not the 20 s timeout.
+	if waited := time.Since(signalled); waited > 15*time.Second {
+		t.Fatalf("exited %s after the tunnels ended, want promptly", waited)
+	}
+}
+
+// A tunnel still open when the timeout ends is closed, and rotor still
+// exits 0.
+func TestSIGTERMTimeoutClosesTunnels(t *testing.T) {
+	tgt := tcpTarget(t, target.CountThenReply)
+	p := startProcess(t, "--shutdown-timeout", "300ms")
+	r := &rotor{http: p.http, sock: p.socks}
+	c := openTunnel(t, r, "socks5", tgt.Addr)
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(c); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("tunnel: %v, want closed by rotor", err)
+	}
+	if err := p.cmd.Wait(); err != nil {
+		t.Fatalf("exit: %v, want status 0", err)
+	}
+}

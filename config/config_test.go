@@ -1,0 +1,126 @@
+package config
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/rotor-proxy/rotor/pool"
+)
+
+func env(kv map[string]string) func(string) string {
+	return func(k string) string { return kv[k] }
+}
+
+func TestDefaultsAndEnv(t *testing.T) {
+	c, err := Parse(nil, env(map[string]string{"IP_POOL": "127.0.0.2, 127.0.0.3", "PROXY_USER": "u", "PROXY_PASS": "p"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Pool) != 2 || c.Pool[1].String() != "127.0.0.3" {
+		t.Errorf("pool = %v, want [127.0.0.2 127.0.0.3]", c.Pool)
+	}
+	if c.HTTPListen != DefaultHTTPListen || c.SOCKSListen != DefaultSOCKSListen {
+		t.Errorf("listen = %q %q, want defaults", c.HTTPListen, c.SOCKSListen)
+	}
+	if c.Strategy != pool.RoundRobin || c.ShutdownTimeout != 10*time.Second || c.LogFormat != "json" {
+		t.Errorf("defaults: strategy %q, shutdown %s, format %q", c.Strategy, c.ShutdownTimeout, c.LogFormat)
+	}
+	if c.Credentials == nil || !c.Credentials.Check([]byte("u"), []byte("p")) {
+		t.Error("PROXY_USER/PROXY_PASS not applied")
+	}
+}
+
+func TestFlagsBeatEnv(t *testing.T) {
+	c, err := Parse([]string{"--pool", "127.0.0.9", "--http-listen", "127.0.0.1:8000", "--strategy", "random"},
+		env(map[string]string{"IP_POOL": "127.0.0.2", "LISTEN_ADDR": "127.0.0.1:9000", "ROTATION_STRATEGY": "least-recent", "SOCKS_LISTEN_ADDR": "127.0.0.1:9001"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Pool[0].String() != "127.0.0.9" || c.HTTPListen != "127.0.0.1:8000" || c.Strategy != pool.Random {
+		t.Errorf("flags did not win: %v %q %q", c.Pool, c.HTTPListen, c.Strategy)
+	}
+	if c.SOCKSListen != "127.0.0.1:9001" {
+		t.Errorf("SOCKS_LISTEN_ADDR not used: %q", c.SOCKSListen)
+	}
+}
+
+func TestErrorsNameTheValue(t *testing.T) {
+	base := []string{"--pool", "127.0.0.2"}
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"no pool", nil, nil, "IP_POOL"},
+		{"not an IP", []string{"--pool", "127.0.0.2,banana"}, nil, `"banana"`},
+		{"env not an IP", nil, map[string]string{"IP_POOL": "1.2.3"}, `"1.2.3"`},
+		{"unspecified", []string{"--pool", "0.0.0.0"}, nil, `"0.0.0.0"`},
+		{"strategy", append(base, "--strategy", "fastest"), nil, `"fastest"`},
+		{"listen", append(base, "--http-listen", "localhost"), nil, `"localhost"`},
+		{"listen port", append(base, "--socks-listen", "127.0.0.1:99999"), nil, `"99999"`},
+		{"listen host", append(base, "--socks-listen", "example.com:1080"), nil, `"example.com"`},
+		{"user without pass", append(base, "--user", "alice"), nil, `"alice"`},
+		{"pass without user", base, map[string]string{"PROXY_PASS": "x"}, "no user"},
+		{"open proxy", append(base, "--http-listen", "0.0.0.0:7777"), nil, "--allow-open"},
+		{"open proxy all ifaces", append(base, "--socks-listen", ":1080"), nil, "--allow-open"},
+		{"log level", append(base, "--log-level", "loud"), nil, `"loud"`},
+		{"log format", append(base, "--log-format", "xml"), nil, `"xml"`},
+		{"timeout", append(base, "--dial-timeout", "0s"), nil, "dial-timeout"},
+		{"unknown flag", append(base, "--colour"), nil, "colour"},
+		{"both disabled", append(base, "--http-listen", "", "--socks-listen", ""), nil, "disabled"},
+		{"same address", append(base, "--http-listen", "127.0.0.1:5000", "--socks-listen", "127.0.0.1:5000"), nil, "127.0.0.1:5000"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse(tc.args, env(tc.env))
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %q does not name %s", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestOpenProxyNeedsConsent(t *testing.T) {
+	args := []string{"--pool", "127.0.0.2", "--http-listen", "0.0.0.0:7777"}
+	if _, err := Parse(append(args, "--allow-open"), nil); err != nil {
+		t.Errorf("--allow-open: %v", err)
+	}
+	if _, err := Parse(append(args, "--user", "u", "--pass", "p"), nil); err != nil {
+		t.Errorf("with credentials: %v", err)
+	}
+}
+
+func TestHelp(t *testing.T) {
+	if _, err := Parse([]string{"--help"}, nil); !errors.Is(err, pflag.ErrHelp) {
+		t.Fatalf("got %v, want pflag.ErrHelp", err)
+	}
+}
+
+func TestCredentials(t *testing.T) {
+	c := NewCredentials("alice", "s3cret")
+	for _, tc := range []struct {
+		u, p string
+		ok   bool
+	}{
+		{"alice", "s3cret", true},
+		{"alice", "s3cret2", false},
+		{"alice", "s3cre", false},
+		{"alice", "", false},
+		{"bob", "s3cret", false},
+		{"", "", false},
+	} {
+		if got := c.Check([]byte(tc.u), []byte(tc.p)); got != tc.ok {
+			t.Errorf("Check(%q, %q) = %v, want %v", tc.u, tc.p, got, tc.ok)
+		}
+	}
+	if s := c.String(); strings.Contains(s, "s3cret") {
+		t.Errorf("String() leaks the password: %q", s)
+	}
+}

@@ -30,10 +30,21 @@ type Dialer struct {
 	net      net.Dialer
 }
 
-// NewDialer returns a dialer over p. timeout bounds name resolution and
-// connect together; zero means no bound beyond the caller's context.
-func NewDialer(p *Pool, timeout time.Duration) *Dialer {
-	d := &Dialer{pool: p, timeout: timeout, resolver: net.DefaultResolver}
+// DialerOptions configure a Dialer; the zero value is usable.
+type DialerOptions struct {
+	// Timeout bounds name resolution and connect together; zero means no
+	// bound beyond the caller's context.
+	Timeout time.Duration
+	// Resolver resolves host names; nil means net.DefaultResolver.
+	Resolver *net.Resolver
+}
+
+// NewDialer returns a dialer over p.
+func NewDialer(p *Pool, o DialerOptions) *Dialer {
+	d := &Dialer{pool: p, timeout: o.Timeout, resolver: o.Resolver}
+	if d.resolver == nil {
+		d.resolver = net.DefaultResolver
+	}
 	d.net.Control = bindNoPort
 	return d
 }

@@ -44,7 +44,7 @@ func demo(ctx context.Context, out io.Writer) error {
 		Credentials: config.NewCredentials(user, pass),
 		DialTimeout: 5 * time.Second, HandshakeTimeout: 5 * time.Second, HeaderTimeout: 5 * time.Second,
 	}
-	in, err := start(cfg, zerolog.Nop())
+	in, err := start(cfg, zerolog.Nop(), target.OfflineResolver())
 	if err != nil {
 		return err
 	}

@@ -105,7 +105,7 @@ func startRotor(t *testing.T, mutate ...func(*config.Config)) *rotor {
 		m(&cfg)
 	}
 	logs := &syncBuffer{}
-	in, err := start(cfg, zerolog.New(logs).Level(zerolog.DebugLevel))
+	in, err := start(cfg, zerolog.New(logs).Level(zerolog.DebugLevel), target.OfflineResolver())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,13 +46,14 @@ func (l *onceCloseListener) Close() error {
 }
 
 // start builds the pool (binding each address once to check it), opens
-// the listeners and serves in the background.
-func start(cfg config.Config, log zerolog.Logger) (*instance, error) {
+// the listeners and serves in the background. resolver nil means the
+// system's.
+func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*instance, error) {
 	p, err := pool.New(cfg.Pool, cfg.Strategy)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errConfig, err)
 	}
-	d := pool.NewDialer(p, cfg.DialTimeout)
+	d := pool.NewDialer(p, pool.DialerOptions{Timeout: cfg.DialTimeout, Resolver: resolver})
 	in := &instance{pool: p, serveErr: make(chan error, 2)}
 
 	var hl, sl net.Listener

@@ -55,7 +55,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return 0
 	}
 	log := newLogger(cfg, stderr)
-	in, err := start(cfg, log)
+	in, err := start(cfg, log, nil)
 	if err != nil {
 		fmt.Fprintf(stderr, "rotor: %v\n", err)
 		if errors.Is(err, errConfig) {

@@ -1,0 +1,122 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// pair returns two ends of a loopback TCP connection.
+func pair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a.(*net.TCPConn), b.(*net.TCPConn)
+}
+
+// client <-> [proxyClient | Relay | proxyTarget] <-> target
+func relayed(t *testing.T, early []byte) (client, target *net.TCPConn, done <-chan Stats) {
+	client, proxyClient := pair(t)
+	proxyTarget, target := pair(t)
+	ch := make(chan Stats, 1)
+	go func() {
+		st, _ := Relay(proxyClient, proxyTarget, early)
+		proxyClient.Close()
+		proxyTarget.Close()
+		ch <- st
+	}()
+	return client, target, ch
+}
+
+func TestRelayHalfCloseBothWays(t *testing.T) {
+	client, target, done := relayed(t, []byte("early:"))
+	_ = client.SetDeadline(time.Now().Add(10 * time.Second))
+	_ = target.SetDeadline(time.Now().Add(10 * time.Second))
+	_, _ = client.Write([]byte("request"))
+	_ = client.CloseWrite()
+	got, err := io.ReadAll(target) // ends only if the FIN was propagated
+	if err != nil || string(got) != "early:request" {
+		t.Fatalf("target read %q, %v", got, err)
+	}
+	_, _ = target.Write([]byte("reply after client FIN"))
+	_ = target.CloseWrite()
+	got, err = io.ReadAll(client)
+	if err != nil || string(got) != "reply after client FIN" {
+		t.Fatalf("client read %q, %v", got, err)
+	}
+	st := <-done
+	if st.Up != int64(len("early:request")) || st.Down != int64(len("reply after client FIN")) {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// A reset on one side must end the relay even though the other side
+// never closes.
+func TestRelayEndsOnReset(t *testing.T) {
+	client, target, done := relayed(t, nil)
+	_, _ = client.Write([]byte("x"))
+	buf := make([]byte, 1)
+	_, _ = io.ReadFull(target, buf)
+	_ = target.SetLinger(0)
+	target.Close() // RST
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("relay still running after the target reset")
+	}
+	_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadAll(client); err != nil && !isReset(err) {
+		t.Fatalf("client: %v", err)
+	}
+}
+
+func isReset(err error) bool { return errors.Is(err, syscall.ECONNRESET) }
+
+func TestTrackerDrain(t *testing.T) {
+	var tr Tracker
+	a, b := pair(t)
+	tr.Add(a)
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		tr.Remove(a)
+	}()
+	if err := tr.Drain(context.Background()); err != nil {
+		t.Fatalf("drain: %v", err)
+	}
+	if tr.Add(b) {
+		t.Fatal("Add after Drain accepted a connection")
+	}
+	// Drain with a deadline closes what is left.
+	var tr2 Tracker
+	c, d := pair(t)
+	tr2.Add(c)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := tr2.Drain(ctx); err == nil {
+		t.Fatal("drain with a live conn returned nil")
+	}
+	_ = d.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := d.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("peer read %v, want EOF after forced close", err)
+	}
+}

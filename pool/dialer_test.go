@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/rotor-proxy/rotor/internal/target"
 )
 
 // offline resolves from /etc/hosts only; tests send no DNS queries.
@@ -108,16 +110,27 @@ func TestDialErrorsClassified(t *testing.T) {
 }
 
 // An IPv4 source never dials an AAAA answer: a name with only an IPv6
-// address fails with ErrNoAddress from an IPv4 pool.
+// address fails with ErrNoAddress from an IPv4 pool, and a name with both
+// is dialled over IPv4.
 func TestNameResolvesInSourceFamily(t *testing.T) {
-	d := NewDialer(loopbackPool(t, RoundRobin), DialerOptions{Timeout: 5 * time.Second, Resolver: offline})
-	// ip6-localhost is ::1 only in Debian's /etc/hosts.
-	if ips, _ := offline.LookupNetIP(context.Background(), "ip6", "ip6-localhost"); len(ips) == 0 {
-		t.Skip("no ip6-localhost in /etc/hosts")
-	}
-	_, _, err := d.Dial(context.Background(), "ip6-localhost:80")
+	addr, peers := acceptPeers(t)
+	ap := netip.MustParseAddrPort(addr)
+	res := target.FakeResolver(map[string][]netip.Addr{
+		"v6only.test": {netip.MustParseAddr("::1")},
+		"dual.test":   {netip.MustParseAddr("::1"), ap.Addr()},
+	})
+	d := NewDialer(loopbackPool(t, RoundRobin), DialerOptions{Timeout: 5 * time.Second, Resolver: res})
+	_, _, err := d.Dial(context.Background(), "v6only.test:80")
 	if !errors.Is(err, ErrNoAddress) || Classify(err) != ClassDNS {
-		t.Fatalf("got %v, want ErrNoAddress", err)
+		t.Fatalf("v6-only name from an IPv4 pool: got %v, want ErrNoAddress", err)
+	}
+	c, src, err := d.Dial(context.Background(), fmt.Sprintf("dual.test:%d", ap.Port()))
+	if err != nil {
+		t.Fatalf("dual-stack name: %v", err)
+	}
+	c.Close()
+	if peer := <-peers; peer.Addr() != src.Addr {
+		t.Fatalf("target saw %s, want %s", peer.Addr(), src.Addr)
 	}
 }
 

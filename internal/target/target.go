@@ -163,21 +163,6 @@ func CountThenReply(c *net.TCPConn) {
 	_, _ = io.WriteString(c, strconv.FormatInt(n, 10)+"\n")
 }
 
-// errNoDNS is what OfflineResolver's DNS "server" answers.
-var errNoDNS = errors.New("DNS disabled in tests: names resolve from /etc/hosts only")
-
-// OfflineResolver answers from /etc/hosts (so localhost works) and fails
-// every DNS query without sending it: tests never send traffic off the
-// machine, not even a DNS lookup for a name meant not to resolve.
-func OfflineResolver() *net.Resolver {
-	return &net.Resolver{
-		PreferGo: true,
-		Dial: func(context.Context, string, string) (net.Conn, error) {
-			return nil, errNoDNS
-		},
-	}
-}
-
 // Close stops the target: no new connections, open ones closed, handlers
 // waited for.
 func (s *Server) Close() error {

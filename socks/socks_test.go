@@ -40,27 +40,15 @@ func startServer(t *testing.T, creds *config.Credentials, handshake time.Duratio
 	return s, ln.Addr().String()
 }
 
-// peerServer accepts connections and writes the peer address back.
+// peerServer accepts connections and writes the peer's ip:port back.
 func peerServer(t *testing.T) netip.AddrPort {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	s, err := target.TCP("127.0.0.1:0", target.WritePeerAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = io.WriteString(c, c.RemoteAddr().String())
-			c.Close()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); <-done })
-	return netip.MustParseAddrPort(ln.Addr().String())
+	t.Cleanup(func() { s.Close() })
+	return netip.MustParseAddrPort(s.Addr)
 }
 
 // exchange writes msg and returns everything read until the server closes

@@ -136,8 +136,9 @@ func connectVia(ctx context.Context, proxyAddr, user, pass, targetAddr string) (
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	auth := base64.StdEncoding.EncodeToString([]byte(user + ":" + pass))
-	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: Basic %s\r\n\r\n", targetAddr, targetAddr, auth)
+	if err := writeConnect(c, user, pass, targetAddr, ""); err != nil {
+		return "", err
+	}
 	br := bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
 	if err != nil {
@@ -148,6 +149,13 @@ func connectVia(ctx context.Context, proxyAddr, user, pass, targetAddr string) (
 	}
 	line, err := br.ReadString('\n')
 	return strings.TrimSpace(line), err
+}
+
+// writeConnect sends an authenticated CONNECT head for addr, then extra.
+func writeConnect(c net.Conn, user, pass, addr, extra string) error {
+	auth := base64.StdEncoding.EncodeToString([]byte(user + ":" + pass))
+	_, err := fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: Basic %s\r\n\r\n%s", addr, addr, auth, extra)
+	return err
 }
 
 // socksVia opens a SOCKS5 connection to a target.WritePeer server and

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -170,4 +171,25 @@ func wantEach(t *testing.T, seen map[string]int, n int) {
 	}
 }
 
-func netipAddrPort(s string) (netip.AddrPort, error) { return netip.ParseAddrPort(s) }
+// socksHello is a SOCKS5 greeting offering username/password, followed by
+// the RFC 1929 request with the test credentials.
+func socksHello() []byte {
+	b := []byte{5, 1, 2, 1, byte(len(testUser))}
+	b = append(b, testUser...)
+	b = append(b, byte(len(testPass)))
+	return append(b, testPass...)
+}
+
+// socksConnect is a SOCKS5 CONNECT request to ap (ATYP 01 or 04).
+func socksConnect(ap netip.AddrPort) []byte {
+	b := []byte{5, 1, 0, 1}
+	if ap.Addr().Is4() {
+		ip := ap.Addr().As4()
+		b = append(b, ip[:]...)
+	} else {
+		b[3] = 4
+		ip := ap.Addr().As16()
+		b = append(b, ip[:]...)
+	}
+	return binary.BigEndian.AppendUint16(b, ap.Port())
+}

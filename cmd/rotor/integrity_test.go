@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
@@ -31,8 +32,9 @@ func openTunnel(t *testing.T, r *rotor, how, addr string) net.Conn {
 		if err != nil {
 			t.Fatal(err)
 		}
-		auth := base64.StdEncoding.EncodeToString([]byte(testUser + ":" + testPass))
-		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: Basic %s\r\n\r\n", addr, addr, auth)
+		if err := writeConnect(c, testUser, testPass, addr, ""); err != nil {
+			t.Fatal(err)
+		}
 		br := bufio.NewReader(c)
 		resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
 		if err != nil {
@@ -138,8 +140,7 @@ func TestEarlyBytesForwarded(t *testing.T) {
 		}
 		defer c.Close()
 		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-		auth := base64.StdEncoding.EncodeToString([]byte(testUser + ":" + testPass))
-		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: Basic %s\r\n\r\nearly-bytes", echo.Addr, echo.Addr, auth)
+		_ = writeConnect(c, testUser, testPass, echo.Addr, "early-bytes")
 		want := "HTTP/1.1 200 Connection established\r\n\r\nearly-bytes"
 		got := make([]byte, len(want))
 		if _, err := io.ReadFull(c, got); err != nil || string(got) != want {
@@ -153,15 +154,7 @@ func TestEarlyBytesForwarded(t *testing.T) {
 		}
 		defer c.Close()
 		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-		ap, _ := netipAddrPort(tgt.Addr)
-		var msg []byte
-		msg = append(msg, 5, 1, 2)
-		msg = append(msg, 1, byte(len(testUser)))
-		msg = append(msg, testUser...)
-		msg = append(msg, byte(len(testPass)))
-		msg = append(msg, testPass...)
-		ip := ap.Addr().As4()
-		msg = append(msg, 5, 1, 0, 1, ip[0], ip[1], ip[2], ip[3], byte(ap.Port()>>8), byte(ap.Port()))
+		msg := append(socksHello(), socksConnect(netip.MustParseAddrPort(tgt.Addr))...)
 		msg = append(msg, "early-bytes"...)
 		_, _ = c.Write(msg)
 		_ = c.(*net.TCPConn).CloseWrite()
@@ -287,14 +280,7 @@ func TestUpstreamErrors(t *testing.T) {
 		}
 	})
 	t.Run("socks5 refused is 0x05", func(t *testing.T) {
-		ap, _ := netipAddrPort(closed)
-		ip := ap.Addr().As4()
-		msg := []byte{5, 1, 2, 1, byte(len(testUser))}
-		msg = append(msg, testUser...)
-		msg = append(msg, byte(len(testPass)))
-		msg = append(msg, testPass...)
-		msg = append(msg, 5, 1, 0, 1, ip[0], ip[1], ip[2], ip[3], byte(ap.Port()>>8), byte(ap.Port()))
-		out := socksRaw(t, r.sock, msg)
+		out := socksRaw(t, r.sock, append(socksHello(), socksConnect(netip.MustParseAddrPort(closed))...))
 		if len(out) < 6 || out[5] != 0x05 {
 			t.Fatalf("got % x, want reply code 05", out)
 		}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/binary"
 	"net"
 	"net/netip"
 	"testing"
@@ -44,15 +43,7 @@ func TestIPv6Targets(t *testing.T) {
 	}
 
 	// The success reply to an IPv6 request carries an IPv6 bound address.
-	ap := netip.MustParseAddrPort(v6.Addr)
-	msg := []byte{5, 1, 2, 1, byte(len(testUser))}
-	msg = append(msg, testUser...)
-	msg = append(msg, byte(len(testPass)))
-	msg = append(msg, testPass...)
-	ip := ap.Addr().As16()
-	msg = append(append(append(msg, 5, 1, 0, 4), ip[:]...), 0, 0)
-	binary.BigEndian.PutUint16(msg[len(msg)-2:], ap.Port())
-	out := socksRaw(t, r.sock, msg)
+	out := socksRaw(t, r.sock, append(socksHello(), socksConnect(netip.MustParseAddrPort(v6.Addr))...))
 	if len(out) < 4+22 || out[5] != 0 || out[7] != 4 || netip.AddrFrom16([16]byte(out[8:24])) != netip.MustParseAddr("::1") {
 		t.Fatalf("got % x, want success with ATYP 04 and bound address ::1", out)
 	}

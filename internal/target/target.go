@@ -143,6 +143,12 @@ func WritePeer(c *net.TCPConn) {
 	_, _ = io.WriteString(c, PeerIP(c.RemoteAddr().String())+"\n")
 }
 
+// WritePeerAddr writes the peer's "ip:port", then closes: with the port,
+// a test can match the connection to a SOCKS5 reply's bound address.
+func WritePeerAddr(c *net.TCPConn) {
+	_, _ = io.WriteString(c, c.RemoteAddr().String())
+}
+
 // Echo writes back everything it reads; at EOF it shuts its write half,
 // so a client that half-closes gets every byte and then EOF.
 func Echo(c *net.TCPConn) {

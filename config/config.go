@@ -35,6 +35,10 @@ type Config struct {
 	HeaderTimeout    time.Duration // HTTP request head
 	ShutdownTimeout  time.Duration
 
+	// DebugListen serves net/http/pprof (goroutine counts, profiles) on a
+	// loopback address; empty disables.
+	DebugListen string
+
 	LogLevel  zerolog.Level
 	LogFormat string // "json" or "console"
 
@@ -81,6 +85,7 @@ func NewFlagSet(name string) *pflag.FlagSet {
 	fs.Duration("handshake-timeout", DefaultHandshakeTimeout, "bound on a SOCKS5 greeting, auth and request")
 	fs.Duration("header-timeout", DefaultHeaderTimeout, "bound on reading an HTTP request head")
 	fs.Duration("shutdown-timeout", DefaultShutdownTimeout, "how long live requests and tunnels may drain on SIGTERM")
+	fs.String("debug-listen", "", "serve /debug/pprof/ on this loopback address; empty disables")
 	fs.String("log-level", "info", "trace, debug, info, warn, error (env LOG_LEVEL)")
 	fs.String("log-format", "json", "json, or console for people (env LOG_FORMAT)")
 	fs.Bool("version", false, "print the version and exit")
@@ -175,6 +180,15 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 		if !loopback && c.Credentials == nil && !c.AllowOpen {
 			return Config{}, fmt.Errorf("--%s %q is not a loopback address and no credentials are set: "+
 				"set PROXY_USER and PROXY_PASS, or pass --allow-open to run an open proxy on purpose", l.name, l.addr)
+		}
+	}
+	if c.DebugListen = str("debug-listen"); c.DebugListen != "" {
+		loopback, err := checkListen(c.DebugListen)
+		if err != nil {
+			return Config{}, fmt.Errorf("--debug-listen %q: %w", c.DebugListen, err)
+		}
+		if !loopback {
+			return Config{}, fmt.Errorf("--debug-listen %q: profiles are served on loopback only", c.DebugListen)
 		}
 	}
 	return c, nil

@@ -2,6 +2,7 @@ package httpproxy
 
 import (
 	"encoding/base64"
+	"net/http"
 	"strings"
 )
 
@@ -21,4 +22,16 @@ func parseBasic(h string) (user, pass string, ok bool) {
 		return "", "", false
 	}
 	return user, pass, true
+}
+
+// authorize checks Proxy-Authorization: Basic. It returns the user name.
+func (s *Server) authorize(r *http.Request) (string, bool) {
+	if s.opts.Credentials == nil {
+		return "", true
+	}
+	user, pass, ok := parseBasic(r.Header.Get("Proxy-Authorization"))
+	if !ok || !s.opts.Credentials.Check([]byte(user), []byte(pass)) {
+		return "", false
+	}
+	return user, true
 }

@@ -9,70 +9,52 @@ import (
 	"github.com/rotor-proxy/rotor/tunnel"
 )
 
-var established = []byte("HTTP/1.1 200 Connection established\r\n\r\n")
-
 // connect serves CONNECT host:port: dial first (so failures get a real
-// status), then answer 200, hijack, and relay.
-func (s *Server) connect(w http.ResponseWriter, r *http.Request, user string, start time.Time) {
-	target := r.Host
+// status), then answer 200 and hand the connection to a tunnel.
+func (cc *clientConn) connect(req *http.Request, user string, start time.Time) (keep, handedOff bool) {
+	s := cc.s
+	target := req.URL.Host
 	if _, _, err := net.SplitHostPort(target); err != nil {
-		reply(w, http.StatusBadRequest, "CONNECT needs host:port, got "+quote(target))
-		s.logRequest(r, user, nil, http.StatusBadRequest, 0, 0, start, err)
-		return
+		cc.writeError(http.StatusBadRequest, "CONNECT needs host:port, got "+quote(target), true, nil)
+		s.logRequest(req, user, nil, http.StatusBadRequest, 0, 0, start, err)
+		return false, false
 	}
-	// r.Context ends when the client goes away, which cancels the dial.
-	// net/http reads a FIN before our 200 as going away too: a client
-	// that half-closes before the tunnel is up gets no tunnel.
-	up, src, err := s.opts.Dialer.Dial(r.Context(), target)
+	up, src, err := s.opts.Dialer.Dial(s.baseCtx, target)
 	if err != nil {
 		cl := pool.Classify(err)
 		status := statusFor(cl)
-		reply(w, status, dialMessage(target, cl))
-		s.logRequest(r, user, src, status, 0, 0, start, err)
-		return
+		cc.writeError(status, dialMessage(target, cl), true, nil)
+		s.logRequest(req, user, src, status, 0, 0, start, err)
+		return false, false
 	}
-	defer up.Close()
-
-	c, brw, err := http.NewResponseController(w).Hijack()
+	if _, err := cc.bw.Write(established); err == nil {
+		err = cc.bw.Flush()
+	}
 	if err != nil {
-		reply(w, http.StatusInternalServerError, "cannot take over the connection")
-		s.logRequest(r, user, src, http.StatusInternalServerError, 0, 0, start, err)
-		return
-	}
-	defer c.Close()
-	if !s.tunnels.Add(c) {
-		return // shutting down
-	}
-	defer s.tunnels.Remove(c)
-	// The server's header deadline may still be armed on the raw conn.
-	if err := c.SetDeadline(time.Time{}); err != nil {
-		s.logRequest(r, user, src, http.StatusOK, 0, 0, start, err)
-		return
-	}
-	if _, err := c.Write(established); err != nil {
-		s.logRequest(r, user, src, http.StatusOK, 0, 0, start, err)
-		return
+		up.Close()
+		s.logRequest(req, user, src, http.StatusOK, 0, 0, start, err)
+		return false, false
 	}
 	// Bytes sent right behind the CONNECT head (a TLS ClientHello from an
-	// eager client) are already in the server's read buffer.
-	early, _ := brw.Reader.Peek(brw.Reader.Buffered())
-	st, err := tunnel.Relay(c, up, early)
-	s.logRequest(r, user, src, http.StatusOK, st.Up, st.Down, start, err)
+	// eager client) are already in the read buffer: copy them out so that
+	// the buffers can go.
+	var early []byte
+	if n := cc.br.Buffered(); n > 0 {
+		b, _ := cc.br.Peek(n)
+		early = append([]byte(nil), b...)
+	}
+	c := cc.c
+	// The tunnel runs on fresh goroutines: this one's stack has grown
+	// through parsing and dialing, and ends here with the connection's
+	// buffers. An idle tunnel then holds two sockets and two small stacks.
+	s.acc.Go(func() {
+		st, err := tunnel.Relay(c, up, early)
+		up.Close()
+		s.conns.Remove(c)
+		c.Close()
+		s.logRequest(req, user, src, http.StatusOK, st.Up, st.Down, start, err)
+	})
+	return false, true
 }
 
-// quote keeps log and body lines one line long whatever the client sent.
-func quote(s string) string {
-	if len(s) > 256 {
-		s = s[:256] + "..."
-	}
-	b := make([]byte, 0, len(s)+2)
-	b = append(b, '"')
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c >= 0x20 && c < 0x7f && c != '"' && c != '\\' {
-			b = append(b, c)
-		} else {
-			b = append(b, '\\', 'x', "0123456789abcdef"[c>>4], "0123456789abcdef"[c&15])
-		}
-	}
-	return string(append(b, '"'))
-}
+var established = []byte("HTTP/1.1 200 Connection established\r\n\r\n")

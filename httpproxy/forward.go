@@ -1,129 +1,311 @@
 package httpproxy
 
 import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httputil"
+	"strconv"
+	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/rotor-proxy/rotor/pool"
 )
 
-// forwardRequest sends an absolute-form request to its origin from the
-// next source address, through that address's own ReverseProxy.
-func (s *Server) forwardRequest(w http.ResponseWriter, r *http.Request, user string, start time.Time) {
-	if !r.URL.IsAbs() || r.URL.Host == "" {
-		reply(w, http.StatusBadRequest, "origin-form request "+quote(r.RequestURI)+
-			"; this is a proxy: send absolute-form (GET http://host/path) or CONNECT")
-		s.logRequest(r, user, nil, http.StatusBadRequest, 0, 0, start, nil)
-		return
+// forward sends an absolute-form request to its origin from the next
+// source address and copies the response back. It reports whether the
+// client connection may carry another request.
+func (cc *clientConn) forward(req *http.Request, user string, start time.Time) bool {
+	s := cc.s
+	if req.URL.Scheme == "" || req.URL.Host == "" {
+		cc.writeError(http.StatusBadRequest, "origin-form request "+quote(req.RequestURI)+
+			"; this is a proxy: send absolute-form (GET http://host/path) or CONNECT", !cc.drain(req), nil)
+		s.logRequest(req, user, nil, http.StatusBadRequest, 0, 0, start, nil)
+		return !req.Close && bodyDone(req.Body)
 	}
-	if r.URL.Scheme != "http" && r.URL.Scheme != "https" {
-		reply(w, http.StatusBadRequest, "unsupported scheme "+quote(r.URL.Scheme))
-		s.logRequest(r, user, nil, http.StatusBadRequest, 0, 0, start, nil)
-		return
+	scheme := req.URL.Scheme
+	if scheme != "http" && scheme != "https" {
+		cc.writeError(http.StatusBadRequest, "unsupported scheme "+quote(scheme), true, nil)
+		s.logRequest(req, user, nil, http.StatusBadRequest, 0, 0, start, nil)
+		return false
 	}
-	src, err := s.opts.Dialer.Pool().Pick(pool.FamilyOf(r.URL.Hostname()))
-	if err != nil {
-		reply(w, http.StatusBadGateway, dialMessage(r.URL.Host, pool.ClassNoSource))
-		s.logRequest(r, user, nil, http.StatusBadGateway, 0, 0, start, err)
-		return
-	}
-	lw := &logWriter{ResponseWriter: w}
-	var body *countingBody
-	if r.Body != nil && r.Body != http.NoBody {
-		body = &countingBody{ReadCloser: r.Body}
-		r.Body = body
-	}
-	s.forward[src.Index].ServeHTTP(lw, r)
-	var up int64
-	if body != nil {
-		up = body.n
-	}
-	s.logRequest(r, user, src, lw.status(), up, lw.n, start, lw.err)
-}
-
-// forwardingHeaders are the client's own forwarding headers, which
-// ReverseProxy strips when Rewrite is set; a forward proxy passes them on
-// untouched and adds none of its own.
-var forwardingHeaders = [...]string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
-
-// rewrite keeps the absolute URL and Host the client asked for.
-// ReverseProxy has already removed hop-by-hop headers (Connection and the
-// names it lists, Proxy-Connection, Proxy-Authorization, Keep-Alive, TE
-// except "trailers", Trailer, Transfer-Encoding, Upgrade).
-func rewrite(pr *httputil.ProxyRequest) {
-	for _, h := range forwardingHeaders {
-		if v, ok := pr.In.Header[h]; ok {
-			pr.Out.Header[h] = v
+	host, port := req.URL.Hostname(), req.URL.Port()
+	if port == "" {
+		port = "80"
+		if scheme == "https" {
+			port = "443"
 		}
 	}
-	// ReverseProxy puts back Connection/Upgrade for protocol switches; a
-	// forward proxy does not switch protocols (clients use CONNECT).
-	pr.Out.Header.Del("Upgrade")
-	pr.Out.Header.Del("Connection")
-}
-
-// forwardError answers a failed round trip: 502, or 504 for a timeout,
-// with a one-line body.
-func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, err error) {
-	if lw, ok := w.(*logWriter); ok {
-		lw.err = err
+	hostport := net.JoinHostPort(host, port)
+	src, err := s.opts.Dialer.Pool().Pick(pool.FamilyOf(host))
+	if err != nil {
+		cc.writeError(http.StatusBadGateway, dialMessage(hostport, pool.ClassNoSource), true, nil)
+		s.logRequest(req, user, nil, http.StatusBadGateway, 0, 0, start, err)
+		return false
 	}
-	cl := pool.Classify(err)
-	reply(w, statusFor(cl), dialMessage(r.URL.Host, cl))
-}
 
-// logWriter records the status and body size for the request's log line.
-type logWriter struct {
-	http.ResponseWriter
-	code int
-	n    int64
-	err  error
-}
-
-func (lw *logWriter) WriteHeader(code int) {
-	if lw.code == 0 && code >= 200 {
-		lw.code = code
+	out := outgoing(req)
+	if httpguts.HeaderValuesContainsToken(req.Header["Expect"], "100-continue") {
+		// Answer 100 ourselves and send the body along: the origin may not
+		// speak HTTP/1.1 continue, and rotor reads the body anyway.
+		delete(out.Header, "Expect")
+		if !bodyDone(req.Body) {
+			cc.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+			if err := cc.bw.Flush(); err != nil {
+				return false
+			}
+		}
 	}
-	lw.ResponseWriter.WriteHeader(code)
-}
 
-func (lw *logWriter) Write(p []byte) (int, error) {
-	if lw.code == 0 {
-		lw.code = http.StatusOK
+	key := scheme + "://" + hostport
+	ups := s.upstreams[src.Index]
+	var (
+		resp *http.Response
+		uc   *upConn
+	)
+	for attempt := 0; ; attempt++ {
+		reused := false
+		if attempt == 0 {
+			uc = ups.take(key)
+			reused = uc != nil
+		}
+		if uc == nil {
+			if uc, err = s.dialUpstream(src, scheme, host, hostport, key); err != nil {
+				cl := pool.Classify(err)
+				status := statusFor(cl)
+				keep := cc.drain(req)
+				cc.writeError(status, dialMessage(hostport, cl), !keep, nil)
+				s.logRequest(req, user, src, status, bodyRead(req.Body), 0, start, err)
+				return keep
+			}
+		}
+		resp, err = roundTrip(cc, uc, out)
+		if err == nil {
+			break
+		}
+		uc.close()
+		uc = nil
+		// A pooled connection the origin closed just as we wrote to it:
+		// nothing was sent or received, so a bodiless request is safe to
+		// send again on a new connection, as http.Transport does.
+		if reused && out.Body == http.NoBody && retryable(err) {
+			continue
+		}
+		keep := bodyDone(req.Body) && !req.Close
+		cc.writeError(http.StatusBadGateway, "upstream error from "+quote(hostport), !keep, nil)
+		s.logRequest(req, user, src, http.StatusBadGateway, bodyRead(req.Body), 0, start, err)
+		return keep
 	}
-	n, err := lw.ResponseWriter.Write(p)
-	lw.n += int64(n)
-	return n, err
-}
 
-func (lw *logWriter) status() int {
-	if lw.code == 0 {
-		return http.StatusOK
+	down, keep, reusable, err := cc.writeResponse(req, resp, uc)
+	if reusable {
+		ups.put(uc)
+	} else {
+		uc.close()
 	}
-	return lw.code
+	s.logRequest(req, user, src, resp.StatusCode, bodyRead(req.Body), down, start, err)
+	return keep
 }
 
-// Unwrap lets http.ResponseController reach Flush on the real writer:
-// streamed responses are flushed as they arrive.
-func (lw *logWriter) Unwrap() http.ResponseWriter { return lw.ResponseWriter }
+// outgoing is the request sent upstream: the client's, less hop-by-hop
+// fields. rotor adds nothing that names the client (no Via, no
+// X-Forwarded-For) and passes the client's own forwarding headers on.
+func outgoing(req *http.Request) *http.Request {
+	h := req.Header
+	teTrailers := httpguts.HeaderValuesContainsToken(h["Te"], "trailers")
+	removeHopByHop(h)
+	if teTrailers {
+		h["Te"] = []string{"trailers"}
+	}
+	if _, ok := h["User-Agent"]; !ok {
+		h["User-Agent"] = []string{""} // or Request.Write adds Go's own
+	}
+	out := &http.Request{
+		Method: req.Method, URL: req.URL, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: h, Body: req.Body, ContentLength: req.ContentLength, TransferEncoding: req.TransferEncoding,
+		Host: req.Host,
+	}
+	if cb, ok := req.Body.(*chunkedBody); ok {
+		// Request.Write sends the trailer map's contents after the last
+		// chunk; the chunked reader fills it when it reaches the end.
+		out.Trailer = http.Header{}
+		cb.trailer = out.Trailer
+	}
+	return out
+}
 
-// Flush is here for callers that type-assert http.Flusher.
-func (lw *logWriter) Flush() {
-	if f, ok := lw.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
+// roundTrip writes out on uc and reads the response head, passing 1xx
+// interim responses on to the client.
+func roundTrip(cc *clientConn, uc *upConn, out *http.Request) (*http.Response, error) {
+	if err := out.Write(uc.bw); err != nil {
+		return nil, err
+	}
+	if err := uc.bw.Flush(); err != nil {
+		return nil, err
+	}
+	for {
+		resp, err := http.ReadResponse(uc.br, out)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case resp.StatusCode == http.StatusSwitchingProtocols:
+			return nil, errors.New("origin switched protocols, which rotor does not forward")
+		case resp.StatusCode >= 200:
+			return resp, nil
+		}
+		// 1xx interim (103 Early Hints): pass it on and read on.
+		removeHopByHop(resp.Header)
+		cc.bw.WriteString("HTTP/1.1 " + resp.Status + "\r\n")
+		_ = resp.Header.Write(cc.bw)
+		cc.bw.WriteString("\r\n")
+		if err := cc.bw.Flush(); err != nil {
+			return nil, err
+		}
 	}
 }
 
-// countingBody counts request body bytes sent upstream.
-type countingBody struct {
-	io.ReadCloser
-	n int64
+func retryable(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
-func (b *countingBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	b.n += int64(n)
-	return n, err
+// writeResponse copies resp to the client, framed for it. It reports the
+// body bytes sent, whether the client connection may be kept, and whether
+// the upstream connection may be reused.
+func (cc *clientConn) writeResponse(req *http.Request, resp *http.Response, uc *upConn) (n int64, keep, reusable bool, err error) {
+	w := cc.bw
+	h := resp.Header
+	removeHopByHop(h)
+	delete(h, "Content-Length")
+	noBody := req.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified
+	closeAfter := req.Close
+	chunked := false
+	w.WriteString("HTTP/1.1 ")
+	w.WriteString(resp.Status)
+	w.WriteString("\r\n")
+	if err := h.Write(w); err != nil {
+		return 0, false, false, err
+	}
+	switch {
+	case noBody:
+		if req.Method == http.MethodHead && resp.ContentLength >= 0 {
+			writeLength(w, resp.ContentLength)
+		}
+	case resp.ContentLength >= 0:
+		writeLength(w, resp.ContentLength)
+	case req.ProtoAtLeast(1, 1):
+		w.WriteString("Transfer-Encoding: chunked\r\n")
+		chunked = true
+	default:
+		closeAfter = true // an HTTP/1.0 client reads to EOF
+	}
+	if closeAfter {
+		w.WriteString("Connection: close\r\n")
+	}
+	w.WriteString("\r\n")
+
+	var rerr, werr error
+	if !noBody {
+		var dst io.Writer = w
+		var cw io.WriteCloser
+		if chunked {
+			cw = httputil.NewChunkedWriter(w)
+			dst = cw
+		}
+		n, rerr, werr = copyBody(dst, resp.Body, uc.br, w)
+		if chunked && rerr == nil && werr == nil {
+			werr = cw.Close()
+			for k, vv := range resp.Trailer {
+				for _, v := range vv {
+					w.WriteString(k + ": " + v + "\r\n")
+				}
+			}
+			w.WriteString("\r\n")
+		}
+	}
+	if werr == nil {
+		werr = w.Flush()
+	}
+	// A body cut short upstream must reach the client as a cut: close, so
+	// it sees a short Content-Length or an unterminated chunked body.
+	keep = !closeAfter && rerr == nil && werr == nil && bodyDone(req.Body)
+	reusable = rerr == nil && werr == nil && !resp.Close
+	if rerr != nil {
+		return n, keep, false, fmt.Errorf("reading response body: %w", rerr)
+	}
+	if werr != nil {
+		return n, keep, false, fmt.Errorf("writing to client: %w", werr)
+	}
+	return n, keep, reusable, nil
+}
+
+func writeLength(w interface{ WriteString(string) (int, error) }, n int64) {
+	w.WriteString("Content-Length: ")
+	w.WriteString(strconv.FormatInt(n, 10))
+	w.WriteString("\r\n")
+}
+
+// bodyBufs holds the copy buffers for response bodies.
+var bodyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// copyBody copies src to dst, flushing the client writer whenever the
+// upstream reader has nothing more buffered, so that streamed responses
+// reach the client as they arrive.
+func copyBody(dst io.Writer, src io.Reader, upstream interface{ Buffered() int }, client interface{ Flush() error }) (n int64, rerr, werr error) {
+	bp := bodyBufs.Get().(*[]byte)
+	defer bodyBufs.Put(bp)
+	buf := *bp
+	for {
+		nr, er := src.Read(buf)
+		if nr > 0 {
+			nw, ew := dst.Write(buf[:nr])
+			n += int64(nw)
+			if ew != nil {
+				return n, nil, ew
+			}
+			if upstream.Buffered() == 0 {
+				if ew := client.Flush(); ew != nil {
+					return n, nil, ew
+				}
+			}
+		}
+		if er == io.EOF {
+			return n, nil, nil
+		}
+		if er != nil {
+			return n, er, nil
+		}
+	}
+}
+
+// dialUpstream opens a connection to hostport from src, with TLS for
+// https.
+func (s *Server) dialUpstream(src *pool.Source, scheme, host, hostport, key string) (*upConn, error) {
+	c, err := s.opts.Dialer.DialFrom(s.baseCtx, src, hostport)
+	if err != nil {
+		return nil, err
+	}
+	u := &upConn{c: c, raw: c, key: key}
+	if scheme == "https" {
+		tc := tls.Client(c, &tls.Config{ServerName: host})
+		ctx, cancel := context.WithTimeout(s.baseCtx, 10*time.Second)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("TLS handshake with %s: %w", hostport, err)
+		}
+		u.c = tc
+	}
+	u.br = bufio.NewReaderSize(u.c, 4<<10)
+	u.bw = bufio.NewWriterSize(u.c, 4<<10)
+	return u, nil
 }

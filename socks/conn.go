@@ -35,23 +35,42 @@ type session struct {
 }
 
 func (s *Server) serveConn(c net.Conn) {
-	defer s.wg.Done()
 	if !s.conns.Add(c) {
 		return
 	}
-	defer s.conns.Remove(c)
-	defer c.Close()
-
 	start := time.Now()
-	ss := session{reply: noReply}
-	ss.err = s.handle(c, &ss)
-	s.logSession(c, &ss, time.Since(start))
+	ss := &session{reply: noReply}
+	target, early, err := s.handshake(c, ss)
+	if err != nil {
+		ss.err = err
+		s.end(c, nil, ss, start)
+		return
+	}
+	// The tunnel runs on fresh goroutines: this one's stack has grown
+	// through parsing, resolving and dialing, and ends here with the
+	// handshake buffer. An idle tunnel then holds two sockets and two
+	// small stacks.
+	s.acc.Go(func() {
+		ss.stats, ss.err = tunnel.Relay(c, target, early)
+		s.end(c, target, ss, start)
+	})
 }
 
-// handle runs one SOCKS5 connection to its end.
-func (s *Server) handle(c net.Conn, ss *session) error {
+// end closes a connection (and its target) and logs it.
+func (s *Server) end(c net.Conn, target net.Conn, ss *session, start time.Time) {
+	if target != nil {
+		target.Close()
+	}
+	s.conns.Remove(c)
+	c.Close()
+	s.logSession(c, ss, time.Since(start))
+}
+
+// handshake runs greeting, auth, request, dial and reply. On success it
+// returns the connected target and any bytes the client sent early.
+func (s *Server) handshake(c net.Conn, ss *session) (*net.TCPConn, []byte, error) {
 	if err := c.SetDeadline(time.Now().Add(s.opts.HandshakeTimeout)); err != nil {
-		return err
+		return nil, nil, err
 	}
 	// 512 bytes hold any greeting and request; RFC 1929 auth (up to 513)
 	// is read through it in two fills.
@@ -59,30 +78,30 @@ func (s *Server) handle(c net.Conn, ss *session) error {
 
 	mr, err := statute.ParseMethodRequest(br)
 	if err != nil {
-		return fmt.Errorf("greeting: %w", err)
+		return nil, nil, fmt.Errorf("greeting: %w", err)
 	}
 	if mr.Ver != statute.VersionSocks5 {
-		return fmt.Errorf("greeting: SOCKS version %d, want 5", mr.Ver)
+		return nil, nil, fmt.Errorf("greeting: SOCKS version %d, want 5", mr.Ver)
 	}
 	method := s.chooseMethod(mr.Methods)
 	if _, err := c.Write([]byte{statute.VersionSocks5, method}); err != nil {
-		return fmt.Errorf("greeting reply: %w", err)
+		return nil, nil, fmt.Errorf("greeting reply: %w", err)
 	}
 	if method == statute.MethodNoAcceptable {
-		return fmt.Errorf("greeting: %w among %v", errNoMethod, mr.Methods)
+		return nil, nil, fmt.Errorf("greeting: %w among %v", errNoMethod, mr.Methods)
 	}
 	if method == statute.MethodUserPassAuth {
 		if err := s.authenticate(c, br, ss); err != nil {
-			return err
+			return nil, nil, err
 		}
 	}
 
 	req, err := statute.ParseRequest(br)
 	if err != nil {
 		if errors.Is(err, statute.ErrUnrecognizedAddrType) {
-			return s.fail(c, ss, statute.RepAddrTypeNotSupported, fmt.Errorf("request: %w", err))
+			return nil, nil, s.fail(c, ss, statute.RepAddrTypeNotSupported, fmt.Errorf("request: %w", err))
 		}
-		return fmt.Errorf("request: %w", err)
+		return nil, nil, fmt.Errorf("request: %w", err)
 	}
 	if req.DstAddr.FQDN != "" {
 		ss.target = net.JoinHostPort(req.DstAddr.FQDN, strconv.Itoa(req.DstAddr.Port))
@@ -91,30 +110,32 @@ func (s *Server) handle(c net.Conn, ss *session) error {
 	}
 	if req.Command != statute.CommandConnect {
 		// BIND and UDP ASSOCIATE are not offered (yet).
-		return s.fail(c, ss, statute.RepCommandNotSupported, fmt.Errorf("request: command %d not supported", req.Command))
+		return nil, nil, s.fail(c, ss, statute.RepCommandNotSupported, fmt.Errorf("request: command %d not supported", req.Command))
 	}
 
 	// The handshake is over; the dial has its own timeout, and a slow dial
 	// must not make the reply write miss the handshake deadline.
 	if err := c.SetDeadline(time.Time{}); err != nil {
-		return err
+		return nil, nil, err
 	}
 	target, src, err := s.opts.Dialer.Dial(s.baseCtx, ss.target)
 	ss.src = src
 	if err != nil {
-		return s.fail(c, ss, replyFor(pool.Classify(err)), err)
+		return nil, nil, s.fail(c, ss, replyFor(pool.Classify(err)), err)
 	}
-	defer target.Close()
-
 	if err := writeReply(c, statute.RepSuccess, target.LocalAddr()); err != nil {
-		return fmt.Errorf("success reply: %w", err)
+		target.Close()
+		return nil, nil, fmt.Errorf("success reply: %w", err)
 	}
 	ss.reply = statute.RepSuccess
 	// Bytes the client pipelined behind its request (optimistic data) sit
-	// in br; they go to the target first.
-	early, _ := br.Peek(br.Buffered())
-	ss.stats, err = tunnel.Relay(c, target, early)
-	return err
+	// in br; copied out so the buffer can go, they reach the target first.
+	var early []byte
+	if n := br.Buffered(); n > 0 {
+		b, _ := br.Peek(n)
+		early = append([]byte(nil), b...)
+	}
+	return target, early, nil
 }
 
 // chooseMethod applies RFC 1928 method selection. With credentials only
@@ -199,11 +220,6 @@ func replyFor(cl pool.Class) byte {
 		return statute.RepHostUnreachable // 0x04
 	}
 	return repGeneralFailure
-}
-
-func isTemporary(err error) bool {
-	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
-		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
 }
 
 func (s *Server) logSession(c net.Conn, ss *session, d time.Duration) {

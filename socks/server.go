@@ -11,9 +11,7 @@ package socks
 
 import (
 	"context"
-	"errors"
 	"net"
-	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -37,15 +35,11 @@ type Options struct {
 // Server is a SOCKS5 proxy. It is safe to call Serve on several listeners.
 type Server struct {
 	opts  Options
+	acc   tunnel.Acceptor
 	conns tunnel.Tracker
 
 	baseCtx context.Context // ends at forced close, cancelling dials
 	cancel  context.CancelFunc
-
-	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
-	shutdown  bool
-	wg        sync.WaitGroup // connection handlers
 }
 
 // New returns a server; call Serve to start it.
@@ -54,80 +48,31 @@ func New(o Options) *Server {
 		o.HandshakeTimeout = config.DefaultHandshakeTimeout
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{opts: o, baseCtx: ctx, cancel: cancel, listeners: map[net.Listener]struct{}{}}
+	return &Server{opts: o, baseCtx: ctx, cancel: cancel}
 }
 
 // Serve accepts connections on ln until Shutdown or Close. It returns nil
 // after those, or the listener's error.
 func (s *Server) Serve(ln net.Listener) error {
-	s.mu.Lock()
-	if s.shutdown {
-		s.mu.Unlock()
-		ln.Close()
-		return nil
-	}
-	s.listeners[ln] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, ln)
-		s.mu.Unlock()
-	}()
-
-	var backoff time.Duration
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if s.isShutdown() || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			// Out of fds, or a connection aborted before accept: back off
-			// instead of spinning, and keep serving.
-			if isTemporary(err) {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.opts.Log.Warn().Err(err).Dur("retry_in", backoff).Msg("socks5 accept failed")
-				time.Sleep(backoff)
-				continue
-			}
-			return err
-		}
-		backoff = 0
-		s.wg.Add(1)
-		go s.serveConn(c)
-	}
-}
-
-func (s *Server) isShutdown() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.shutdown
-}
-
-func (s *Server) closeListeners() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.shutdown = true
-	for ln := range s.listeners {
-		ln.Close()
-	}
+	return s.acc.Serve(ln, s.opts.Log, s.serveConn)
 }
 
 // Shutdown stops accepting at once, lets live connections finish until
-// ctx ends, then closes the rest and waits for their handlers.
+// ctx ends, then closes the rest and waits for their goroutines.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.closeListeners()
+	s.acc.Close()
 	err := s.conns.Drain(ctx)
 	s.cancel()
-	s.wg.Wait()
+	s.acc.Wait()
 	return err
 }
 
 // Close closes the listeners and every connection now.
 func (s *Server) Close() error {
-	s.closeListeners()
+	s.acc.Close()
 	s.conns.CloseAll()
 	s.cancel()
-	s.wg.Wait()
+	s.acc.Wait()
 	return nil
 }
 

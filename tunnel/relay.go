@@ -5,7 +5,6 @@ package tunnel
 
 import (
 	"errors"
-	"io"
 	"net"
 )
 
@@ -23,8 +22,7 @@ type Stats struct {
 // direction fails (reset, write error), both connections are closed so
 // the other direction cannot hang.
 //
-// With *net.TCPConn on both sides io.Copy uses splice(2) on Linux: the
-// bytes never enter user space. The caller owns and closes both conns.
+// The caller owns and closes both conns.
 func Relay(client, target net.Conn, early []byte) (Stats, error) {
 	var st Stats
 	if len(early) > 0 {
@@ -51,7 +49,7 @@ type copyResult struct {
 // copyHalf is a named function so that relay goroutines are easy to spot
 // in stack dumps. It sends its result on done when done is not nil.
 func copyHalf(dst, src net.Conn, done chan<- copyResult) copyResult {
-	n, err := io.Copy(dst, src)
+	n, err := copyConn(dst, src)
 	if err == nil {
 		err = closeWrite(dst)
 	}

@@ -6,30 +6,56 @@ import (
 	"sync"
 )
 
-// Tracker is the set of a listener's live connections, so that shutdown
-// can wait for them to drain and then close what is left. http.Server
-// forgets hijacked connections, so CONNECT tunnels are tracked here.
-// Adding and removing take a mutex once per connection, never per byte.
+// Tracker is the set of a server's live client connections, so that
+// shutdown can close idle ones at once, wait for busy ones to finish, and
+// close what is left at the deadline. A connection is busy from Add until
+// it says it is idle (an HTTP keep-alive connection between requests).
+// Adding, removing and state changes take a mutex once per connection or
+// request, never per byte.
 type Tracker struct {
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	closed bool
-	idle   chan struct{} // closed when conns becomes empty while draining
+	mu       sync.Mutex
+	conns    map[net.Conn]bool // value: idle
+	draining bool
+	empty    chan struct{} // closed when conns becomes empty while draining
 }
 
-// Add registers c. It returns false, and closes c, once the tracker has
-// been closed: a connection accepted during shutdown is not served.
+// Add registers c as busy. It returns false, and closes c, once the
+// tracker is draining: a connection accepted during shutdown is not served.
 func (t *Tracker) Add(c net.Conn) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.closed {
+	if t.draining {
 		c.Close()
 		return false
 	}
 	if t.conns == nil {
-		t.conns = make(map[net.Conn]struct{})
+		t.conns = make(map[net.Conn]bool)
 	}
-	t.conns[c] = struct{}{}
+	t.conns[c] = false
+	return true
+}
+
+// Idle marks c idle. It returns false when the tracker is draining: the
+// caller must then close c instead of waiting for another request.
+func (t *Tracker) Idle(c net.Conn) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.draining {
+		return false
+	}
+	t.conns[c] = true
+	return true
+}
+
+// Busy marks c busy again (a request has started). It returns false when
+// the tracker is draining and c was idle, in which case it is being closed.
+func (t *Tracker) Busy(c net.Conn) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.draining {
+		return false
+	}
+	t.conns[c] = false
 	return true
 }
 
@@ -38,9 +64,9 @@ func (t *Tracker) Remove(c net.Conn) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	delete(t.conns, c)
-	if len(t.conns) == 0 && t.idle != nil {
-		close(t.idle)
-		t.idle = nil
+	if len(t.conns) == 0 && t.empty != nil {
+		close(t.empty)
+		t.empty = nil
 	}
 }
 
@@ -51,25 +77,30 @@ func (t *Tracker) Len() int {
 	return len(t.conns)
 }
 
-// Drain waits until every connection has been removed or ctx ends, then
-// closes whatever is still open. It returns ctx.Err() if it had to close
-// connections. After Drain, Add refuses new connections.
+// Drain refuses new connections, closes idle ones, waits until every busy
+// one has been removed or ctx ends, then closes whatever is still open.
+// It returns ctx.Err() if it had to close busy connections.
 func (t *Tracker) Drain(ctx context.Context) error {
 	t.mu.Lock()
-	t.closed = true
-	var idle chan struct{}
-	if len(t.conns) > 0 {
-		if t.idle == nil {
-			t.idle = make(chan struct{})
+	t.draining = true
+	for c, idle := range t.conns {
+		if idle {
+			c.Close()
 		}
-		idle = t.idle
+	}
+	var empty chan struct{}
+	if len(t.conns) > 0 {
+		if t.empty == nil {
+			t.empty = make(chan struct{})
+		}
+		empty = t.empty
 	}
 	t.mu.Unlock()
-	if idle == nil {
+	if empty == nil {
 		return nil
 	}
 	select {
-	case <-idle:
+	case <-empty:
 		return nil
 	case <-ctx.Done():
 		t.CloseAll()
@@ -81,7 +112,7 @@ func (t *Tracker) Drain(ctx context.Context) error {
 func (t *Tracker) CloseAll() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.closed = true
+	t.draining = true
 	for c := range t.conns {
 		c.Close()
 	}

@@ -63,6 +63,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		}
 		return 1
 	}
+	if cfg.DebugListen != "" {
+		addr, err := startDebug(cfg.DebugListen)
+		if err != nil {
+			fmt.Fprintf(stderr, "rotor: debug listener: %v\n", err)
+			return 1
+		}
+		log.Info().Stringer("addr", addr).Msg("serving /debug/pprof/")
+	}
 	ev := log.Info().Str("version", version).Strs("pool", addrStrings(in)).Str("strategy", string(cfg.Strategy)).
 		Bool("auth", cfg.Credentials != nil)
 	if in.httpAddr != nil {

@@ -1,0 +1,225 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"text/template"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+// peer is a proxy under test.
+type peer struct {
+	Name      string
+	HTTP      string // HTTP proxy address, empty if none
+	SOCKS     string // SOCKS5 proxy address, empty if none
+	DebugAddr string // rotor only
+	cmd       *exec.Cmd
+	dir       string
+}
+
+func (p *peer) PID() int { return p.cmd.Process.Pid }
+
+func (p *peer) spec(socks bool) proxySpec {
+	s := proxySpec{User: benchUser, Pass: benchPass}
+	if socks {
+		s.SOCKS = p.SOCKS
+	} else {
+		s.HTTP = p.HTTP
+	}
+	return s
+}
+
+// stop ends the peer (SIGTERM, then SIGKILL) and removes its files.
+func (p *peer) stop() {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-done
+	}
+	os.RemoveAll(p.dir)
+}
+
+const benchUser, benchPass = "bench", "bench-pass-123"
+
+// ports hands out listen ports below the ephemeral range (32768-60999), so
+// that the load's own client ports never collide with them.
+type ports struct{ next int }
+
+func (p *ports) take() (int, error) {
+	for ; p.next < 32000; p.next++ {
+		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p.next))
+		if err == nil {
+			ln.Close()
+			p.next++
+			return p.next - 1, nil
+		}
+	}
+	return 0, errors.New("no free port below 32000")
+}
+
+func waitListening(addr string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("nothing listening on %s after 10s", addr)
+}
+
+// peerDir makes a directory the peer's own user (squid drops to "proxy",
+// tinyproxy to "nobody") can read and write.
+func peerDir(name string) (string, error) {
+	dir, err := os.MkdirTemp("", "rotorbench-"+name+"-")
+	if err != nil {
+		return "", err
+	}
+	return dir, os.Chmod(dir, 0o777)
+}
+
+func render(repo, name, dir string, port int) (string, error) {
+	t, err := template.ParseFiles(filepath.Join(repo, "testdata", "peers", name+".conf"))
+	if err != nil {
+		return "", err
+	}
+	var b bytes.Buffer
+	err = t.Execute(&b, map[string]any{"Port": port, "Dir": dir, "User": benchUser, "Pass": benchPass})
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, name+".conf")
+	return path, os.WriteFile(path, b.Bytes(), 0o644)
+}
+
+func startCmd(p *peer, name string, args ...string) error {
+	p.cmd = exec.Command(name, args...)
+	logf, err := os.Create(filepath.Join(p.dir, "stderr.log"))
+	if err != nil {
+		return err
+	}
+	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	if err := p.cmd.Start(); err != nil {
+		return err
+	}
+	for _, a := range []string{p.HTTP, p.SOCKS} {
+		if a == "" {
+			continue
+		}
+		if err := waitListening(a); err != nil {
+			out, _ := os.ReadFile(filepath.Join(p.dir, "stderr.log"))
+			p.stop()
+			return fmt.Errorf("%s: %w; it said: %s", name, err, out)
+		}
+	}
+	return nil
+}
+
+// startRotor runs the rotor binary on a loopback pool of four with both
+// listeners and a debug listener for goroutine counts. Access logging is
+// off (warn level), as for every peer.
+func startRotorPeer(bin string, pp *ports) (*peer, error) {
+	p := &peer{Name: "rotor"}
+	var err error
+	if p.dir, err = peerDir("rotor"); err != nil {
+		return nil, err
+	}
+	hp, _ := pp.take()
+	sp, _ := pp.take()
+	dp, err := pp.take()
+	if err != nil {
+		return nil, err
+	}
+	p.HTTP, p.SOCKS, p.DebugAddr = addr(hp), addr(sp), addr(dp)
+	err = startCmd(p, bin, "--pool", "127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5",
+		"--http-listen", p.HTTP, "--socks-listen", p.SOCKS, "--debug-listen", p.DebugAddr,
+		"--user", benchUser, "--pass", benchPass, "--log-level", "warn")
+	return p, err
+}
+
+func startSquid(repo string, pp *ports) (*peer, error) {
+	bin, err := exec.LookPath("squid")
+	if err != nil {
+		return nil, errNotInstalled
+	}
+	p := &peer{Name: "squid"}
+	if p.dir, err = peerDir("squid"); err != nil {
+		return nil, err
+	}
+	port, err := pp.take()
+	if err != nil {
+		return nil, err
+	}
+	p.HTTP = addr(port)
+	conf, err := render(repo, "squid", p.dir, port)
+	if err != nil {
+		return nil, err
+	}
+	// basic_ncsa_auth checks with crypt(3), which takes bcrypt; Squid
+	// caches a good credential (credentialsttl), so the cost is paid once.
+	hash, err := bcrypt.GenerateFromPassword([]byte(benchPass), bcrypt.MinCost)
+	if err != nil {
+		return nil, err
+	}
+	line := benchUser + ":" + string(hash) + "\n"
+	if err := os.WriteFile(filepath.Join(p.dir, "htpasswd"), []byte(line), 0o644); err != nil {
+		return nil, err
+	}
+	return p, startCmd(p, bin, "-N", "-f", conf)
+}
+
+func startTinyproxy(repo string, pp *ports) (*peer, error) {
+	bin, err := exec.LookPath("tinyproxy")
+	if err != nil {
+		return nil, errNotInstalled
+	}
+	p := &peer{Name: "tinyproxy"}
+	if p.dir, err = peerDir("tinyproxy"); err != nil {
+		return nil, err
+	}
+	port, err := pp.take()
+	if err != nil {
+		return nil, err
+	}
+	p.HTTP = addr(port)
+	conf, err := render(repo, "tinyproxy", p.dir, port)
+	if err != nil {
+		return nil, err
+	}
+	return p, startCmd(p, bin, "-d", "-c", conf)
+}
+
+func startMicrosocks(pp *ports) (*peer, error) {
+	bin, err := exec.LookPath("microsocks")
+	if err != nil {
+		return nil, errNotInstalled
+	}
+	p := &peer{Name: "microsocks"}
+	if p.dir, err = peerDir("microsocks"); err != nil {
+		return nil, err
+	}
+	port, err := pp.take()
+	if err != nil {
+		return nil, err
+	}
+	p.SOCKS = addr(port)
+	return p, startCmd(p, bin, "-i", "127.0.0.1", "-p", strconv.Itoa(port), "-u", benchUser, "-P", benchPass)
+}
+
+var errNotInstalled = errors.New("not installed")
+
+func addr(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }

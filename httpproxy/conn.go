@@ -1,0 +1,183 @@
+package httpproxy
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+)
+
+// clientConn is one client connection and its buffers.
+type clientConn struct {
+	s  *Server
+	c  net.Conn
+	lr headLimit
+	br *bufio.Reader
+	bw *bufio.Writer
+}
+
+// headLimit caps how much a request head may read from the connection.
+type headLimit struct {
+	r net.Conn
+	n int64
+}
+
+func (l *headLimit) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		return 0, errHeadTooLarge
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	return n, err
+}
+
+func (s *Server) serveConn(c net.Conn) {
+	if !s.conns.Add(c) {
+		return
+	}
+	cc := &clientConn{s: s, c: c}
+	if !cc.serve() {
+		s.conns.Remove(c)
+		c.Close()
+	}
+}
+
+// serve reads and answers requests until the connection should close. It
+// returns true when the connection was handed to a tunnel, which then owns
+// it.
+func (cc *clientConn) serve() (handedOff bool) {
+	s := cc.s
+	cc.lr.r = cc.c
+	cc.br = bufio.NewReaderSize(&cc.lr, 4<<10)
+	cc.bw = bufio.NewWriterSize(cc.c, 4<<10)
+	wait := s.opts.HeaderTimeout // for the first request: the client connected to send one
+	for {
+		cc.lr.n = maxHeaderBytes
+		if err := cc.c.SetReadDeadline(time.Now().Add(wait)); err != nil {
+			return false
+		}
+		if _, err := cc.br.Peek(1); err != nil {
+			return false // idle timeout, client gone, or closed by shutdown
+		}
+		if wait != s.opts.HeaderTimeout {
+			if !s.conns.Busy(cc.c) {
+				return false
+			}
+			_ = cc.c.SetReadDeadline(time.Now().Add(s.opts.HeaderTimeout))
+		}
+		start := time.Now()
+		req, err := readRequest(cc.br)
+		if err != nil {
+			cc.rejectHead(err, start)
+			return false
+		}
+		cc.lr.n = math.MaxInt64
+		req.RemoteAddr = cc.c.RemoteAddr().String()
+		if err := cc.c.SetReadDeadline(time.Time{}); err != nil {
+			return false
+		}
+		keep, handedOff := cc.handle(req, start)
+		if handedOff {
+			return true
+		}
+		if !keep || !s.conns.Idle(cc.c) {
+			return false
+		}
+		wait = s.opts.IdleTimeout
+	}
+}
+
+// rejectHead answers a request head that could not be read, if it makes
+// sense to answer at all.
+func (cc *clientConn) rejectHead(err error, start time.Time) {
+	var br *badRequest
+	status := 0
+	switch {
+	case errors.As(err, &br):
+		status = br.status
+	case errors.Is(err, errHeadTooLarge):
+		status = http.StatusRequestHeaderFieldsTooLarge
+		br = &badRequest{status, "request head larger than " + strconv.Itoa(maxHeaderBytes) + " bytes"}
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		status = http.StatusRequestTimeout
+		br = &badRequest{status, "request head not received in time"}
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+		// The client went away mid-head: nobody to answer.
+	default:
+		status = http.StatusBadRequest
+		br = &badRequest{status, "malformed request"}
+	}
+	if status != 0 {
+		_ = cc.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		cc.writeError(status, br.msg, true, nil)
+	}
+	e := cc.s.opts.Log.Warn().Str("proto", "http").Str("client", cc.c.RemoteAddr().String()).Int("status", status).
+		Dur("dur_ms", time.Since(start)).Err(err)
+	e.Msg("bad request head")
+}
+
+// handle answers one request. keep reports whether the connection may
+// carry another request; handedOff that a tunnel now owns it.
+func (cc *clientConn) handle(req *http.Request, start time.Time) (keep, handedOff bool) {
+	user, ok := cc.s.authorize(req)
+	if !ok {
+		// Whatever a refused CONNECT pipelined is tunnel payload, never
+		// a request: close after answering.
+		closeAfter := req.Method == http.MethodConnect || !cc.drain(req)
+		cc.writeError(http.StatusProxyAuthRequired, "proxy authentication required", closeAfter,
+			[]string{"Proxy-Authenticate", `Basic realm="rotor"`})
+		cc.s.logRequest(req, "", nil, http.StatusProxyAuthRequired, 0, 0, start, nil)
+		return !closeAfter, false
+	}
+	if req.Method == http.MethodConnect {
+		return cc.connect(req, user, start)
+	}
+	return cc.forward(req, user, start), false
+}
+
+// drain reads what is left of a request body that will not be forwarded,
+// up to 256 KiB, so the connection can carry the next request. It reports
+// false when the connection must close instead.
+func (cc *clientConn) drain(req *http.Request) bool {
+	if req.Close {
+		return false
+	}
+	if bodyDone(req.Body) {
+		return true
+	}
+	_, _ = io.CopyN(io.Discard, req.Body, 256<<10)
+	return bodyDone(req.Body)
+}
+
+// writeError writes a status with a one-line plain-text body and flushes.
+// extra holds header name/value pairs.
+func (cc *clientConn) writeError(status int, msg string, closeAfter bool, extra []string) {
+	body := "rotor: " + msg + "\n"
+	w := cc.bw
+	w.WriteString("HTTP/1.1 ")
+	w.WriteString(strconv.Itoa(status))
+	w.WriteByte(' ')
+	w.WriteString(http.StatusText(status))
+	w.WriteString("\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: ")
+	w.WriteString(strconv.Itoa(len(body)))
+	for i := 0; i+1 < len(extra); i += 2 {
+		w.WriteString("\r\n")
+		w.WriteString(extra[i])
+		w.WriteString(": ")
+		w.WriteString(extra[i+1])
+	}
+	if closeAfter {
+		w.WriteString("\r\nConnection: close")
+	}
+	w.WriteString("\r\n\r\n")
+	w.WriteString(body)
+	_ = w.Flush()
+}

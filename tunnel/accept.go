@@ -1,0 +1,103 @@
+package tunnel
+
+import (
+	"errors"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// Acceptor runs accept loops for a server's listeners and closes them all
+// at shutdown. Both the HTTP and the SOCKS5 server use it.
+type Acceptor struct {
+	mu     sync.Mutex
+	set    map[net.Listener]struct{}
+	closed bool
+	wg     sync.WaitGroup // connection goroutines, and those started by Go
+}
+
+// Serve accepts on ln and calls handle in a new goroutine for each
+// connection, until Close. It returns nil after Close, or the listener's
+// error. Running out of descriptors backs off (5 ms doubling to 1 s)
+// instead of spinning, and serving resumes by itself when fds free up.
+func (a *Acceptor) Serve(ln net.Listener, log zerolog.Logger, handle func(net.Conn)) error {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	if a.set == nil {
+		a.set = map[net.Listener]struct{}{}
+	}
+	a.set[ln] = struct{}{}
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		delete(a.set, ln)
+		a.mu.Unlock()
+	}()
+
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if a.Closed() || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			if isTemporary(err) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				log.Warn().Err(err).Dur("retry_in", backoff).Msg("accept failed")
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			handle(c)
+		}()
+	}
+}
+
+// Go runs f in a goroutine that Wait waits for. Call it only from a
+// goroutine Wait already waits for (a connection handler handing its
+// connection on to a tunnel).
+func (a *Acceptor) Go(f func()) {
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		f()
+	}()
+}
+
+// Wait waits for every connection handler and every goroutine started by
+// Go to return.
+func (a *Acceptor) Wait() { a.wg.Wait() }
+
+// Closed reports whether Close has been called.
+func (a *Acceptor) Closed() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.closed
+}
+
+// Close closes every listener; Serve calls return nil.
+func (a *Acceptor) Close() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.closed = true
+	for ln := range a.set {
+		ln.Close()
+	}
+}
+
+func isTemporary(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
+}

@@ -33,6 +33,7 @@ type Config struct {
 	DialTimeout      time.Duration
 	HandshakeTimeout time.Duration // SOCKS5 greeting, auth and request
 	HeaderTimeout    time.Duration // HTTP request head
+	IdleTimeout      time.Duration // tunnel with no bytes either way
 	ShutdownTimeout  time.Duration
 
 	// DebugListen serves net/http/pprof (goroutine counts, profiles) on a
@@ -53,6 +54,7 @@ const (
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultHeaderTimeout    = 30 * time.Second
 	DefaultShutdownTimeout  = 10 * time.Second
+	DefaultIdleTimeout      = 10 * time.Minute
 )
 
 // Env names the environment variable behind each flag that has one. The
@@ -84,6 +86,7 @@ func NewFlagSet(name string) *pflag.FlagSet {
 	fs.Duration("dial-timeout", DefaultDialTimeout, "bound on resolving and connecting to a target")
 	fs.Duration("handshake-timeout", DefaultHandshakeTimeout, "bound on a SOCKS5 greeting, auth and request")
 	fs.Duration("header-timeout", DefaultHeaderTimeout, "bound on reading an HTTP request head")
+	fs.Duration("idle-timeout", DefaultIdleTimeout, "close a tunnel that moves no byte either way for this long")
 	fs.Duration("shutdown-timeout", DefaultShutdownTimeout, "how long live requests and tunnels may drain on SIGTERM")
 	fs.String("debug-listen", "", "serve /debug/pprof/ on this loopback address; empty disables")
 	fs.String("log-level", "info", "trace, debug, info, warn, error (env LOG_LEVEL)")
@@ -138,13 +141,14 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	default:
 		return Config{}, fmt.Errorf("unknown log format %q (want json or console)", c.LogFormat)
 	}
-	for _, d := range []string{"dial-timeout", "handshake-timeout", "header-timeout", "shutdown-timeout"} {
+	for _, d := range []string{"dial-timeout", "handshake-timeout", "header-timeout", "idle-timeout", "shutdown-timeout"} {
 		if dur(d) <= 0 {
 			return Config{}, fmt.Errorf("--%s %s: must be positive", d, dur(d))
 		}
 	}
 	c.DialTimeout, c.HandshakeTimeout = dur("dial-timeout"), dur("handshake-timeout")
 	c.HeaderTimeout, c.ShutdownTimeout = dur("header-timeout"), dur("shutdown-timeout")
+	c.IdleTimeout = dur("idle-timeout")
 
 	user, pass := str("user"), str("pass")
 	switch {

@@ -48,7 +48,7 @@ func (cc *clientConn) connect(req *http.Request, user string, start time.Time) (
 	// through parsing and dialing, and ends here with the connection's
 	// buffers. An idle tunnel then holds two sockets and two small stacks.
 	s.acc.Go(func() {
-		st, err := tunnel.Relay(c, up, early)
+		st, err := tunnel.Relay(c, up, early, s.opts.TunnelIdleTimeout)
 		up.Close()
 		s.conns.Remove(c)
 		c.Close()

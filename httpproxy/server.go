@@ -40,6 +40,9 @@ type Options struct {
 	// IdleTimeout closes a keep-alive client connection idle this long;
 	// zero means two minutes.
 	IdleTimeout time.Duration
+	// TunnelIdleTimeout closes a CONNECT tunnel that moves no byte either
+	// way for this long; zero means never.
+	TunnelIdleTimeout time.Duration
 	// UpstreamIdleTimeout closes pooled upstream connections idle this
 	// long; zero means 90 seconds.
 	UpstreamIdleTimeout time.Duration

@@ -46,6 +46,11 @@ func NewDialer(p *Pool, o DialerOptions) *Dialer {
 		d.resolver = net.DefaultResolver
 	}
 	d.net.Control = bindNoPort
+	// Bounds the connect of an address target without a context per dial.
+	d.net.Timeout = o.Timeout
+	// No TCP keepalive probes: four setsockopt calls per connection, and
+	// tunnels are bounded by rotor's own idle timeout instead.
+	d.net.KeepAlive = -1
 	return d
 }
 
@@ -85,6 +90,38 @@ func (d *Dialer) Dial(ctx context.Context, target string) (*net.TCPConn, *Source
 	return c, src, err
 }
 
+// DialAddr picks the next source of dst's family and connects from it.
+func (d *Dialer) DialAddr(ctx context.Context, dst netip.AddrPort) (*net.TCPConn, *Source, error) {
+	if dst.Port() == 0 {
+		return nil, nil, fmt.Errorf("%w %s: port must be 1-65535", ErrBadTarget, dst)
+	}
+	ip := dst.Addr().Unmap()
+	f := IPv6
+	if ip.Is4() {
+		f = IPv4
+	}
+	src, err := d.pool.Pick(f)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := d.dialIP(ctx, src, netip.AddrPortFrom(ip, dst.Port()))
+	return c, src, err
+}
+
+// DialName picks the next source and connects from it to host, resolved
+// in the source's family.
+func (d *Dialer) DialName(ctx context.Context, host string, port uint16) (*net.TCPConn, *Source, error) {
+	if host == "" || port == 0 {
+		return nil, nil, fmt.Errorf("%w %q port %d", ErrBadTarget, host, port)
+	}
+	src, err := d.pool.Pick(Any)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := d.dial(ctx, src, host, port)
+	return c, src, err
+}
+
 // DialFrom connects to target ("host:port") from src. Host names resolve
 // only in src's family.
 func (d *Dialer) DialFrom(ctx context.Context, src *Source, target string) (*net.TCPConn, error) {
@@ -95,7 +132,27 @@ func (d *Dialer) DialFrom(ctx context.Context, src *Source, target string) (*net
 	return d.dial(ctx, src, host, port)
 }
 
+// dialIP connects from src to dst; the dialer's Timeout bounds it.
+func (d *Dialer) dialIP(ctx context.Context, src *Source, dst netip.AddrPort) (*net.TCPConn, error) {
+	if dst.Addr().Is4() != src.Addr.Is4() {
+		return nil, fmt.Errorf("dial %s from %s: %w", dst, src.Addr, ErrNoSource)
+	}
+	network := "tcp4"
+	if src.Addr.Is6() {
+		network = "tcp6"
+	}
+	c, err := d.net.DialTCP(ctx, network, netip.AddrPortFrom(src.Addr, 0), dst)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s from %s: %w", dst, src.Addr, err)
+	}
+	return c, nil
+}
+
 func (d *Dialer) dial(ctx context.Context, src *Source, host string, port uint16) (*net.TCPConn, error) {
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return d.dialIP(ctx, src, netip.AddrPortFrom(ip.Unmap(), port))
+	}
+	// A name: the timeout bounds resolution and connects together.
 	if d.timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, d.timeout)
@@ -106,18 +163,6 @@ func (d *Dialer) dial(ctx context.Context, src *Source, host string, port uint16
 		network, lookup = "tcp6", "ip6"
 	}
 	laddr := netip.AddrPortFrom(src.Addr, 0)
-
-	if ip, err := netip.ParseAddr(host); err == nil {
-		ip = ip.Unmap()
-		if ip.Is4() != src.Addr.Is4() {
-			return nil, fmt.Errorf("dial %s from %s: %w", host, src.Addr, ErrNoSource)
-		}
-		c, err := d.net.DialTCP(ctx, network, laddr, netip.AddrPortFrom(ip, port))
-		if err != nil {
-			return nil, fmt.Errorf("dial %s from %s: %w", net.JoinHostPort(host, strconv.Itoa(int(port))), src.Addr, err)
-		}
-		return c, nil
-	}
 
 	ips, err := d.resolver.LookupNetIP(ctx, lookup, host)
 	if err != nil {

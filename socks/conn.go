@@ -6,8 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
-	"strconv"
 	"syscall"
 	"time"
 
@@ -27,7 +27,8 @@ const (
 // session is what one connection's log line reports.
 type session struct {
 	user   string
-	target string
+	dst    statute.AddrSpec // formatted only when logged
+	hasDst bool
 	src    *pool.Source
 	reply  byte
 	stats  tunnel.Stats
@@ -51,7 +52,7 @@ func (s *Server) serveConn(c net.Conn) {
 	// handshake buffer. An idle tunnel then holds two sockets and two
 	// small stacks.
 	s.acc.Go(func() {
-		ss.stats, ss.err = tunnel.Relay(c, target, early)
+		ss.stats, ss.err = tunnel.Relay(c, target, early, s.opts.IdleTimeout)
 		s.end(c, target, ss, start)
 	})
 }
@@ -103,11 +104,7 @@ func (s *Server) handshake(c net.Conn, ss *session) (*net.TCPConn, []byte, error
 		}
 		return nil, nil, fmt.Errorf("request: %w", err)
 	}
-	if req.DstAddr.FQDN != "" {
-		ss.target = net.JoinHostPort(req.DstAddr.FQDN, strconv.Itoa(req.DstAddr.Port))
-	} else {
-		ss.target = net.JoinHostPort(req.DstAddr.IP.String(), strconv.Itoa(req.DstAddr.Port))
-	}
+	ss.dst, ss.hasDst = req.DstAddr, true
 	if req.Command != statute.CommandConnect {
 		// BIND and UDP ASSOCIATE are not offered (yet).
 		return nil, nil, s.fail(c, ss, statute.RepCommandNotSupported, fmt.Errorf("request: command %d not supported", req.Command))
@@ -118,7 +115,14 @@ func (s *Server) handshake(c net.Conn, ss *session) (*net.TCPConn, []byte, error
 	if err := c.SetDeadline(time.Time{}); err != nil {
 		return nil, nil, err
 	}
-	target, src, err := s.opts.Dialer.Dial(s.baseCtx, ss.target)
+	var target *net.TCPConn
+	var src *pool.Source
+	if req.DstAddr.FQDN != "" {
+		target, src, err = s.opts.Dialer.DialName(s.baseCtx, req.DstAddr.FQDN, uint16(req.DstAddr.Port))
+	} else {
+		ip, _ := netip.AddrFromSlice(req.DstAddr.IP)
+		target, src, err = s.opts.Dialer.DialAddr(s.baseCtx, netip.AddrPortFrom(ip, uint16(req.DstAddr.Port)))
+	}
 	ss.src = src
 	if err != nil {
 		return nil, nil, s.fail(c, ss, replyFor(pool.Classify(err)), err)
@@ -235,8 +239,8 @@ func (s *Server) logSession(c net.Conn, ss *session, d time.Duration) {
 	if ss.user != "" {
 		e = e.Str("user", ss.user)
 	}
-	if ss.target != "" {
-		e = e.Str("target", ss.target)
+	if ss.hasDst {
+		e = e.Str("target", ss.dst.String())
 	}
 	if ss.src != nil {
 		e = e.Stringer("src", ss.src.Addr)

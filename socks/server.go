@@ -29,7 +29,10 @@ type Options struct {
 	// HandshakeTimeout bounds greeting, auth, request and dial together.
 	// Zero means config.DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
-	Log              zerolog.Logger
+	// IdleTimeout closes a tunnel that moves no byte either way for this
+	// long; zero means never.
+	IdleTimeout time.Duration
+	Log         zerolog.Logger
 }
 
 // Server is a SOCKS5 proxy. It is safe to call Serve on several listeners.

@@ -26,7 +26,7 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b 
 //
 // Measured against splice (rotorbench bulk), a 64 KiB user-space copy is
 // as fast on loopback: see BENCHMARKS.md.
-func copyConn(dst io.Writer, src net.Conn) (int64, error) {
+func copyConn(dst io.Writer, src net.Conn, r *relay) (int64, error) {
 	sc, ok := src.(syscall.Conn)
 	if !ok {
 		return io.Copy(dst, src)
@@ -77,6 +77,7 @@ func copyConn(dst io.Writer, src net.Conn) (int64, error) {
 			bufPool.Put(buf)
 			return total, nil // EOF
 		}
+		r.touch()
 		w, werr := dst.Write((*buf)[:n])
 		total += int64(w)
 		// Keep the buffer for the next read while data flows; the read

@@ -40,7 +40,7 @@ func relayed(t *testing.T, early []byte) (client, target *net.TCPConn, done <-ch
 	proxyTarget, target := pair(t)
 	ch := make(chan Stats, 1)
 	go func() {
-		st, _ := Relay(proxyClient, proxyTarget, early)
+		st, _ := Relay(proxyClient, proxyTarget, early, 0)
 		proxyClient.Close()
 		proxyTarget.Close()
 		ch <- st
@@ -118,5 +118,54 @@ func TestTrackerDrain(t *testing.T) {
 	_ = d.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := d.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("peer read %v, want EOF after forced close", err)
+	}
+}
+
+func relayedIdle(t *testing.T, idle time.Duration) (client, target *net.TCPConn, done <-chan error) {
+	client, proxyClient := pair(t)
+	proxyTarget, target := pair(t)
+	ch := make(chan error, 1)
+	go func() {
+		_, err := Relay(proxyClient, proxyTarget, nil, idle)
+		proxyClient.Close()
+		proxyTarget.Close()
+		ch <- err
+	}()
+	return client, target, ch
+}
+
+func TestRelayIdleTimeout(t *testing.T) {
+	_, _, done := relayedIdle(t, 200*time.Millisecond)
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrIdle) {
+			t.Fatalf("relay ended with %v, want ErrIdle", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("silent tunnel still open after 5s with a 200ms idle timeout")
+	}
+}
+
+// Bytes flowing one way keep the tunnel open although the other
+// direction is silent for longer than the idle timeout.
+func TestRelayOneWayTrafficIsNotIdle(t *testing.T) {
+	client, target, done := relayedIdle(t, 300*time.Millisecond)
+	go func() {
+		for i := 0; i < 12; i++ {
+			if _, err := target.Write([]byte("tick")); err != nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		target.CloseWrite()
+	}()
+	_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(client)
+	if err != nil || len(got) != 48 {
+		t.Fatalf("client read %d bytes (%v), want 48 over 1.2s of one-way traffic", len(got), err)
+	}
+	client.CloseWrite()
+	if err := <-done; err != nil {
+		t.Fatalf("relay: %v", err)
 	}
 }

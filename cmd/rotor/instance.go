@@ -56,14 +56,17 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 	d := pool.NewDialer(p, pool.DialerOptions{Timeout: cfg.DialTimeout, Resolver: resolver})
 	in := &instance{pool: p, serveErr: make(chan error, 2)}
 
+	// No TCP keepalive probes on client connections: four setsockopt calls
+	// per accept, and tunnels are bounded by --idle-timeout instead.
+	lc := net.ListenConfig{KeepAlive: -1}
 	var hl, sl net.Listener
 	if cfg.HTTPListen != "" {
-		if hl, err = net.Listen("tcp", cfg.HTTPListen); err != nil {
+		if hl, err = lc.Listen(context.Background(), "tcp", cfg.HTTPListen); err != nil {
 			return nil, fmt.Errorf("HTTP listener: %w", err)
 		}
 	}
 	if cfg.SOCKSListen != "" {
-		if sl, err = net.Listen("tcp", cfg.SOCKSListen); err != nil {
+		if sl, err = lc.Listen(context.Background(), "tcp", cfg.SOCKSListen); err != nil {
 			if hl != nil {
 				hl.Close()
 			}
@@ -75,7 +78,7 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 		in.listeners = append(in.listeners, hl)
 		in.httpAddr = hl.Addr()
 		in.http = httpproxy.New(httpproxy.Options{
-			Dialer: d, Credentials: cfg.Credentials, HeaderTimeout: cfg.HeaderTimeout,
+			Dialer: d, Credentials: cfg.Credentials, HeaderTimeout: cfg.HeaderTimeout, TunnelIdleTimeout: cfg.IdleTimeout,
 			Log: log.With().Str("listener", "http").Logger(),
 		})
 		in.serve(func() error { return in.http.Serve(hl) })
@@ -85,7 +88,7 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 		in.listeners = append(in.listeners, sl)
 		in.socksAddr = sl.Addr()
 		in.socks = socks.New(socks.Options{
-			Dialer: d, Credentials: cfg.Credentials, HandshakeTimeout: cfg.HandshakeTimeout,
+			Dialer: d, Credentials: cfg.Credentials, HandshakeTimeout: cfg.HandshakeTimeout, IdleTimeout: cfg.IdleTimeout,
 			Log: log.With().Str("listener", "socks5").Logger(),
 		})
 		in.serve(func() error { return in.socks.Serve(sl) })

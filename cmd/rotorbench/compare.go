@@ -16,14 +16,28 @@ import (
 )
 
 type compareOpts struct {
-	Reps     int
-	Duration time.Duration
-	Concs    []int
-	IdleK    []int
-	Sustain  time.Duration
-	BulkSize int64
-	Out      string
-	Command  string // as typed, for the report
+	Reps      int
+	Duration  time.Duration
+	Concs     []int
+	IdleK     []int
+	Sustain   time.Duration
+	BulkSize  int64
+	Out       string
+	Command   string // as typed, for the report
+	Peers     []string
+	Workloads []string
+}
+
+func selected(list []string, name string, prefix bool) bool {
+	if len(list) == 0 {
+		return true
+	}
+	for _, l := range list {
+		if l == name || (prefix && strings.HasPrefix(name, l)) {
+			return true
+		}
+	}
+	return false
 }
 
 // benchCase is one row group of the report: a workload at one
@@ -94,7 +108,13 @@ func cases(o compareOpts) []benchCase {
 	for _, k := range o.IdleK {
 		cs = append(cs, benchCase{Workload: "idle-connect", K: k}, benchCase{Workload: "idle-socks5", K: k, SOCKS: true})
 	}
-	return cs
+	var out []benchCase
+	for _, c := range cs {
+		if selected(o.Workloads, c.Workload, true) {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 func compare(o compareOpts, log io.Writer) error {
@@ -138,6 +158,9 @@ func compare(o compareOpts, log io.Writer) error {
 	}
 	restart := map[string]func() (*peer, error){}
 	for _, s := range starters {
+		if !selected(o.Peers, s.name, false) {
+			continue
+		}
 		restart[s.name] = s.start
 		p, err := s.start()
 		if err == errNotInstalled {

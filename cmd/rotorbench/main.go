@@ -35,6 +35,8 @@ func main() {
 	fs.DurationVar(&o.Sustain, "sustain", 60*time.Second, "length of the sustained new-connection runs; 0 skips them")
 	fs.Int64Var(&o.BulkSize, "bulk", 1<<30, "bytes per bulk transfer")
 	fs.StringVar(&o.Out, "out", "BENCHMARKS.md", "report file")
+	fs.StringSliceVar(&o.Peers, "peers", nil, "only these proxies (rotor, squid, tinyproxy, microsocks); default all found")
+	fs.StringSliceVar(&o.Workloads, "workloads", nil, "only workloads whose name starts with one of these (e.g. socks5-new,idle)")
 	quick := fs.Bool("quick", false, "smoke run: 1 repetition of 1 s, c=16, K=200, 64 MiB bulk, no sustained run")
 	if err := fs.Parse(os.Args[2:]); err != nil {
 		os.Exit(2)

@@ -44,16 +44,18 @@ func (cc *clientConn) connect(req *http.Request, user string, start time.Time) (
 		early = append([]byte(nil), b...)
 	}
 	c := cc.c
-	// The tunnel runs on fresh goroutines: this one's stack has grown
-	// through parsing and dialing, and ends here with the connection's
-	// buffers. An idle tunnel then holds two sockets and two small stacks.
-	s.acc.Go(func() {
-		st, err := tunnel.Relay(c, up, early, s.opts.TunnelIdleTimeout)
-		up.Close()
-		s.conns.Remove(c)
-		c.Close()
-		s.logRequest(req, user, src, http.StatusOK, st.Up, st.Down, start, err)
-	})
+	// The tunnel runs on goroutines of its own; this worker goes back to
+	// accepting, and the connection's buffers back to their pool. Only
+	// what the log line needs is kept, not the request.
+	info := reqInfo(req, user)
+	t := tunnel.Start(c, up, early, tunnel.Options{Idle: s.opts.TunnelIdleTimeout, Go: s.acc.Go, Parker: &s.parker},
+		func(st tunnel.Stats, err error) {
+			up.Close()
+			s.conns.Remove(c)
+			c.Close()
+			s.log(info, src, http.StatusOK, st.Up, st.Down, start, err)
+		})
+	s.conns.SetCloser(c, t.Close)
 	return false, true
 }
 

@@ -9,29 +9,50 @@ import (
 	"github.com/rotor-proxy/rotor/pool"
 )
 
+// requestInfo is what a log line says about a request: for a tunnel it is
+// kept instead of the request, which may be large.
+type requestInfo struct {
+	method, client, user, target string
+}
+
+func reqInfo(r *http.Request, user string) requestInfo {
+	return requestInfo{method: r.Method, client: r.RemoteAddr, user: user, target: r.URL.Host}
+}
+
 // logRequest writes the one line per request or tunnel. It never logs
 // Proxy-Authorization or any other header.
 func (s *Server) logRequest(r *http.Request, user string, src *pool.Source, status int, up, down int64, start time.Time, err error) {
-	lvl := zerolog.InfoLevel
-	if status >= 500 {
-		lvl = zerolog.WarnLevel
+	if !s.opts.Log.WithLevel(levelFor(status)).Enabled() {
+		return
 	}
+	s.log(reqInfo(r, user), src, status, up, down, start, err)
+}
+
+func levelFor(status int) zerolog.Level {
+	if status >= 500 {
+		return zerolog.WarnLevel
+	}
+	return zerolog.InfoLevel
+}
+
+func (s *Server) log(r requestInfo, src *pool.Source, status int, up, down int64, start time.Time, err error) {
+	lvl := levelFor(status)
 	e := s.opts.Log.WithLevel(lvl)
 	if !e.Enabled() {
 		return
 	}
 	proto := "http"
-	if r.Method == http.MethodConnect {
+	if r.method == http.MethodConnect {
 		proto = "connect"
 	}
-	e = e.Str("proto", proto).Str("client", r.RemoteAddr)
-	if user != "" {
-		e = e.Str("user", user)
+	e = e.Str("proto", proto).Str("client", r.client)
+	if r.user != "" {
+		e = e.Str("user", r.user)
 	}
 	if proto == "http" {
-		e = e.Str("method", r.Method)
+		e = e.Str("method", r.method)
 	}
-	e = e.Str("target", r.URL.Host) // zerolog escapes control bytes
+	e = e.Str("target", r.target) // zerolog escapes control bytes
 	if src != nil {
 		e = e.Stringer("src", src.Addr)
 	}

@@ -58,6 +58,7 @@ type Server struct {
 	upstreams []*upstreamPool // indexed by pool.Source.Index
 	acc       tunnel.Acceptor
 	conns     tunnel.Tracker
+	parker    tunnel.Parker // idle tunnels wait here without goroutines
 
 	baseCtx context.Context // ends at forced close, cancelling dials
 	cancel  context.CancelFunc
@@ -118,6 +119,7 @@ func (s *Server) stop() {
 		close(s.reaper)
 	}
 	<-s.reaped
+	s.parker.Close()
 	for _, u := range s.upstreams {
 		u.closeAll()
 	}

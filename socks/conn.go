@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
@@ -23,6 +24,10 @@ const (
 	repGeneralFailure = statute.RepServerFailure // 0x01
 	noReply           = 0xff                     // connection closed without a reply
 )
+
+// readers pools handshake buffers: an idle tunnel should not have left
+// garbage behind for the next GC.
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 512) }}
 
 // session is what one connection's log line reports.
 type session struct {
@@ -47,14 +52,14 @@ func (s *Server) serveConn(c net.Conn) {
 		s.end(c, nil, ss, start)
 		return
 	}
-	// The tunnel runs on fresh goroutines: this one's stack has grown
-	// through parsing, resolving and dialing, and ends here with the
-	// handshake buffer. An idle tunnel then holds two sockets and two
-	// small stacks.
-	s.acc.Go(func() {
-		ss.stats, ss.err = tunnel.Relay(c, target, early, s.opts.IdleTimeout)
-		s.end(c, target, ss, start)
-	})
+	// The tunnel runs on goroutines of its own; this worker goes back to
+	// accepting.
+	t := tunnel.Start(c, target, early, tunnel.Options{Idle: s.opts.IdleTimeout, Go: s.acc.Go, Parker: &s.parker},
+		func(st tunnel.Stats, err error) {
+			ss.stats, ss.err = st, err
+			s.end(c, target, ss, start)
+		})
+	s.conns.SetCloser(c, t.Close)
 }
 
 // end closes a connection (and its target) and logs it.
@@ -75,7 +80,12 @@ func (s *Server) handshake(c net.Conn, ss *session) (*net.TCPConn, []byte, error
 	}
 	// 512 bytes hold any greeting and request; RFC 1929 auth (up to 513)
 	// is read through it in two fills.
-	br := bufio.NewReaderSize(c, 512)
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(c)
+	defer func() {
+		br.Reset(nil)
+		readers.Put(br)
+	}()
 
 	mr, err := statute.ParseMethodRequest(br)
 	if err != nil {

@@ -37,9 +37,10 @@ type Options struct {
 
 // Server is a SOCKS5 proxy. It is safe to call Serve on several listeners.
 type Server struct {
-	opts  Options
-	acc   tunnel.Acceptor
-	conns tunnel.Tracker
+	opts   Options
+	acc    tunnel.Acceptor
+	conns  tunnel.Tracker
+	parker tunnel.Parker // idle tunnels wait here without goroutines
 
 	baseCtx context.Context // ends at forced close, cancelling dials
 	cancel  context.CancelFunc
@@ -67,6 +68,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.conns.Drain(ctx)
 	s.cancel()
 	s.acc.Wait()
+	s.parker.Close()
 	return err
 }
 
@@ -76,6 +78,7 @@ func (s *Server) Close() error {
 	s.conns.CloseAll()
 	s.cancel()
 	s.acc.Wait()
+	s.parker.Close()
 	return nil
 }
 

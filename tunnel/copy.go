@@ -10,12 +10,28 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// bufSize is the copy buffer. A buffer is held only while bytes flow, so
-// it can be large: 64 KiB moves bulk data in few syscalls.
-const bufSize = 64 << 10
+// A buffer is held only while bytes flow. Most reads are small (requests,
+// replies), so a direction starts with a 16 KiB buffer; a read that fills
+// it means bulk data, and the direction moves to large buffers until it
+// next waits long enough to park or time out. Idle pools then hold small
+// buffers.
+const (
+	smallBuf = 16 << 10
+	largeBuf = 256 << 10
+)
 
-// bufPool holds copy buffers shared by all tunnels.
-var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+var (
+	smallPool = sync.Pool{New: func() any { b := make([]byte, smallBuf); return &b }}
+	largePool = sync.Pool{New: func() any { b := make([]byte, largeBuf); return &b }}
+)
+
+func putBuf(b *[]byte) {
+	if len(*b) == largeBuf {
+		largePool.Put(b)
+	} else {
+		smallPool.Put(b)
+	}
+}
 
 // copyConn copies src to dst until EOF or an error. Unlike io.Copy (which
 // on Linux splices through a pipe pair it keeps while waiting for data,
@@ -25,7 +41,7 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b 
 // holds its two sockets, two small goroutine stacks and nothing else.
 //
 // Measured against splice (rotorbench bulk), a 64 KiB user-space copy is
-// as fast on loopback: see BENCHMARKS.md.
+// faster on loopback: see BENCHMARKS.md.
 func copyConn(dst io.Writer, src net.Conn, r *relay) (int64, error) {
 	sc, ok := src.(syscall.Conn)
 	if !ok {
@@ -40,12 +56,22 @@ func copyConn(dst io.Writer, src net.Conn, r *relay) (int64, error) {
 		buf   *[]byte
 		n     int
 		rerr  error
+		bulk  bool // a read filled the small buffer: use large ones from now on
 	)
 	// read is the RawConn.Read callback: it reports false (wait for
 	// readability) only on EAGAIN, after returning the buffer.
 	read := func(fd uintptr) bool {
+		if buf != nil && !bulk && n == len(*buf) {
+			bulk = true
+			smallPool.Put(buf)
+			buf = nil
+		}
 		if buf == nil {
-			buf = bufPool.Get().(*[]byte)
+			if bulk {
+				buf = largePool.Get().(*[]byte)
+			} else {
+				buf = smallPool.Get().(*[]byte)
+			}
 		}
 		for {
 			n, rerr = unix.Read(int(fd), *buf)
@@ -54,8 +80,9 @@ func copyConn(dst io.Writer, src net.Conn, r *relay) (int64, error) {
 			}
 		}
 		if rerr == unix.EAGAIN {
-			bufPool.Put(buf)
+			putBuf(buf)
 			buf = nil
+			n = 0
 			return false
 		}
 		return true
@@ -64,17 +91,17 @@ func copyConn(dst io.Writer, src net.Conn, r *relay) (int64, error) {
 		if err := rc.Read(read); err != nil {
 			// Deadline or Close from another goroutine.
 			if buf != nil {
-				bufPool.Put(buf)
+				putBuf(buf)
 				buf = nil
 			}
 			return total, err
 		}
 		if rerr != nil {
-			bufPool.Put(buf)
+			putBuf(buf)
 			return total, wrapRead(rerr)
 		}
 		if n <= 0 {
-			bufPool.Put(buf)
+			putBuf(buf)
 			return total, nil // EOF
 		}
 		r.touch()
@@ -83,7 +110,7 @@ func copyConn(dst io.Writer, src net.Conn, r *relay) (int64, error) {
 		// Keep the buffer for the next read while data flows; the read
 		// callback returns it as soon as the socket is empty.
 		if werr != nil {
-			bufPool.Put(buf)
+			putBuf(buf)
 			return total, werr
 		}
 	}

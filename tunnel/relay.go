@@ -20,103 +20,202 @@ type Stats struct {
 // ErrIdle ends a tunnel that moved no byte either way for the idle timeout.
 var ErrIdle = errors.New("tunnel idle timeout")
 
-// Relay forwards early (bytes the client sent before the tunnel was up,
-// already read into a protocol parser's buffer) to target, then copies
-// both ways until both directions have ended. When one side finishes
-// sending (EOF), the other side's write half is shut (CloseWrite), so a
-// half-close travels end to end and the reply still flows back. When a
-// direction fails (reset, write error), both connections are closed so
-// the other direction cannot hang. With idle > 0, a tunnel that moves no
-// byte either way for that long is closed with ErrIdle.
+// Options configure a relay.
+type Options struct {
+	// Idle closes a tunnel that moves no byte either way for this long
+	// (ErrIdle); zero means never.
+	Idle time.Duration
+	// Go starts a goroutine; nil means the go statement. Servers pass
+	// their Acceptor's Go, so that shutdown waits for relay goroutines.
+	Go func(func())
+	// Parker, when set, holds directions silent for a second without a
+	// goroutine.
+	Parker *Parker
+}
+
+// errClosed is reported for a tunnel closed from outside (shutdown).
+var errClosed = errors.New("tunnel closed by rotor")
+
+// Tunnel is a running relay.
+type Tunnel struct{ r *relay }
+
+// Close ends the tunnel now: both connections are closed and done is
+// called once both directions have stopped, parked or not.
+func (t *Tunnel) Close() { t.r.close(errClosed) }
+
+// Start relays between client and target on goroutines of its own and
+// calls done once both directions have ended. It first forwards early
+// (bytes the client sent before the tunnel was up, already read into a
+// protocol parser's buffer) to target. When one side finishes sending
+// (EOF), the other side's write half is shut (CloseWrite), so a half-close
+// travels end to end and the reply still flows back. When a direction
+// fails (reset, write error), both connections are closed so the other
+// direction cannot hang.
 //
-// The caller owns and closes both conns.
-func Relay(client, target net.Conn, early []byte, idle time.Duration) (Stats, error) {
-	var st Stats
-	if len(early) > 0 {
-		n, err := target.Write(early)
-		st.Up += int64(n)
-		if err != nil {
-			return st, err
-		}
+// done owns both conns and must close them.
+func Start(client, target net.Conn, early []byte, o Options, done func(Stats, error)) *Tunnel {
+	if o.Go == nil {
+		o.Go = func(f func()) { go f() }
 	}
-	r := &relay{idle: idle}
+	r := &relay{opts: o, done: done}
+	r.live.Store(2)
 	r.touch()
-	done := make(chan copyResult, 1)
-	go r.copyHalf(target, client, done) // up
-	down := r.copyHalf(client, target, nil)
-	up := <-done
-	st.Up += up.n
-	st.Down = down.n
-	return st, errors.Join(up.err, down.err)
+	r.dirs[0] = direction{r: r, dst: target, src: client}
+	r.dirs[1] = direction{r: r, dst: client, src: target}
+	o.Go(func() {
+		if len(early) > 0 {
+			n, err := target.Write(early)
+			r.dirs[0].n += int64(n)
+			if err != nil {
+				// Nothing relayed yet: end both directions at once.
+				client.Close()
+				target.Close()
+				r.dirs[0].err, r.dirs[1].err = err, nil
+				r.live.Store(0)
+				r.finish()
+				return
+			}
+		}
+		o.Go(r.dirs[0].loop)
+		r.dirs[1].loop()
+	})
+	return &Tunnel{r}
+}
+
+// Relay is Start that waits for the end and returns what it moved.
+func Relay(client, target net.Conn, early []byte, o Options) (Stats, error) {
+	type result struct {
+		st  Stats
+		err error
+	}
+	ch := make(chan result, 1)
+	Start(client, target, early, o, func(st Stats, err error) { ch <- result{st, err} })
+	r := <-ch
+	return r.st, r.err
 }
 
 // relay is the state two directions of one tunnel share.
 type relay struct {
-	idle     time.Duration
-	last     atomic.Int64 // unix nanoseconds of the last byte either way
-	finished atomic.Int32 // directions that have ended
+	opts     Options
+	done     func(Stats, error)
+	dirs     [2]direction          // 0: client to target, 1: target to client
+	last     atomic.Int64          // unix nanoseconds of the last byte either way
+	finished atomic.Int32          // directions that have stopped reading
+	live     atomic.Int32          // directions that have not ended
+	closeErr atomic.Pointer[error] // why the tunnel was closed from outside
 }
 
-func (r *relay) touch() {
-	if r.idle > 0 {
-		r.last.Store(time.Now().UnixNano())
+// close closes the tunnel from outside (shutdown, idle sweep): parked
+// directions are taken out of the parker first, so that they are resumed
+// and end instead of waiting for an event a closed socket never sends.
+func (r *relay) close(why error) {
+	r.closeErr.CompareAndSwap(nil, &why)
+	var resume []*direction
+	if p := r.opts.Parker; p != nil {
+		for i := range r.dirs {
+			if p.take(&r.dirs[i]) {
+				resume = append(resume, &r.dirs[i])
+			}
+		}
+	}
+	r.dirs[0].src.Close()
+	r.dirs[0].dst.Close()
+	for _, d := range resume {
+		d.resume()
 	}
 }
 
-type copyResult struct {
-	n   int64
-	err error
+func (r *relay) touch() { r.last.Store(time.Now().UnixNano()) }
+
+func (r *relay) idleFor() time.Duration { return time.Duration(time.Now().UnixNano() - r.last.Load()) }
+
+// finish reports the result once both directions have ended.
+func (r *relay) finish() {
+	st := Stats{Up: r.dirs[0].n, Down: r.dirs[1].n}
+	err := errors.Join(r.dirs[0].err, r.dirs[1].err)
+	if why := r.closeErr.Load(); why != nil {
+		err = errors.Join(*why, err)
+	}
+	r.done(st, err)
 }
 
-// copyHalf is a named function so that relay goroutines are easy to spot
-// in stack dumps. It sends its result on done when done is not nil.
-func (r *relay) copyHalf(dst, src net.Conn, done chan<- copyResult) copyResult {
-	n, err := r.copy(dst, src)
+// direction copies src to dst.
+type direction struct {
+	r        *relay
+	dst, src net.Conn
+	n        int64
+	err      error
+	token    uint64 // while parked
+}
+
+// loop copies until the direction ends, or parks it after parkAfter
+// without a byte either way.
+func (d *direction) loop() {
+	r := d.r
+	for {
+		var deadline time.Time
+		if r.opts.Idle > 0 {
+			deadline = time.Unix(0, r.last.Load()).Add(r.opts.Idle)
+		}
+		if r.opts.Parker != nil {
+			if park := time.Now().Add(parkAfter); deadline.IsZero() || park.Before(deadline) {
+				deadline = park
+			}
+		}
+		if err := d.src.SetReadDeadline(deadline); err != nil {
+			d.end(err)
+			return
+		}
+		n, err := copyConn(d.dst, d.src, r)
+		d.n += n
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			d.end(err)
+			return
+		}
+		idle := r.idleFor()
+		if r.opts.Idle > 0 && idle >= r.opts.Idle {
+			d.end(ErrIdle)
+			return
+		}
+		if idle >= parkAfter && r.opts.Parker != nil {
+			if err := d.src.SetReadDeadline(time.Time{}); err != nil {
+				d.end(err)
+				return
+			}
+			if r.opts.Parker.park(d) {
+				return // the parker resumes d when its socket is readable
+			}
+		}
+	}
+}
+
+// resume continues a parked direction on a new goroutine.
+func (d *direction) resume() { d.r.opts.Go(d.loop) }
+
+// end closes the direction: on EOF it passes the FIN on, on an error it
+// closes both conns so the other direction ends too.
+func (d *direction) end(err error) {
+	r := d.r
 	if err == nil && r.finished.Add(1) == 1 {
 		// The other direction is still open: pass the FIN on. The last
-		// direction to end needs no CloseWrite, the caller's Close sends it.
-		err = closeWrite(dst)
+		// direction to end needs no CloseWrite, the owner's Close sends it.
+		err = closeWrite(d.dst)
 	}
 	if err != nil {
 		r.finished.Add(1)
 		// Unblock the opposite direction: a peer that reset will not send
 		// the FIN it is waiting for.
-		src.Close()
-		dst.Close()
+		d.src.Close()
+		d.dst.Close()
 		if errors.Is(err, net.ErrClosed) {
 			// Closed by the other direction's failure, or by shutdown:
 			// that failure is the one to report.
 			err = nil
 		}
 	}
-	res := copyResult{n, err}
-	if done != nil {
-		done <- res
-	}
-	return res
-}
-
-// copy runs copyConn, re-arming the read deadline while the tunnel as a
-// whole is active: one direction may wait for minutes while the other
-// streams, and that is not idleness.
-func (r *relay) copy(dst, src net.Conn) (int64, error) {
-	var total int64
-	for {
-		if r.idle > 0 {
-			last := time.Unix(0, r.last.Load())
-			if err := src.SetReadDeadline(last.Add(r.idle)); err != nil {
-				return total, err
-			}
-		}
-		n, err := copyConn(dst, src, r)
-		total += n
-		if r.idle > 0 && errors.Is(err, os.ErrDeadlineExceeded) {
-			if time.Since(time.Unix(0, r.last.Load())) < r.idle {
-				continue // the other direction was busy
-			}
-			return total, ErrIdle
-		}
-		return total, err
+	d.err = err
+	if r.live.Add(-1) == 0 {
+		r.finish()
 	}
 }
 

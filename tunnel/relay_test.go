@@ -40,7 +40,7 @@ func relayed(t *testing.T, early []byte) (client, target *net.TCPConn, done <-ch
 	proxyTarget, target := pair(t)
 	ch := make(chan Stats, 1)
 	go func() {
-		st, _ := Relay(proxyClient, proxyTarget, early, 0)
+		st, _ := Relay(proxyClient, proxyTarget, early, Options{})
 		proxyClient.Close()
 		proxyTarget.Close()
 		ch <- st
@@ -126,7 +126,7 @@ func relayedIdle(t *testing.T, idle time.Duration) (client, target *net.TCPConn,
 	proxyTarget, target := pair(t)
 	ch := make(chan error, 1)
 	go func() {
-		_, err := Relay(proxyClient, proxyTarget, nil, idle)
+		_, err := Relay(proxyClient, proxyTarget, nil, Options{Idle: idle})
 		proxyClient.Close()
 		proxyTarget.Close()
 		ch <- err
@@ -167,5 +167,123 @@ func TestRelayOneWayTrafficIsNotIdle(t *testing.T) {
 	client.CloseWrite()
 	if err := <-done; err != nil {
 		t.Fatalf("relay: %v", err)
+	}
+}
+
+// After parkAfter of silence both directions park without goroutines;
+// the tunnel must carry data and half-close as before.
+func TestRelayAfterPark(t *testing.T) {
+	var p Parker
+	defer p.Close()
+	client, proxyClient := pair(t)
+	proxyTarget, target := pair(t)
+	done := make(chan Stats, 1)
+	Start(proxyClient, proxyTarget, nil, Options{Parker: &p}, func(st Stats, _ error) {
+		proxyClient.Close()
+		proxyTarget.Close()
+		done <- st
+	})
+	time.Sleep(parkAfter + 500*time.Millisecond)
+	p.mu.Lock()
+	parked := len(p.parked)
+	p.mu.Unlock()
+	if parked != 2 {
+		t.Fatalf("%d directions parked after %s of silence, want 2", parked, parkAfter)
+	}
+	_ = client.SetDeadline(time.Now().Add(10 * time.Second))
+	_ = target.SetDeadline(time.Now().Add(10 * time.Second))
+	_, _ = client.Write([]byte("after rest"))
+	_ = client.CloseWrite()
+	got, err := io.ReadAll(target)
+	if err != nil || string(got) != "after rest" {
+		t.Fatalf("target read %q, %v", got, err)
+	}
+	_, _ = target.Write([]byte("reply"))
+	_ = target.CloseWrite()
+	got, err = io.ReadAll(client)
+	if err != nil || string(got) != "reply" {
+		t.Fatalf("client read %q, %v", got, err)
+	}
+	if st := <-done; st.Up != 10 || st.Down != 5 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// startParked starts a relay on a parker and waits until both directions
+// are parked.
+func startParked(t *testing.T, p *Parker, o Options) (client, target *net.TCPConn, tun *Tunnel, done <-chan error) {
+	t.Helper()
+	client, proxyClient := pair(t)
+	proxyTarget, target := pair(t)
+	ch := make(chan error, 1)
+	o.Parker = p
+	tun = Start(proxyClient, proxyTarget, nil, o, func(_ Stats, err error) {
+		proxyClient.Close()
+		proxyTarget.Close()
+		ch <- err
+	})
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		p.mu.Lock()
+		n := len(p.parked)
+		p.mu.Unlock()
+		if n == 2 {
+			return client, target, tun, ch
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 2 directions parked after 5s", n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestParkedIdleTimeout(t *testing.T) {
+	var p Parker
+	defer p.Close()
+	_, _, _, done := startParked(t, &p, Options{Idle: parkAfter + 200*time.Millisecond})
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrIdle) {
+			t.Fatalf("ended with %v, want ErrIdle", err)
+		}
+	case <-time.After(parkAfter + 3*sweepEvery):
+		t.Fatal("parked tunnel outlived its idle timeout")
+	}
+}
+
+func TestParkedClose(t *testing.T) {
+	var p Parker
+	defer p.Close()
+	client, _, tun, done := startParked(t, &p, Options{})
+	tun.Close()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close of a parked tunnel did not end it")
+	}
+	_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := client.Read(make([]byte, 1)); err == nil {
+		t.Fatal("client connection still open after Close")
+	}
+}
+
+// A FIN arriving on a parked direction resumes it and travels on.
+func TestParkedHalfClose(t *testing.T) {
+	var p Parker
+	defer p.Close()
+	client, target, _, done := startParked(t, &p, Options{})
+	_ = client.SetDeadline(time.Now().Add(5 * time.Second))
+	_ = target.SetDeadline(time.Now().Add(5 * time.Second))
+	_ = client.CloseWrite()
+	if got, err := io.ReadAll(target); err != nil || len(got) != 0 {
+		t.Fatalf("target: %q, %v; want EOF", got, err)
+	}
+	_, _ = target.Write([]byte("late reply"))
+	_ = target.CloseWrite()
+	if got, err := io.ReadAll(client); err != nil || string(got) != "late reply" {
+		t.Fatalf("client: %q, %v", got, err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -14,9 +14,14 @@ import (
 // request, never per byte.
 type Tracker struct {
 	mu       sync.Mutex
-	conns    map[net.Conn]bool // value: idle
+	conns    map[net.Conn]state
 	draining bool
 	empty    chan struct{} // closed when conns becomes empty while draining
+}
+
+type state struct {
+	idle  bool
+	close func() // how to close it, when not c.Close (a tunnel)
 }
 
 // Add registers c as busy. It returns false, and closes c, once the
@@ -29,10 +34,29 @@ func (t *Tracker) Add(c net.Conn) bool {
 		return false
 	}
 	if t.conns == nil {
-		t.conns = make(map[net.Conn]bool)
+		t.conns = make(map[net.Conn]state)
 	}
-	t.conns[c] = false
+	t.conns[c] = state{}
 	return true
+}
+
+// SetCloser makes shutdown close c by calling f (a tunnel's Close, which
+// also ends its parked directions) instead of c.Close.
+func (t *Tracker) SetCloser(c net.Conn, f func()) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if st, ok := t.conns[c]; ok {
+		st.close = f
+		t.conns[c] = st
+	}
+}
+
+func (st state) closeConn(c net.Conn) {
+	if st.close != nil {
+		st.close()
+		return
+	}
+	c.Close()
 }
 
 // Idle marks c idle. It returns false when the tracker is draining: the
@@ -43,7 +67,7 @@ func (t *Tracker) Idle(c net.Conn) bool {
 	if t.draining {
 		return false
 	}
-	t.conns[c] = true
+	t.conns[c] = state{idle: true}
 	return true
 }
 
@@ -55,7 +79,7 @@ func (t *Tracker) Busy(c net.Conn) bool {
 	if t.draining {
 		return false
 	}
-	t.conns[c] = false
+	t.conns[c] = state{}
 	return true
 }
 
@@ -83,8 +107,8 @@ func (t *Tracker) Len() int {
 func (t *Tracker) Drain(ctx context.Context) error {
 	t.mu.Lock()
 	t.draining = true
-	for c, idle := range t.conns {
-		if idle {
+	for c, st := range t.conns {
+		if st.idle {
 			c.Close()
 		}
 	}
@@ -111,9 +135,14 @@ func (t *Tracker) Drain(ctx context.Context) error {
 // CloseAll closes every live connection now and refuses new ones.
 func (t *Tracker) CloseAll() {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	t.draining = true
-	for c := range t.conns {
-		c.Close()
+	conns := make(map[net.Conn]state, len(t.conns))
+	for c, st := range t.conns {
+		conns[c] = st
+	}
+	t.mu.Unlock()
+	// Outside the lock: a tunnel's close ends in Remove.
+	for c, st := range conns {
+		st.closeConn(c)
 	}
 }

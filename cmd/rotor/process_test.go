@@ -142,6 +142,9 @@ func TestSIGTERMDrainsTunnels(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Silent for longer than a tunnel takes to park without goroutines:
+	// shutdown must still wait for them, and they must wake on data.
+	time.Sleep(1500 * time.Millisecond)
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -185,11 +188,17 @@ func TestSIGTERMTimeoutClosesTunnels(t *testing.T) {
 	c := openTunnel(t, r, "socks5", tgt.Addr)
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	c2 := openTunnel(t, r, "connect", tgt.Addr)
+	defer c2.Close()
+	_ = c2.SetDeadline(time.Now().Add(30 * time.Second))
+	time.Sleep(1500 * time.Millisecond) // parked
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := io.ReadAll(c); err != nil && !errors.Is(err, syscall.ECONNRESET) {
-		t.Fatalf("tunnel: %v, want closed by rotor", err)
+	for _, c := range []net.Conn{c, c2} {
+		if _, err := io.ReadAll(c); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("tunnel: %v, want closed by rotor", err)
+		}
 	}
 	if err := p.cmd.Wait(); err != nil {
 		t.Fatalf("exit: %v, want status 0", err)

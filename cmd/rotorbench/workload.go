@@ -217,7 +217,9 @@ func runBulk(o runOpts, workload string, size int64) result {
 func runIdle(o runOpts, workload string, k int) result {
 	res := result{Workload: workload, Proxy: o.Name, Tunnels: k, CPU: -1, GoroutinePer: -1}
 	req := []byte("GET /ip HTTP/1.1\r\nHost: " + o.Target + "\r\n\r\n")
-	settle := func() { time.Sleep(time.Second) }
+	// Measure tunnels that are idle, not just opened: rotor moves a
+	// silent tunnel to small-stack goroutines after a second.
+	settle := func() { time.Sleep(2500 * time.Millisecond) }
 	settle()
 	rss0, fd0, g0 := rssBytes(o.PID), fdCount(o.PID), goroutines(o.DebugAddr)
 	conns := make([]*conn, 0, k)

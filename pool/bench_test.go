@@ -1,6 +1,14 @@
 package pool
 
-import "testing"
+import (
+	"context"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+)
 
 // go test -bench Pick -benchmem -cpu 1,2 ./pool/
 func BenchmarkPick(b *testing.B) {
@@ -20,5 +28,53 @@ func BenchmarkPick(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+// The floor under any pick on this machine: one uncontended atomic add
+// (round-robin's counter) and one math/rand/v2 draw (random's).
+func BenchmarkFloor(b *testing.B) {
+	var c atomic.Uint64
+	var sink uint64
+	b.Run("atomic-add", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			sink += c.Add(1)
+		}
+	})
+	b.Run("rand-uint64n", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			sink += rand.Uint64N(4)
+		}
+	})
+	_ = sink
+}
+
+// Per-connection cost of the bound dial (socket, IP_BIND_ADDRESS_NO_PORT,
+// bind, connect on loopback, close), with allocations.
+func BenchmarkDialAddr(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	d := NewDialer(loopbackPool(b, RoundRobin), DialerOptions{Timeout: 5 * time.Second})
+	dst := netip.MustParseAddrPort(ln.Addr().String())
+	ctx := context.Background()
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		c, _, err := d.DialAddr(ctx, dst)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.Close()
 	}
 }

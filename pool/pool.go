@@ -75,7 +75,7 @@ type Pool struct {
 	// byFamily[f] picks among the sources usable for Family f. When the
 	// pool holds one family only, all entries share one picker, so that
 	// round-robin order is strict across address targets and name targets.
-	byFamily [3]picker
+	byFamily [3]*picker
 	strategy Strategy
 }
 
@@ -139,9 +139,13 @@ func checkBindable(a netip.Addr) error {
 func (p *Pool) Pick(f Family) (*Source, error) {
 	pk := p.byFamily[f]
 	if pk == nil {
-		return nil, fmt.Errorf("%w: target is %s, pool has none", ErrNoSource, f)
+		return nil, noSource(f)
 	}
 	return pk.pick(), nil
+}
+
+func noSource(f Family) error {
+	return fmt.Errorf("%w: target is %s, pool has none", ErrNoSource, f)
 }
 
 // Sources returns the pool's sources in configuration order. The slice

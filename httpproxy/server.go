@@ -2,7 +2,7 @@
 // absolute-form forwarding, both taking a fresh source address from the
 // shared pool.
 //
-//	conn loop ─▶ read head ─▶ auth ─┬─ CONNECT ─▶ dial from pool ─▶ 200 ─▶ tunnel.Relay (fresh goroutines)
+//	conn loop ─▶ read head ─▶ auth ─┬─ CONNECT ─▶ dial from pool ─▶ 200 ─▶ tunnel.Start
 //	    ▲                           └─ GET http://… ─▶ Pick ─▶ upstream conn of that source ─▶ response
 //	    └──────────── keep-alive ◀──────────────────────────────────────────┘
 //

@@ -3,6 +3,7 @@ package tunnel
 import (
 	"errors"
 	"net"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -27,6 +28,7 @@ type Acceptor struct {
 	done   chan struct{}  // closed by Close: idle workers exit
 	work   chan net.Conn  // unbuffered: a send succeeds only to a waiting worker
 	wg     sync.WaitGroup // workers, and goroutines started by Go
+	log    zerolog.Logger // for recovered panics
 }
 
 // workerIdle is how long a worker waits for another connection.
@@ -53,6 +55,7 @@ func (a *Acceptor) Serve(ln net.Listener, log zerolog.Logger, handle func(net.Co
 	}
 	a.init()
 	a.set[ln] = struct{}{}
+	a.log = log
 	done, work := a.done, a.work
 	a.mu.Unlock()
 	defer func() {
@@ -93,7 +96,7 @@ func (a *Acceptor) worker(c net.Conn, handle func(net.Conn), work <-chan net.Con
 	t := time.NewTimer(workerIdle)
 	defer t.Stop()
 	for {
-		handle(c)
+		a.safely(func() { handle(c) }, c)
 		t.Reset(workerIdle)
 		select {
 		case c = <-work:
@@ -112,8 +115,28 @@ func (a *Acceptor) Go(f func()) {
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
-		f()
+		a.safely(f, nil)
 	}()
+}
+
+// safely runs f; a panic is logged with its stack, c (if any) is closed,
+// and the server goes on, as net/http's server does for its handlers: one
+// connection's bad input must not take the others down.
+func (a *Acceptor) safely(f func(), c net.Conn) {
+	defer func() {
+		if v := recover(); v != nil {
+			buf := make([]byte, 16<<10)
+			buf = buf[:runtime.Stack(buf, false)]
+			a.mu.Lock()
+			log := a.log
+			a.mu.Unlock()
+			log.Error().Interface("panic", v).Bytes("stack", buf).Msg("recovered panic serving a connection")
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	f()
 }
 
 // Wait waits for every connection handler and every goroutine started by

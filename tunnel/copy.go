@@ -37,8 +37,8 @@ func putBuf(b *[]byte) {
 // on Linux splices through a pipe pair it keeps while waiting for data,
 // four descriptors per idle tunnel) it waits for readability inside
 // RawConn.Read without a buffer, takes a pooled buffer only when bytes
-// are there, and gives it back when the socket runs dry. An idle tunnel
-// holds its two sockets, two small goroutine stacks and nothing else.
+// are there, and gives it back when the socket runs dry. Waiting longer
+// than parkAfter, a direction leaves even the goroutine (see Parker).
 //
 // Measured against splice (rotorbench bulk), a 64 KiB user-space copy is
 // faster on loopback: see BENCHMARKS.md.

@@ -18,6 +18,8 @@ type report struct {
 	sustained []result
 	poolBench string
 	missing   []string
+	findings  string // cmd/rotorbench/findings.md, appended as written
+	commit    string
 }
 
 func (rp *report) get(c benchCase, proxy string) (result, bool) {
@@ -36,7 +38,7 @@ func ms(d time.Duration) string {
 func (rp *report) write(w io.Writer) {
 	o := rp.opts
 	fmt.Fprintf(w, "# rotor benchmarks\n\n")
-	fmt.Fprintf(w, "Measured %s on %s.\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), machine())
+	fmt.Fprintf(w, "Measured %s on %s, rotor built from commit %s.\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), machine(), rp.commit)
 	fmt.Fprintf(w, "Command, from the repository root (it installs nothing; peers missing from the machine are skipped):\n\n```sh\n%s\n```\n\n", o.Command)
 	fmt.Fprintf(w, "Everything runs on this one machine over loopback: the load generator and the target (`GET /ip` answers the peer "+
 		"address, `GET /bytes/N` answers N bytes) share the cores with the proxy under test, so absolute figures are lower than on "+
@@ -99,6 +101,9 @@ func (rp *report) write(w io.Writer) {
 		fmt.Fprintln(w)
 	}
 	fmt.Fprintf(w, "## Pool selection\n\n`go test -run '^$' -bench . -benchmem -cpu 1,2 ./pool/`:\n\n```\n%s```\n", rp.poolBench)
+	if rp.findings != "" {
+		fmt.Fprintf(w, "\n%s", rp.findings)
+	}
 }
 
 func errCell(r result) string {

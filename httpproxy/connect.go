@@ -27,7 +27,8 @@ func (cc *clientConn) connect(req *http.Request, user string, start time.Time) (
 		s.logRequest(req, user, src, status, 0, 0, start, err)
 		return false, false
 	}
-	if _, err := cc.bw.Write(established); err == nil {
+	_, err = cc.bw.Write(established)
+	if err == nil {
 		err = cc.bw.Flush()
 	}
 	if err != nil {

@@ -151,13 +151,17 @@ func startRotorPeer(bin string, pp *ports) (*peer, error) {
 	return p, err
 }
 
-func startSquid(repo string, pp *ports) (*peer, error) {
-	bin, err := exec.LookPath("squid")
+// startConfPeer starts an HTTP proxy peer configured by
+// testdata/peers/NAME.conf: prepare writes any files the config names
+// into the peer's directory, args builds the command line from the
+// rendered config's path.
+func startConfPeer(repo string, pp *ports, name string, prepare func(dir string) error, args func(conf string) []string) (*peer, error) {
+	bin, err := exec.LookPath(name)
 	if err != nil {
 		return nil, errNotInstalled
 	}
-	p := &peer{Name: "squid"}
-	if p.dir, err = peerDir("squid"); err != nil {
+	p := &peer{Name: name}
+	if p.dir, err = peerDir(name); err != nil {
 		return nil, err
 	}
 	port, err := pp.take()
@@ -165,42 +169,33 @@ func startSquid(repo string, pp *ports) (*peer, error) {
 		return nil, err
 	}
 	p.HTTP = addr(port)
-	conf, err := render(repo, "squid", p.dir, port)
+	conf, err := render(repo, name, p.dir, port)
 	if err != nil {
 		return nil, err
 	}
-	// basic_ncsa_auth checks with crypt(3), which takes bcrypt; Squid
-	// caches a good credential (credentialsttl), so the cost is paid once.
-	hash, err := bcrypt.GenerateFromPassword([]byte(benchPass), bcrypt.MinCost)
-	if err != nil {
-		return nil, err
+	if prepare != nil {
+		if err := prepare(p.dir); err != nil {
+			return nil, err
+		}
 	}
-	line := benchUser + ":" + string(hash) + "\n"
-	if err := os.WriteFile(filepath.Join(p.dir, "htpasswd"), []byte(line), 0o644); err != nil {
-		return nil, err
+	return p, startCmd(p, bin, args(conf)...)
+}
+
+func startSquid(repo string, pp *ports) (*peer, error) {
+	htpasswd := func(dir string) error {
+		// basic_ncsa_auth checks with crypt(3), which takes bcrypt; Squid
+		// caches a good credential (credentialsttl), so the cost is paid once.
+		hash, err := bcrypt.GenerateFromPassword([]byte(benchPass), bcrypt.MinCost)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dir, "htpasswd"), []byte(benchUser+":"+string(hash)+"\n"), 0o644)
 	}
-	return p, startCmd(p, bin, "-N", "-f", conf)
+	return startConfPeer(repo, pp, "squid", htpasswd, func(conf string) []string { return []string{"-N", "-f", conf} })
 }
 
 func startTinyproxy(repo string, pp *ports) (*peer, error) {
-	bin, err := exec.LookPath("tinyproxy")
-	if err != nil {
-		return nil, errNotInstalled
-	}
-	p := &peer{Name: "tinyproxy"}
-	if p.dir, err = peerDir("tinyproxy"); err != nil {
-		return nil, err
-	}
-	port, err := pp.take()
-	if err != nil {
-		return nil, err
-	}
-	p.HTTP = addr(port)
-	conf, err := render(repo, "tinyproxy", p.dir, port)
-	if err != nil {
-		return nil, err
-	}
-	return p, startCmd(p, bin, "-d", "-c", conf)
+	return startConfPeer(repo, pp, "tinyproxy", nil, func(conf string) []string { return []string{"-d", "-c", conf} })
 }
 
 func startMicrosocks(pp *ports) (*peer, error) {

@@ -30,6 +30,10 @@ type Config struct {
 
 	Credentials *Credentials // nil: no authentication
 
+	// AllowDest opens exceptions in the destination policy, which
+	// otherwise refuses loopback, private, link-local and similar ranges.
+	AllowDest []netip.Prefix
+
 	DialTimeout      time.Duration
 	HandshakeTimeout time.Duration // SOCKS5 greeting, auth and request
 	HeaderTimeout    time.Duration // HTTP request head
@@ -67,6 +71,7 @@ func envNames() map[string]string {
 		"user":         "PROXY_USER",
 		"pass":         "PROXY_PASS",
 		"strategy":     "ROTATION_STRATEGY",
+		"allow-dest":   "ALLOW_DEST",
 		"log-level":    "LOG_LEVEL",
 		"log-format":   "LOG_FORMAT",
 	}
@@ -82,6 +87,7 @@ func NewFlagSet(name string) *pflag.FlagSet {
 	fs.String("user", "", "proxy user name for both listeners (env PROXY_USER)")
 	fs.String("pass", "", "proxy password (env PROXY_PASS; prefer the env var: flags show in ps)")
 	fs.String("strategy", string(pool.RoundRobin), "rotation strategy: round-robin, random, least-recent (env ROTATION_STRATEGY)")
+	fs.String("allow-dest", "", "comma-separated CIDRs or IPs rotor may connect to although the policy refuses them (loopback, private, link-local...) (env ALLOW_DEST)")
 	fs.Bool("allow-open", false, "allow listening on a non-loopback address without credentials")
 	fs.Duration("dial-timeout", DefaultDialTimeout, "bound on resolving and connecting to a target")
 	fs.Duration("handshake-timeout", DefaultHandshakeTimeout, "bound on a SOCKS5 greeting, auth and request")
@@ -127,6 +133,9 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 		return c, nil
 	}
 	c.AllowOpen, _ = fs.GetBool("allow-open")
+	if c.AllowDest, err = ParsePrefixes(str("allow-dest")); err != nil {
+		return Config{}, err
+	}
 	if c.Pool, err = ParsePool(str("pool")); err != nil {
 		return Config{}, err
 	}
@@ -215,6 +224,28 @@ func ParsePool(s string) ([]netip.Addr, error) {
 			return nil, fmt.Errorf("pool entry %q cannot be a source address (unspecified, multicast or zoned)", f)
 		}
 		out = append(out, a)
+	}
+	return out, nil
+}
+
+// ParsePrefixes parses a comma-separated list of CIDRs; a bare IP is its
+// own /32 or /128.
+func ParsePrefixes(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(f); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(f)
+		if err != nil {
+			return nil, fmt.Errorf("--allow-dest entry %q is not a CIDR or an IP address", f)
+		}
+		a = a.Unmap()
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
 	}
 	return out, nil
 }

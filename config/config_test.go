@@ -124,3 +124,20 @@ func TestCredentials(t *testing.T) {
 		t.Errorf("String() leaks the password: %q", s)
 	}
 }
+
+func TestAllowDest(t *testing.T) {
+	c, err := Parse([]string{"--pool", "127.0.0.2"}, env(map[string]string{"ALLOW_DEST": "127.0.0.0/8, ::1, 10.1.2.3"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, p := range c.AllowDest {
+		got = append(got, p.String())
+	}
+	if strings.Join(got, " ") != "127.0.0.0/8 ::1/128 10.1.2.3/32" {
+		t.Fatalf("AllowDest = %v", got)
+	}
+	if _, err := Parse([]string{"--pool", "127.0.0.2", "--allow-dest", "10.0.0.0/8,intranet"}, nil); err == nil || !strings.Contains(err.Error(), `"intranet"`) {
+		t.Fatalf("bad entry: %v, want an error naming it", err)
+	}
+}

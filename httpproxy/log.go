@@ -70,6 +70,8 @@ func statusFor(cl pool.Class) int {
 		return http.StatusGatewayTimeout
 	case pool.ClassBadTarget:
 		return http.StatusBadRequest
+	case pool.ClassForbidden:
+		return http.StatusForbidden
 	}
 	return http.StatusBadGateway
 }
@@ -95,6 +97,8 @@ func dialMessage(target string, cl pool.Class) string {
 		why = "no source address of the target's family"
 	case pool.ClassCanceled:
 		why = "request canceled"
+	case pool.ClassForbidden:
+		why = "destination not allowed (loopback, private, link-local or rotor itself)"
 	default:
 		why = "upstream error"
 	}

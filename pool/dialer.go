@@ -27,6 +27,7 @@ type Dialer struct {
 	pool     *Pool
 	timeout  time.Duration
 	resolver *net.Resolver
+	policy   *Policy
 	net      net.Dialer
 }
 
@@ -37,11 +38,13 @@ type DialerOptions struct {
 	Timeout time.Duration
 	// Resolver resolves host names; nil means net.DefaultResolver.
 	Resolver *net.Resolver
+	// Policy refuses forbidden destinations; nil allows every address.
+	Policy *Policy
 }
 
 // NewDialer returns a dialer over p.
 func NewDialer(p *Pool, o DialerOptions) *Dialer {
-	d := &Dialer{pool: p, timeout: o.Timeout, resolver: o.Resolver}
+	d := &Dialer{pool: p, timeout: o.Timeout, resolver: o.Resolver, policy: o.Policy}
 	if d.resolver == nil {
 		d.resolver = net.DefaultResolver
 	}
@@ -134,6 +137,9 @@ func (d *Dialer) DialFrom(ctx context.Context, src *Source, target string) (*net
 
 // dialIP connects from src to dst; the dialer's Timeout bounds it.
 func (d *Dialer) dialIP(ctx context.Context, src *Source, dst netip.AddrPort) (*net.TCPConn, error) {
+	if err := d.policy.Check(dst); err != nil {
+		return nil, err
+	}
 	if dst.Addr().Is4() != src.Addr.Is4() {
 		return nil, fmt.Errorf("dial %s from %s: %w", dst, src.Addr, ErrNoSource)
 	}
@@ -149,8 +155,8 @@ func (d *Dialer) dialIP(ctx context.Context, src *Source, dst netip.AddrPort) (*
 }
 
 func (d *Dialer) dial(ctx context.Context, src *Source, host string, port uint16) (*net.TCPConn, error) {
-	if ip, err := netip.ParseAddr(host); err == nil {
-		return d.dialIP(ctx, src, netip.AddrPortFrom(ip.Unmap(), port))
+	if ip, ok := ParseHost(host); ok {
+		return d.dialIP(ctx, src, netip.AddrPortFrom(ip, port))
 	}
 	// A name: the timeout bounds resolution and connects together.
 	if d.timeout > 0 {
@@ -162,8 +168,6 @@ func (d *Dialer) dial(ctx context.Context, src *Source, host string, port uint16
 	if src.Addr.Is6() {
 		network, lookup = "tcp6", "ip6"
 	}
-	laddr := netip.AddrPortFrom(src.Addr, 0)
-
 	ips, err := d.resolver.LookupNetIP(ctx, lookup, host)
 	if err != nil {
 		// An empty answer for this family is a *net.DNSError with
@@ -182,12 +186,12 @@ func (d *Dialer) dial(ctx context.Context, src *Source, host string, port uint16
 		if ip.Is4() != src.Addr.Is4() {
 			continue
 		}
-		c, err := d.net.DialTCP(ctx, network, laddr, netip.AddrPortFrom(ip, port))
+		c, err := d.dialIP(ctx, src, netip.AddrPortFrom(ip, port))
 		if err == nil {
 			return c, nil
 		}
 		if firstErr == nil {
-			firstErr = fmt.Errorf("dial %s (%s) from %s: %w", host, ip, src.Addr, err)
+			firstErr = fmt.Errorf("%s: %w", host, err)
 		}
 		if ctx.Err() != nil {
 			break

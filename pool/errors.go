@@ -23,9 +23,10 @@ const (
 	ClassCanceled              // the client went away first
 	ClassBadTarget             // malformed host:port
 	ClassNoSource              // no pool address of the target's family
+	ClassForbidden             // refused by the destination policy
 )
 
-var classNames = [...]string{"other", "refused", "net-unreachable", "host-unreachable", "dns", "timeout", "canceled", "bad-target", "no-source"}
+var classNames = [...]string{"other", "refused", "net-unreachable", "host-unreachable", "dns", "timeout", "canceled", "bad-target", "no-source", "forbidden"}
 
 func (c Class) String() string { return classNames[c] }
 
@@ -35,6 +36,8 @@ func Classify(err error) Class {
 	switch {
 	case err == nil:
 		return ClassOther
+	case errors.Is(err, ErrForbidden):
+		return ClassForbidden
 	case errors.Is(err, ErrBadTarget):
 		return ClassBadTarget
 	case errors.Is(err, ErrNoSource):

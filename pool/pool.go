@@ -42,11 +42,11 @@ func (f Family) String() string {
 // FamilyOf tells which sources can dial host: IPv4 or IPv6 for an address
 // literal (IPv4-mapped IPv6 counts as IPv4), Any for a name.
 func FamilyOf(host string) Family {
-	a, err := netip.ParseAddr(host)
-	if err != nil {
+	a, ok := ParseHost(host)
+	if !ok {
 		return Any
 	}
-	if a.Unmap().Is4() {
+	if a.Is4() {
 		return IPv4
 	}
 	return IPv6

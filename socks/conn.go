@@ -232,6 +232,8 @@ func replyFor(cl pool.Class) byte {
 		return statute.RepNetworkUnreachable // 0x03
 	case pool.ClassHostUnreachable, pool.ClassDNS, pool.ClassTimeout, pool.ClassNoSource:
 		return statute.RepHostUnreachable // 0x04
+	case pool.ClassForbidden:
+		return statute.RepRuleFailure // 0x02, not allowed by ruleset
 	}
 	return repGeneralFailure
 }

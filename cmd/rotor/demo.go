@@ -42,6 +42,8 @@ func demo(ctx context.Context, out io.Writer) error {
 		Pool:     []netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3"), netip.MustParseAddr("127.0.0.4"), netip.MustParseAddr("127.0.0.5")},
 		Strategy: pool.RoundRobin, HTTPListen: "127.0.0.1:0", SOCKSListen: "127.0.0.1:0",
 		Credentials: config.NewCredentials(user, pass),
+		// The demo's targets are on loopback, which rotor refuses by default.
+		AllowDest:   []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
 		DialTimeout: 5 * time.Second, HandshakeTimeout: 5 * time.Second, HeaderTimeout: 5 * time.Second,
 	}
 	in, err := start(cfg, zerolog.Nop(), target.OfflineResolver())

@@ -98,6 +98,8 @@ func startRotor(t *testing.T, mutate ...func(*config.Config)) *rotor {
 		Strategy: pool.RoundRobin, HTTPListen: "127.0.0.1:0", SOCKSListen: "127.0.0.1:0",
 		Credentials: config.NewCredentials(testUser, testPass),
 		DialTimeout: 5 * time.Second, HandshakeTimeout: 5 * time.Second, HeaderTimeout: 5 * time.Second,
+		// The test targets live on loopback, which the policy refuses.
+		AllowDest: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
 	}
 	for _, a := range poolAddrs {
 		cfg.Pool = append(cfg.Pool, netip.MustParseAddr(a))

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 
 	"github.com/rs/zerolog"
@@ -53,7 +54,6 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errConfig, err)
 	}
-	d := pool.NewDialer(p, pool.DialerOptions{Timeout: cfg.DialTimeout, Resolver: resolver})
 	in := &instance{pool: p, serveErr: make(chan error, 2)}
 
 	// No TCP keepalive probes on client connections: four setsockopt calls
@@ -73,6 +73,16 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 			return nil, fmt.Errorf("SOCKS5 listener: %w", err)
 		}
 	}
+	// The policy refuses rotor's own listeners as destinations: a request
+	// for them would loop through the proxy.
+	var self []netip.AddrPort
+	for _, l := range []net.Listener{hl, sl} {
+		if l != nil {
+			self = append(self, l.Addr().(*net.TCPAddr).AddrPort())
+		}
+	}
+	d := pool.NewDialer(p, pool.DialerOptions{Timeout: cfg.DialTimeout, Resolver: resolver,
+		Policy: pool.NewPolicy(cfg.AllowDest, self)})
 	if hl != nil {
 		hl = &onceCloseListener{Listener: hl}
 		in.listeners = append(in.listeners, hl)

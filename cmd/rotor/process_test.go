@@ -75,7 +75,7 @@ type rotorProcess struct {
 func startProcess(t *testing.T, args ...string) *rotorProcess {
 	t.Helper()
 	cmd := exec.Command(rotorBinary(t), append([]string{"--pool", "127.0.0.2,127.0.0.3",
-		"--http-listen", "127.0.0.1:0", "--socks-listen", "127.0.0.1:0"}, args...)...)
+		"--http-listen", "127.0.0.1:0", "--socks-listen", "127.0.0.1:0", "--allow-dest", "127.0.0.0/8"}, args...)...)
 	cmd.Env = []string{"PROXY_USER=" + testUser, "PROXY_PASS=" + testPass}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

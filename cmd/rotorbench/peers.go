@@ -147,7 +147,7 @@ func startRotorPeer(bin string, pp *ports) (*peer, error) {
 	p.HTTP, p.SOCKS, p.DebugAddr = addr(hp), addr(sp), addr(dp)
 	err = startCmd(p, bin, "--pool", "127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5",
 		"--http-listen", p.HTTP, "--socks-listen", p.SOCKS, "--debug-listen", p.DebugAddr,
-		"--user", benchUser, "--pass", benchPass, "--log-level", "warn")
+		"--user", benchUser, "--pass", benchPass, "--log-level", "warn", "--allow-dest", "127.0.0.0/8")
 	return p, err
 }
 

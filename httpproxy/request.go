@@ -82,6 +82,20 @@ func readRequest(br *bufio.Reader) (*http.Request, error) {
 		return nil, err
 	}
 	req.Header = http.Header(mh)
+	// textproto accepts "Name : value" as a field named "Name "; RFC 9112
+	// 5.1 requires a 400, and "Transfer-Encoding : chunked" is a classic
+	// smuggling vector. Folded lines (obs-fold) arrive joined by a space,
+	// which RFC 9112 5.2 allows a proxy to do.
+	for k, vv := range req.Header {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return nil, bad("invalid header name %s", quote(k))
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return nil, bad("invalid value for header %s", quote(k))
+			}
+		}
+	}
 
 	hosts, haveHost := req.Header["Host"]
 	switch {

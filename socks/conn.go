@@ -127,7 +127,9 @@ func (s *Server) handshake(c net.Conn, ss *session) (*net.TCPConn, []byte, error
 	}
 	var target *net.TCPConn
 	var src *pool.Source
-	if req.DstAddr.FQDN != "" {
+	if req.DstAddr.AddrType == statute.ATYPDomain {
+		// DialName refuses an empty name as a bad target (0x01) and sends
+		// no DNS query for it.
 		target, src, err = s.opts.Dialer.DialName(s.baseCtx, req.DstAddr.FQDN, uint16(req.DstAddr.Port))
 	} else {
 		ip, _ := netip.AddrFromSlice(req.DstAddr.IP)

@@ -132,3 +132,9 @@ func parseLegacyIPv4(s string) (netip.Addr, bool) {
 	ip |= last
 	return netip.AddrFrom4([4]byte{byte(ip >> 24), byte(ip >> 16), byte(ip >> 8), byte(ip)}), true
 }
+
+// DenyAll refuses every destination: for fuzzing the protocol code with
+// whatever addresses the fuzzer invents, without a packet leaving.
+func DenyAll() *Policy {
+	return &Policy{deny: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}}
+}

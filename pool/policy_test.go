@@ -100,3 +100,30 @@ func TestDialerEnforcesPolicy(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseHost: any input parses or not without panicking; what parses
+// agrees with netip for plain dotted quads, and the policy refuses every
+// spelling of loopback it accepts.
+//
+//	go test -run '^$' -fuzz FuzzParseHost -fuzztime 20s ./pool/
+func FuzzParseHost(f *testing.F) {
+	for _, s := range []string{"127.0.0.1", "127.1", "2130706433", "0x7f000001", "0177.0.0.1", "::ffff:127.0.0.1", "[::1]", "example.com", "1.2.3.4.5", "0x", ""} {
+		f.Add(s)
+	}
+	p := NewPolicy(nil, nil)
+	f.Fuzz(func(t *testing.T, s string) {
+		a, ok := ParseHost(s)
+		if !ok {
+			return
+		}
+		if !a.IsValid() || a.Is4In6() || a.Zone() != "" {
+			t.Fatalf("ParseHost(%q) = %v: not a plain address", s, a)
+		}
+		if b, err := netip.ParseAddr(s); err == nil && b.Unmap().WithZone("") != a {
+			t.Fatalf("ParseHost(%q) = %v, netip says %v", s, a, b)
+		}
+		if a.IsLoopback() && p.Check(netip.AddrPortFrom(a, 80)) == nil {
+			t.Fatalf("policy allowed loopback spelled %q", s)
+		}
+	})
+}

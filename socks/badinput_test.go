@@ -115,3 +115,9 @@ func TestBadSOCKSInput(t *testing.T) {
 		}
 	}
 }
+
+// failingResolver answers /etc/hosts only and sends no query.
+func failingResolver() *net.Resolver {
+	var n atomic.Int64
+	return countingResolver(&n)
+}

@@ -1,0 +1,67 @@
+package socks
+
+import (
+	"bytes"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/rotor-proxy/rotor/config"
+	"github.com/rotor-proxy/rotor/pool"
+)
+
+// memConn is a client that sends fixed bytes and records the replies.
+type memConn struct {
+	in  *bytes.Reader
+	out bytes.Buffer
+}
+
+func (c *memConn) Read(p []byte) (int, error)       { return c.in.Read(p) }
+func (c *memConn) Write(p []byte) (int, error)      { return c.out.Write(p) }
+func (c *memConn) Close() error                     { return nil }
+func (c *memConn) LocalAddr() net.Addr              { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1080} }
+func (c *memConn) RemoteAddr() net.Addr             { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000} }
+func (c *memConn) SetDeadline(time.Time) error      { return nil }
+func (c *memConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *memConn) SetWriteDeadline(time.Time) error { return nil }
+
+// FuzzHandshake runs the real greeting, RFC 1929 and request path on
+// arbitrary client bytes. It must not panic, must never report a tunnel
+// (every destination is refused, so no packet leaves), and must answer
+// only well-formed SOCKS5 messages.
+//
+//	go test -run '^$' -fuzz FuzzHandshake -fuzztime 20s ./socks/
+func FuzzHandshake(f *testing.F) {
+	auth := append([]byte{5, 1, 2}, authMsg(user, pass)...)
+	for _, seed := range [][]byte{
+		{5, 1, 0},
+		auth,
+		append(append([]byte{}, auth...), 5, 1, 0, 1, 93, 184, 216, 34, 0, 80),
+		append(append([]byte{}, auth...), 5, 1, 0, 3, 11, 'e', 'x', 'a', 'm', 'p', 'l', 'e', '.', 'c', 'o', 'm', 1, 187),
+		append(append([]byte{}, auth...), 5, 1, 0, 4, 0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 80),
+		append(append([]byte{}, auth...), 5, 2, 0, 1, 1, 2, 3, 4, 0, 80),
+		{4, 1, 0, 80, 1, 2, 3, 4, 0},
+	} {
+		f.Add(seed)
+	}
+	p, err := pool.New([]netip.Addr{netip.MustParseAddr("127.0.0.2")}, pool.RoundRobin)
+	if err != nil {
+		f.Fatal(err)
+	}
+	s := New(Options{Dialer: pool.NewDialer(p, pool.DialerOptions{Timeout: time.Second, Resolver: failingResolver(), Policy: pool.DenyAll()}),
+		Credentials: config.NewCredentials(user, pass), Log: zerolog.Nop()})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c := &memConn{in: bytes.NewReader(data)}
+		target, _, err := s.handshake(c, &session{reply: noReply})
+		if target != nil || err == nil {
+			t.Fatalf("handshake on fuzz input opened a tunnel")
+		}
+		out := c.out.Bytes()
+		if len(out) > 0 && out[0] != 5 {
+			t.Fatalf("reply does not start with version 5: % x", out)
+		}
+	})
+}

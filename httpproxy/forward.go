@@ -87,7 +87,7 @@ func (cc *clientConn) forward(req *http.Request, user string, start time.Time) b
 				return keep
 			}
 		}
-		resp, err = roundTrip(cc, uc, out)
+		resp, err = roundTrip(cc, uc, out, s.opts.HeaderTimeout)
 		if err == nil {
 			break
 		}
@@ -100,8 +100,12 @@ func (cc *clientConn) forward(req *http.Request, user string, start time.Time) b
 			continue
 		}
 		keep := bodyDone(req.Body) && !req.Close
-		cc.writeError(http.StatusBadGateway, "upstream error from "+quote(hostport), !keep, nil)
-		s.logRequest(req, user, src, http.StatusBadGateway, bodyRead(req.Body), 0, start, err)
+		status, msg := http.StatusBadGateway, "upstream error from "+quote(hostport)
+		if pool.Classify(err) == pool.ClassTimeout {
+			status, msg = http.StatusGatewayTimeout, quote(hostport)+" sent no response head in time"
+		}
+		cc.writeError(status, msg, !keep, nil)
+		s.logRequest(req, user, src, status, bodyRead(req.Body), 0, start, err)
 		return keep
 	}
 
@@ -143,14 +147,20 @@ func outgoing(req *http.Request) *http.Request {
 }
 
 // roundTrip writes out on uc and reads the response head, passing 1xx
-// interim responses on to the client.
-func roundTrip(cc *clientConn, uc *upConn, out *http.Request) (*http.Response, error) {
+// interim responses on to the client. An origin that sends no response
+// head within headTimeout of the request being written is a timeout (504):
+// one that accepts and never answers must not hold the client forever.
+func roundTrip(cc *clientConn, uc *upConn, out *http.Request, headTimeout time.Duration) (*http.Response, error) {
 	if err := out.Write(uc.bw); err != nil {
 		return nil, err
 	}
 	if err := uc.bw.Flush(); err != nil {
 		return nil, err
 	}
+	if err := uc.c.SetReadDeadline(time.Now().Add(headTimeout)); err != nil {
+		return nil, err
+	}
+	defer uc.c.SetReadDeadline(time.Time{})
 	for {
 		resp, err := http.ReadResponse(uc.br, out)
 		if err != nil {

@@ -297,3 +297,45 @@ func TestParseBasic(t *testing.T) {
 		t.Error("quote keeps control bytes")
 	}
 }
+
+// An origin that accepts and never answers gets 504 at the header
+// timeout; the client is not held forever.
+func TestSilentOriginIs504(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c // hold it open, say nothing
+		}
+	}()
+	defer func() {
+		ln.Close()
+		close(accepted)
+		for c := range accepted {
+			c.Close()
+		}
+	}()
+	p, err := pool.New([]netip.Addr{netip.MustParseAddr("127.0.0.2")}, pool.RoundRobin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(Options{Dialer: pool.NewDialer(p, pool.DialerOptions{Timeout: 5 * time.Second}), HeaderTimeout: 300 * time.Millisecond, Log: zerolog.Nop()})
+	pl, _ := net.Listen("tcp", "127.0.0.1:0")
+	go func() { _ = s.Serve(pl) }()
+	defer s.Close()
+	start := time.Now()
+	status := rawStatus(t, pl.Addr().String(), "GET http://"+ln.Addr().String()+"/ HTTP/1.1\r\nHost: x\r\n\r\n")
+	if status != http.StatusGatewayTimeout {
+		t.Fatalf("status %d, want 504", status)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("504 after %s, want about the 300ms header timeout", d)
+	}
+}

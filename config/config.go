@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -35,6 +36,11 @@ type Config struct {
 	AllowDest []netip.Prefix
 
 	DialTimeout      time.Duration
+	DNSTimeout       time.Duration
+	KeepAliveTimeout time.Duration // idle keep-alive HTTP client
+	// MaxConns caps client connections across both listeners; derived
+	// from the descriptor limit unless given.
+	MaxConns         int64
 	HandshakeTimeout time.Duration // SOCKS5 greeting, auth and request
 	HeaderTimeout    time.Duration // HTTP request head
 	IdleTimeout      time.Duration // tunnel with no bytes either way
@@ -55,6 +61,8 @@ const (
 	DefaultHTTPListen       = "127.0.0.1:7777"
 	DefaultSOCKSListen      = "127.0.0.1:1080"
 	DefaultDialTimeout      = 10 * time.Second
+	DefaultDNSTimeout       = 5 * time.Second
+	DefaultKeepAliveTimeout = 2 * time.Minute
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultHeaderTimeout    = 30 * time.Second
 	DefaultShutdownTimeout  = 10 * time.Second
@@ -90,6 +98,9 @@ func NewFlagSet(name string) *pflag.FlagSet {
 	fs.String("allow-dest", "", "comma-separated CIDRs or IPs rotor may connect to although the policy refuses them (loopback, private, link-local...) (env ALLOW_DEST)")
 	fs.Bool("allow-open", false, "allow listening on a non-loopback address without credentials")
 	fs.Duration("dial-timeout", DefaultDialTimeout, "bound on resolving and connecting to a target")
+	fs.Duration("dns-timeout", DefaultDNSTimeout, "bound on resolving a target name")
+	fs.Duration("keepalive-timeout", DefaultKeepAliveTimeout, "close a keep-alive HTTP client connection idle this long")
+	fs.Int64("max-conns", 0, "most client connections served at once, both listeners together (0: derived from the open-file limit)")
 	fs.Duration("handshake-timeout", DefaultHandshakeTimeout, "bound on a SOCKS5 greeting, auth and request")
 	fs.Duration("header-timeout", DefaultHeaderTimeout, "bound on reading an HTTP request head")
 	fs.Duration("idle-timeout", DefaultIdleTimeout, "close a tunnel that moves no byte either way for this long")
@@ -150,7 +161,7 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	default:
 		return Config{}, fmt.Errorf("unknown log format %q (want json or console)", c.LogFormat)
 	}
-	for _, d := range []string{"dial-timeout", "handshake-timeout", "header-timeout", "idle-timeout", "shutdown-timeout"} {
+	for _, d := range []string{"dial-timeout", "dns-timeout", "keepalive-timeout", "handshake-timeout", "header-timeout", "idle-timeout", "shutdown-timeout"} {
 		if dur(d) <= 0 {
 			return Config{}, fmt.Errorf("--%s %s: must be positive", d, dur(d))
 		}
@@ -158,6 +169,14 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	c.DialTimeout, c.HandshakeTimeout = dur("dial-timeout"), dur("handshake-timeout")
 	c.HeaderTimeout, c.ShutdownTimeout = dur("header-timeout"), dur("shutdown-timeout")
 	c.IdleTimeout = dur("idle-timeout")
+	c.DNSTimeout, c.KeepAliveTimeout = dur("dns-timeout"), dur("keepalive-timeout")
+	c.MaxConns, _ = fs.GetInt64("max-conns")
+	switch {
+	case c.MaxConns < 0:
+		return Config{}, fmt.Errorf("--max-conns %d: must be positive, or 0 for the default", c.MaxConns)
+	case c.MaxConns == 0:
+		c.MaxConns = DefaultMaxConns()
+	}
 
 	user, pass := str("user"), str("pass")
 	switch {
@@ -205,6 +224,19 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 		}
 	}
 	return c, nil
+}
+
+// DefaultMaxConns derives the connection cap from the open-file limit
+// (which Go raises to the hard limit at start-up): a client connection can
+// hold two descriptors (its own and its upstream), and a quarter (at most
+// 64) stay free for listeners, pooled upstream connections, logs and DNS.
+func DefaultMaxConns() int64 {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 1024
+	}
+	reserve := min(rl.Cur/4, 64)
+	return max(int64(rl.Cur-reserve)/2, 1)
 }
 
 // ParsePool parses a comma-separated list of IP addresses.

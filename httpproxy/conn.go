@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/rotor-proxy/rotor/tunnel"
 )
 
 // clientConn is one client connection and its buffers.
@@ -48,7 +50,14 @@ var (
 )
 
 func (s *Server) serveConn(c net.Conn) {
-	if !s.conns.Add(c) {
+	if err := s.conns.Add(c); err != nil {
+		if err == tunnel.ErrLimit {
+			// Refused cleanly: everyone already connected carries on.
+			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+			_, _ = io.WriteString(c, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"+
+				"Connection: close\r\nRetry-After: 1\r\nContent-Length: 43\r\n\r\nrotor: too many connections, try again later\n")
+			c.Close()
+		}
 		return
 	}
 	cc := &clientConn{s: s, c: c}

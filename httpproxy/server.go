@@ -47,6 +47,9 @@ type Options struct {
 	// long; zero means 90 seconds.
 	UpstreamIdleTimeout time.Duration
 	Log                 zerolog.Logger
+	// Limiter caps client connections, shared by both listeners; nil
+	// means no cap.
+	Limiter *tunnel.Limiter
 }
 
 // maxHeaderBytes caps a request head, as Squid and g3proxy do.
@@ -79,6 +82,7 @@ func New(o Options) *Server {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{opts: o, baseCtx: ctx, cancel: cancel, reaper: make(chan struct{}), reaped: make(chan struct{})}
+	s.conns.Limit = o.Limiter
 	for range o.Dialer.Pool().Sources() {
 		s.upstreams = append(s.upstreams, newUpstreamPool(o.UpstreamIdleTimeout))
 	}

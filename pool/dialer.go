@@ -24,11 +24,12 @@ var ErrBadTarget = errors.New("bad target address")
 // Dialer opens outbound TCP connections bound to a source of the pool. It
 // is safe for concurrent use; both listeners share one.
 type Dialer struct {
-	pool     *Pool
-	timeout  time.Duration
-	resolver *net.Resolver
-	policy   *Policy
-	net      net.Dialer
+	pool       *Pool
+	timeout    time.Duration
+	dnsTimeout time.Duration
+	resolver   *net.Resolver
+	policy     *Policy
+	net        net.Dialer
 }
 
 // DialerOptions configure a Dialer; the zero value is usable.
@@ -40,11 +41,13 @@ type DialerOptions struct {
 	Resolver *net.Resolver
 	// Policy refuses forbidden destinations; nil allows every address.
 	Policy *Policy
+	// DNSTimeout bounds resolving a name; zero means Timeout alone.
+	DNSTimeout time.Duration
 }
 
 // NewDialer returns a dialer over p.
 func NewDialer(p *Pool, o DialerOptions) *Dialer {
-	d := &Dialer{pool: p, timeout: o.Timeout, resolver: o.Resolver, policy: o.Policy}
+	d := &Dialer{pool: p, timeout: o.Timeout, dnsTimeout: o.DNSTimeout, resolver: o.Resolver, policy: o.Policy}
 	if d.resolver == nil {
 		d.resolver = net.DefaultResolver
 	}
@@ -168,7 +171,13 @@ func (d *Dialer) dial(ctx context.Context, src *Source, host string, port uint16
 	if src.Addr.Is6() {
 		network, lookup = "tcp6", "ip6"
 	}
-	ips, err := d.resolver.LookupNetIP(ctx, lookup, host)
+	lctx := ctx
+	if d.dnsTimeout > 0 {
+		var cancel context.CancelFunc
+		lctx, cancel = context.WithTimeout(ctx, d.dnsTimeout)
+		defer cancel()
+	}
+	ips, err := d.resolver.LookupNetIP(lctx, lookup, host)
 	if err != nil {
 		// An empty answer for this family is a *net.DNSError with
 		// IsNotFound set; say which family was asked for.

@@ -41,7 +41,10 @@ type session struct {
 }
 
 func (s *Server) serveConn(c net.Conn) {
-	if !s.conns.Add(c) {
+	if err := s.conns.Add(c); err != nil {
+		if err == tunnel.ErrLimit {
+			c.Close() // SOCKS5 has no way to say "busy" before the greeting
+		}
 		return
 	}
 	start := time.Now()

@@ -33,6 +33,9 @@ type Options struct {
 	// long; zero means never.
 	IdleTimeout time.Duration
 	Log         zerolog.Logger
+	// Limiter caps client connections, shared by both listeners; nil
+	// means no cap.
+	Limiter *tunnel.Limiter
 }
 
 // Server is a SOCKS5 proxy. It is safe to call Serve on several listeners.
@@ -52,7 +55,9 @@ func New(o Options) *Server {
 		o.HandshakeTimeout = config.DefaultHandshakeTimeout
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{opts: o, baseCtx: ctx, cancel: cancel}
+	s := &Server{opts: o, baseCtx: ctx, cancel: cancel}
+	s.conns.Limit = o.Limiter
+	return s
 }
 
 // Serve accepts connections on ln until Shutdown or Close. It returns nil

@@ -103,7 +103,7 @@ func TestTrackerDrain(t *testing.T) {
 	if err := tr.Drain(context.Background()); err != nil {
 		t.Fatalf("drain: %v", err)
 	}
-	if tr.Add(b) {
+	if tr.Add(b) == nil {
 		t.Fatal("Add after Drain accepted a connection")
 	}
 	// Drain with a deadline closes what is left.

@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"context"
+	"errors"
 	"net"
 	"sync"
 )
@@ -13,6 +14,10 @@ import (
 // Adding, removing and state changes take a mutex once per connection or
 // request, never per byte.
 type Tracker struct {
+	// Limit, when set, caps live connections: Add takes a slot and
+	// Remove gives it back, so no path can leak one.
+	Limit *Limiter
+
 	mu       sync.Mutex
 	conns    map[net.Conn]state
 	draining bool
@@ -24,20 +29,30 @@ type state struct {
 	close func() // how to close it, when not c.Close (a tunnel)
 }
 
-// Add registers c as busy. It returns false, and closes c, once the
-// tracker is draining: a connection accepted during shutdown is not served.
-func (t *Tracker) Add(c net.Conn) bool {
+// Errors from Add.
+var (
+	ErrDraining = errors.New("shutting down")
+	ErrLimit    = errors.New("connection limit reached")
+)
+
+// Add registers c as busy. During shutdown it closes c and returns
+// ErrDraining; at the connection limit it returns ErrLimit and leaves c
+// for the caller to refuse in its protocol and close.
+func (t *Tracker) Add(c net.Conn) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.draining {
 		c.Close()
-		return false
+		return ErrDraining
+	}
+	if !t.Limit.Acquire() {
+		return ErrLimit
 	}
 	if t.conns == nil {
 		t.conns = make(map[net.Conn]state)
 	}
 	t.conns[c] = state{}
-	return true
+	return nil
 }
 
 // SetCloser makes shutdown close c by calling f (a tunnel's Close, which
@@ -87,7 +102,10 @@ func (t *Tracker) Busy(c net.Conn) bool {
 func (t *Tracker) Remove(c net.Conn) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	delete(t.conns, c)
+	if _, ok := t.conns[c]; ok {
+		delete(t.conns, c)
+		t.Limit.Release()
+	}
 	if len(t.conns) == 0 && t.empty != nil {
 		close(t.empty)
 		t.empty = nil

@@ -14,6 +14,7 @@ import (
 	"github.com/rotor-proxy/rotor/httpproxy"
 	"github.com/rotor-proxy/rotor/pool"
 	"github.com/rotor-proxy/rotor/socks"
+	"github.com/rotor-proxy/rotor/tunnel"
 )
 
 // errConfig marks errors that are the user's configuration (exit 2).
@@ -81,14 +82,16 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 			self = append(self, l.Addr().(*net.TCPAddr).AddrPort())
 		}
 	}
-	d := pool.NewDialer(p, pool.DialerOptions{Timeout: cfg.DialTimeout, Resolver: resolver,
+	d := pool.NewDialer(p, pool.DialerOptions{Timeout: cfg.DialTimeout, DNSTimeout: cfg.DNSTimeout, Resolver: resolver,
 		Policy: pool.NewPolicy(cfg.AllowDest, self)})
+	limit := tunnel.NewLimiter(cfg.MaxConns, log)
 	if hl != nil {
 		hl = &onceCloseListener{Listener: hl}
 		in.listeners = append(in.listeners, hl)
 		in.httpAddr = hl.Addr()
 		in.http = httpproxy.New(httpproxy.Options{
 			Dialer: d, Credentials: cfg.Credentials, HeaderTimeout: cfg.HeaderTimeout, TunnelIdleTimeout: cfg.IdleTimeout,
+			IdleTimeout: cfg.KeepAliveTimeout, Limiter: limit,
 			Log: log.With().Str("listener", "http").Logger(),
 		})
 		in.serve(func() error { return in.http.Serve(hl) })
@@ -99,7 +102,8 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 		in.socksAddr = sl.Addr()
 		in.socks = socks.New(socks.Options{
 			Dialer: d, Credentials: cfg.Credentials, HandshakeTimeout: cfg.HandshakeTimeout, IdleTimeout: cfg.IdleTimeout,
-			Log: log.With().Str("listener", "socks5").Logger(),
+			Limiter: limit,
+			Log:     log.With().Str("listener", "socks5").Logger(),
 		})
 		in.serve(func() error { return in.socks.Serve(sl) })
 	}

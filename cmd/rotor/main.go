@@ -72,7 +72,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		log.Info().Stringer("addr", addr).Msg("serving /debug/pprof/")
 	}
 	ev := log.Info().Str("version", version).Strs("pool", addrStrings(in)).Str("strategy", string(cfg.Strategy)).
-		Bool("auth", cfg.Credentials != nil)
+		Bool("auth", cfg.Credentials != nil).Int64("max_conns", cfg.MaxConns)
 	if in.httpAddr != nil {
 		ev = ev.Stringer("http", in.httpAddr)
 	}

@@ -74,8 +74,17 @@ type rotorProcess struct {
 
 func startProcess(t *testing.T, args ...string) *rotorProcess {
 	t.Helper()
-	cmd := exec.Command(rotorBinary(t), append([]string{"--pool", "127.0.0.2,127.0.0.3",
-		"--http-listen", "127.0.0.1:0", "--socks-listen", "127.0.0.1:0", "--allow-dest", "127.0.0.0/8"}, args...)...)
+	return startProcessWith(t, []string{rotorBinary(t)}, args...)
+}
+
+// startProcessWith runs rotor by the command line prefix (the binary, or
+// a wrapper such as prlimit and then the binary) with a loopback set-up
+// and args.
+func startProcessWith(t *testing.T, prefix []string, args ...string) *rotorProcess {
+	t.Helper()
+	argv := append(append(prefix[1:len(prefix):len(prefix)], "--pool", "127.0.0.2,127.0.0.3",
+		"--http-listen", "127.0.0.1:0", "--socks-listen", "127.0.0.1:0", "--allow-dest", "127.0.0.0/8"), args...)
+	cmd := exec.Command(prefix[0], argv...)
 	cmd.Env = []string{"PROXY_USER=" + testUser, "PROXY_PASS=" + testPass}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

@@ -58,10 +58,10 @@ func openTunnel(t *testing.T, r *rotor, how, addr string) net.Conn {
 	panic(how)
 }
 
-// 64 MiB of random bytes each way through an echo target: both hashes
+// 1 GiB of random bytes each way through an echo target: both hashes
 // equal, and the client's half-close comes back as EOF after the last byte.
-func TestIntegrity64MiB(t *testing.T) {
-	const size = 64 << 20
+func TestIntegrity1GiB(t *testing.T) {
+	const size = 1 << 30
 	echo := tcpTarget(t, target.Echo)
 	r := startRotor(t)
 	for _, how := range []string{"connect", "socks5"} {

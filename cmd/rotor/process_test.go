@@ -188,28 +188,40 @@ func TestSIGTERMDrainsTunnels(t *testing.T) {
 	}
 }
 
-// A tunnel still open when the timeout ends is closed, and rotor still
-// exits 0.
+// SIGTERM with 100 live tunnels, CONNECT and SOCKS5, most of them parked:
+// the listeners close at once, the tunnels are closed at the shutdown
+// timeout, and rotor exits 0 within the timeout and a second.
 func TestSIGTERMTimeoutClosesTunnels(t *testing.T) {
 	tgt := tcpTarget(t, target.CountThenReply)
-	p := startProcess(t, "--shutdown-timeout", "300ms")
+	const timeout = time.Second
+	p := startProcess(t, "--shutdown-timeout", timeout.String())
 	r := &rotor{http: p.http, sock: p.socks}
-	c := openTunnel(t, r, "socks5", tgt.Addr)
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-	c2 := openTunnel(t, r, "connect", tgt.Addr)
-	defer c2.Close()
-	_ = c2.SetDeadline(time.Now().Add(30 * time.Second))
-	time.Sleep(1500 * time.Millisecond) // parked
+	var tunnels []net.Conn
+	for i := 0; i < 100; i++ {
+		c := openTunnel(t, r, []string{"connect", "socks5"}[i%2], tgt.Addr)
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+		tunnels = append(tunnels, c)
+	}
+	time.Sleep(500 * time.Millisecond) // parked
+	signalled := time.Now()
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range []net.Conn{c, c2} {
+	p.waitFor(t, "shutting down")
+	if c, err := net.DialTimeout("tcp", p.socks, time.Second); err == nil {
+		c.Close()
+		t.Fatal("listener still open after SIGTERM")
+	}
+	for _, c := range tunnels {
 		if _, err := io.ReadAll(c); err != nil && !errors.Is(err, syscall.ECONNRESET) {
 			t.Fatalf("tunnel: %v, want closed by rotor", err)
 		}
 	}
 	if err := p.cmd.Wait(); err != nil {
 		t.Fatalf("exit: %v, want status 0", err)
+	}
+	if d := time.Since(signalled); d > timeout+time.Second {
+		t.Fatalf("exited %s after SIGTERM, want within the %s timeout and a second", d, timeout)
 	}
 }

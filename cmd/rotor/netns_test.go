@@ -1,0 +1,74 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rotor-proxy/rotor/config"
+)
+
+// needNetns skips without root or iproute2, except in CI (root), where
+// their absence is a failure.
+func needNetns(t *testing.T) string {
+	t.Helper()
+	ip, err := exec.LookPath("ip")
+	switch {
+	case os.Geteuid() != 0:
+		t.Skip("needs root to create a network namespace")
+	case err != nil && os.Getenv("CI") != "":
+		t.Fatal("ip (iproute2) not installed; .ci/run must install it")
+	case err != nil:
+		t.Skip("ip (iproute2) not installed")
+	}
+	return ip
+}
+
+func runCmd(t *testing.T, name string, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+}
+
+// A target whose SYNs go unanswered: a veth into a namespace this test
+// creates, with no address on the far end, so the SYN waits for an ARP
+// reply that never comes and no packet leaves the host. The dial must end
+// at the dial timeout with 504 over HTTP and reply 0x04 over SOCKS5.
+func TestBlackholedTargetTimesOut(t *testing.T) {
+	ip := needNetns(t)
+	ns := fmt.Sprintf("rotor-test-%d", os.Getpid())
+	here, there := fmt.Sprintf("rtv%da", os.Getpid()%100000), fmt.Sprintf("rtv%db", os.Getpid()%100000)
+	runCmd(t, ip, "netns", "add", ns)
+	t.Cleanup(func() { _ = exec.Command(ip, "netns", "del", ns).Run() })
+	runCmd(t, ip, "link", "add", here, "type", "veth", "peer", "name", there, "netns", ns)
+	t.Cleanup(func() { _ = exec.Command(ip, "link", "del", here).Run() })
+	runCmd(t, ip, "addr", "add", "198.18.7.1/24", "dev", here)
+	runCmd(t, ip, "link", "set", here, "up")
+	runCmd(t, ip, "-n", ns, "link", "set", there, "up")
+
+	r := startRotor(t, func(c *config.Config) {
+		c.Pool = []netip.Addr{netip.MustParseAddr("198.18.7.1")}
+		c.DialTimeout = 500 * time.Millisecond
+	})
+	ctx := context.Background()
+	const dst = "198.18.7.2:80"
+	start := time.Now()
+	if _, err := connectVia(ctx, r.http, testUser, testPass, dst); err == nil || !strings.Contains(err.Error(), "504") {
+		t.Fatalf("CONNECT to a black hole: %v, want 504", err)
+	}
+	if d := time.Since(start); d < 400*time.Millisecond || d > 5*time.Second {
+		t.Fatalf("504 after %s, want the 500ms dial timeout", d)
+	}
+	if _, err := socksVia(ctx, r.sock, testUser, testPass, dst); err == nil || !strings.Contains(err.Error(), "host unreachable") {
+		t.Fatalf("SOCKS5 to a black hole: %v, want reply 04 (host unreachable)", err)
+	}
+	if _, err := getVia(ctx, proxyClient(r.httpURL(), 1), "http://"+dst+"/"); err == nil || !strings.Contains(err.Error(), "504") {
+		t.Fatalf("GET via HTTP to a black hole: %v, want 504", err)
+	}
+}

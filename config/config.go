@@ -41,6 +41,7 @@ type Config struct {
 	// MaxConns caps client connections across both listeners; derived
 	// from the descriptor limit unless given.
 	MaxConns         int64
+	MaxHeaderBytes   int           // HTTP request head; larger gets 431
 	HandshakeTimeout time.Duration // SOCKS5 greeting, auth and request
 	HeaderTimeout    time.Duration // HTTP request head
 	IdleTimeout      time.Duration // tunnel with no bytes either way
@@ -63,6 +64,7 @@ const (
 	DefaultDialTimeout      = 10 * time.Second
 	DefaultDNSTimeout       = 5 * time.Second
 	DefaultKeepAliveTimeout = 2 * time.Minute
+	DefaultMaxHeaderBytes   = 64 << 10
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultHeaderTimeout    = 30 * time.Second
 	DefaultShutdownTimeout  = 10 * time.Second
@@ -80,8 +82,18 @@ func envNames() map[string]string {
 		"pass":         "PROXY_PASS",
 		"strategy":     "ROTATION_STRATEGY",
 		"allow-dest":   "ALLOW_DEST",
-		"log-level":    "LOG_LEVEL",
-		"log-format":   "LOG_FORMAT",
+
+		"dial-timeout":      "DIAL_TIMEOUT",
+		"dns-timeout":       "DNS_TIMEOUT",
+		"handshake-timeout": "HANDSHAKE_TIMEOUT",
+		"header-timeout":    "HEADER_TIMEOUT",
+		"idle-timeout":      "IDLE_TIMEOUT",
+		"keepalive-timeout": "KEEPALIVE_TIMEOUT",
+		"shutdown-timeout":  "SHUTDOWN_TIMEOUT",
+		"max-conns":         "MAX_CONNS",
+		"max-header-bytes":  "MAX_HEADER_BYTES",
+		"log-level":         "LOG_LEVEL",
+		"log-format":        "LOG_FORMAT",
 	}
 }
 
@@ -100,6 +112,7 @@ func NewFlagSet(name string) *pflag.FlagSet {
 	fs.Duration("dial-timeout", DefaultDialTimeout, "bound on resolving and connecting to a target")
 	fs.Duration("dns-timeout", DefaultDNSTimeout, "bound on resolving a target name")
 	fs.Duration("keepalive-timeout", DefaultKeepAliveTimeout, "close a keep-alive HTTP client connection idle this long")
+	fs.Int("max-header-bytes", DefaultMaxHeaderBytes, "largest HTTP request head accepted; larger gets 431")
 	fs.Int64("max-conns", 0, "most client connections served at once, both listeners together (0: derived from the open-file limit)")
 	fs.Duration("handshake-timeout", DefaultHandshakeTimeout, "bound on a SOCKS5 greeting, auth and request")
 	fs.Duration("header-timeout", DefaultHeaderTimeout, "bound on reading an HTTP request head")
@@ -171,6 +184,9 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	c.IdleTimeout = dur("idle-timeout")
 	c.DNSTimeout, c.KeepAliveTimeout = dur("dns-timeout"), dur("keepalive-timeout")
 	c.MaxConns, _ = fs.GetInt64("max-conns")
+	if c.MaxHeaderBytes, _ = fs.GetInt("max-header-bytes"); c.MaxHeaderBytes < 1024 || c.MaxHeaderBytes > 1<<20 {
+		return Config{}, fmt.Errorf("--max-header-bytes %d: want 1024 to 1048576", c.MaxHeaderBytes)
+	}
 	switch {
 	case c.MaxConns < 0:
 		return Config{}, fmt.Errorf("--max-conns %d: must be positive, or 0 for the default", c.MaxConns)

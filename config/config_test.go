@@ -125,6 +125,29 @@ func TestCredentials(t *testing.T) {
 	}
 }
 
+func TestLimitFlagsAndEnv(t *testing.T) {
+	c, err := Parse([]string{"--pool", "127.0.0.2", "--max-conns", "77"}, env(map[string]string{
+		"DIAL_TIMEOUT": "3s", "IDLE_TIMEOUT": "1m", "MAX_CONNS": "5", "MAX_HEADER_BYTES": "8192", "KEEPALIVE_TIMEOUT": "30s"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DialTimeout != 3*time.Second || c.IdleTimeout != time.Minute || c.MaxConns != 77 || c.MaxHeaderBytes != 8192 || c.KeepAliveTimeout != 30*time.Second {
+		t.Fatalf("got dial %s idle %s max-conns %d header %d keepalive %s", c.DialTimeout, c.IdleTimeout, c.MaxConns, c.MaxHeaderBytes, c.KeepAliveTimeout)
+	}
+	d, _ := Parse([]string{"--pool", "127.0.0.2"}, nil)
+	if d.MaxConns != DefaultMaxConns() || d.MaxConns < 1 || d.DNSTimeout != DefaultDNSTimeout || d.MaxHeaderBytes != 64<<10 {
+		t.Fatalf("defaults: max-conns %d dns %s header %d", d.MaxConns, d.DNSTimeout, d.MaxHeaderBytes)
+	}
+	for _, bad := range [][]string{{"--max-header-bytes", "10"}, {"--max-conns", "-1"}} {
+		if _, err := Parse(append([]string{"--pool", "127.0.0.2"}, bad...), nil); err == nil || !strings.Contains(err.Error(), bad[1]) {
+			t.Errorf("%v: %v, want an error naming %s", bad, err, bad[1])
+		}
+	}
+	if _, err := Parse([]string{"--pool", "127.0.0.2"}, env(map[string]string{"IDLE_TIMEOUT": "soon"})); err == nil || !strings.Contains(err.Error(), "soon") {
+		t.Errorf("IDLE_TIMEOUT=soon: %v, want an error naming it", err)
+	}
+}
+
 func TestAllowDest(t *testing.T) {
 	c, err := Parse([]string{"--pool", "127.0.0.2"}, env(map[string]string{"ALLOW_DEST": "127.0.0.0/8, ::1, 10.1.2.3"}))
 	if err != nil {

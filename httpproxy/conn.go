@@ -84,7 +84,7 @@ func (cc *clientConn) serve() (handedOff bool) {
 	s := cc.s
 	wait := s.opts.HeaderTimeout // for the first request: the client connected to send one
 	for {
-		cc.lr.n = maxHeaderBytes
+		cc.lr.n = int64(s.opts.MaxHeaderBytes)
 		if err := cc.c.SetReadDeadline(time.Now().Add(wait)); err != nil {
 			return false
 		}
@@ -129,7 +129,7 @@ func (cc *clientConn) rejectHead(err error, start time.Time) {
 		status = br.status
 	case errors.Is(err, errHeadTooLarge):
 		status = http.StatusRequestHeaderFieldsTooLarge
-		br = &badRequest{status, "request head larger than " + strconv.Itoa(maxHeaderBytes) + " bytes"}
+		br = &badRequest{status, "request head larger than " + strconv.Itoa(cc.s.opts.MaxHeaderBytes) + " bytes"}
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		status = http.StatusRequestTimeout
 		br = &badRequest{status, "request head not received in time"}

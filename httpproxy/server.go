@@ -50,10 +50,10 @@ type Options struct {
 	// Limiter caps client connections, shared by both listeners; nil
 	// means no cap.
 	Limiter *tunnel.Limiter
+	// MaxHeaderBytes caps a request head (431 beyond); zero means
+	// config.DefaultMaxHeaderBytes (64 KiB, as Squid and g3proxy).
+	MaxHeaderBytes int
 }
-
-// maxHeaderBytes caps a request head, as Squid and g3proxy do.
-const maxHeaderBytes = 64 << 10
 
 // Server is an HTTP proxy.
 type Server struct {
@@ -76,6 +76,9 @@ func New(o Options) *Server {
 	}
 	if o.IdleTimeout <= 0 {
 		o.IdleTimeout = 2 * time.Minute
+	}
+	if o.MaxHeaderBytes <= 0 {
+		o.MaxHeaderBytes = config.DefaultMaxHeaderBytes
 	}
 	if o.UpstreamIdleTimeout <= 0 {
 		o.UpstreamIdleTimeout = 90 * time.Second

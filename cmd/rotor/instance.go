@@ -91,7 +91,7 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 		in.httpAddr = hl.Addr()
 		in.http = httpproxy.New(httpproxy.Options{
 			Dialer: d, Credentials: cfg.Credentials, HeaderTimeout: cfg.HeaderTimeout, TunnelIdleTimeout: cfg.IdleTimeout,
-			IdleTimeout: cfg.KeepAliveTimeout, Limiter: limit,
+			IdleTimeout: cfg.KeepAliveTimeout, Limiter: limit, MaxHeaderBytes: cfg.MaxHeaderBytes,
 			Log: log.With().Str("listener", "http").Logger(),
 		})
 		in.serve(func() error { return in.http.Serve(hl) })

@@ -89,7 +89,13 @@ func (cc *clientConn) serve() (handedOff bool) {
 			return false
 		}
 		if _, err := cc.br.Peek(1); err != nil {
-			return false // idle timeout, client gone, or closed by shutdown
+			// Idle keep-alive timeout, client gone, or closed by shutdown.
+			if wait == s.opts.IdleTimeout && errors.Is(err, os.ErrDeadlineExceeded) {
+				s.opts.Hits.Add("keepalive-timeout")
+				s.opts.Log.Debug().Str("proto", "http").Str("client", cc.c.RemoteAddr().String()).
+					Str("timeout", "keepalive-timeout").Msg("idle keep-alive connection closed")
+			}
+			return false
 		}
 		if wait != s.opts.HeaderTimeout {
 			if !s.conns.Busy(cc.c) {
@@ -123,15 +129,15 @@ func (cc *clientConn) serve() (handedOff bool) {
 // sense to answer at all.
 func (cc *clientConn) rejectHead(err error, start time.Time) {
 	var br *badRequest
-	status := 0
+	status, name := 0, ""
 	switch {
 	case errors.As(err, &br):
 		status = br.status
 	case errors.Is(err, errHeadTooLarge):
-		status = http.StatusRequestHeaderFieldsTooLarge
+		status, name = http.StatusRequestHeaderFieldsTooLarge, "max-header-bytes"
 		br = &badRequest{status, "request head larger than " + strconv.Itoa(cc.s.opts.MaxHeaderBytes) + " bytes"}
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		status = http.StatusRequestTimeout
+		status, name = http.StatusRequestTimeout, "header-timeout"
 		br = &badRequest{status, "request head not received in time"}
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
 		// The client went away mid-head: nobody to answer.
@@ -145,6 +151,13 @@ func (cc *clientConn) rejectHead(err error, start time.Time) {
 	}
 	e := cc.s.opts.Log.Warn().Str("proto", "http").Str("client", cc.c.RemoteAddr().String()).Int("status", status).
 		Dur("dur_ms", time.Since(start)).Err(err)
+	switch name {
+	case "header-timeout":
+		e = e.Str("timeout", name)
+	case "max-header-bytes":
+		e = e.Str("limit", name)
+	}
+	cc.s.opts.Hits.Add(name)
 	e.Msg("bad request head")
 }
 

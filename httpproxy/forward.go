@@ -103,6 +103,7 @@ func (cc *clientConn) forward(req *http.Request, user string, start time.Time) b
 		status, msg := http.StatusBadGateway, "upstream error from "+quote(hostport)
 		if pool.Classify(err) == pool.ClassTimeout {
 			status, msg = http.StatusGatewayTimeout, quote(hostport)+" sent no response head in time"
+			err = fmt.Errorf("%w: %w", errResponseTimeout, err)
 		}
 		cc.writeError(status, msg, !keep, nil)
 		s.logRequest(req, user, src, status, bodyRead(req.Body), 0, start, err)
@@ -182,6 +183,10 @@ func roundTrip(cc *clientConn, uc *upConn, out *http.Request, headTimeout time.D
 		}
 	}
 }
+
+// errResponseTimeout marks an origin that sent no response head within
+// the header timeout, for its log line and count.
+var errResponseTimeout = errors.New("response-timeout")
 
 func retryable(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)

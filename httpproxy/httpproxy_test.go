@@ -22,6 +22,7 @@ import (
 	"github.com/rotor-proxy/rotor/config"
 	"github.com/rotor-proxy/rotor/internal/target"
 	"github.com/rotor-proxy/rotor/pool"
+	"github.com/rotor-proxy/rotor/tunnel"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -326,7 +327,9 @@ func TestSilentOriginIs504(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := New(Options{Dialer: pool.NewDialer(p, pool.DialerOptions{Timeout: 5 * time.Second}), HeaderTimeout: 300 * time.Millisecond, Log: zerolog.Nop()})
+	hits := &tunnel.Hits{}
+	s := New(Options{Dialer: pool.NewDialer(p, pool.DialerOptions{Timeout: 5 * time.Second}), HeaderTimeout: 300 * time.Millisecond,
+		Log: zerolog.Nop(), Hits: hits})
 	pl, _ := net.Listen("tcp", "127.0.0.1:0")
 	go func() { _ = s.Serve(pl) }()
 	defer s.Close()
@@ -337,5 +340,8 @@ func TestSilentOriginIs504(t *testing.T) {
 	}
 	if d := time.Since(start); d > 3*time.Second {
 		t.Fatalf("504 after %s, want about the 300ms header timeout", d)
+	}
+	if n := hits.ResponseTimeout.Load(); n != 1 {
+		t.Fatalf("counted %d response timeouts, want 1", n)
 	}
 }

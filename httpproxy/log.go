@@ -1,12 +1,14 @@
 package httpproxy
 
 import (
+	"errors"
 	"net/http"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/rotor-proxy/rotor/pool"
+	"github.com/rotor-proxy/rotor/tunnel"
 )
 
 // requestInfo is what a log line says about a request: for a tunnel it is
@@ -23,6 +25,7 @@ func reqInfo(r *http.Request, user string) requestInfo {
 // Proxy-Authorization or any other header.
 func (s *Server) logRequest(r *http.Request, user string, src *pool.Source, status int, up, down int64, start time.Time, err error) {
 	if !s.opts.Log.WithLevel(levelFor(status)).Enabled() {
+		s.count(err, status)
 		return
 	}
 	s.log(reqInfo(r, user), src, status, up, down, start, err)
@@ -36,6 +39,7 @@ func levelFor(status int) zerolog.Level {
 }
 
 func (s *Server) log(r requestInfo, src *pool.Source, status int, up, down int64, start time.Time, err error) {
+	s.count(err, status)
 	lvl := levelFor(status)
 	e := s.opts.Log.WithLevel(lvl)
 	if !e.Enabled() {
@@ -59,8 +63,29 @@ func (s *Server) log(r requestInfo, src *pool.Source, status int, up, down int64
 	e = e.Int("status", status).Int64("up", up).Int64("down", down).Dur("dur_ms", time.Since(start))
 	if err != nil {
 		e = e.Err(err)
+		if name := timeoutName(err, status); name != "" {
+			e = e.Str("timeout", name)
+		}
 	}
 	e.Msg(proto)
+}
+
+// timeoutName names the timeout behind err, if any.
+func timeoutName(err error, status int) string {
+	switch {
+	case errors.Is(err, tunnel.ErrIdle):
+		return "idle-timeout"
+	case errors.Is(err, errResponseTimeout):
+		return "response-timeout"
+	}
+	return pool.TimeoutName(err)
+}
+
+// count counts the timeout behind err, if any, once per request.
+func (s *Server) count(err error, status int) {
+	if err != nil {
+		s.opts.Hits.Add(timeoutName(err, status))
+	}
 }
 
 // statusFor maps a dial failure to the status a client sees.

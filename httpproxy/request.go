@@ -42,11 +42,11 @@ func bad(format string, args ...any) error {
 // readRequest reads one request head from br and returns a request whose
 // Body reads exactly the message body.
 func readRequest(br *bufio.Reader) (*http.Request, error) {
-	tp := textproto.NewReader(br)
-	line, err := tp.ReadLine()
+	line, err := readLine(br)
 	if err != nil {
 		return nil, err
 	}
+	tp := textproto.NewReader(br)
 	method, rest, ok1 := strings.Cut(line, " ")
 	target, proto, ok2 := strings.Cut(rest, " ")
 	if !ok1 || !ok2 || method == "" || target == "" || !validMethod(method) {
@@ -116,6 +116,33 @@ func readRequest(br *bufio.Reader) (*http.Request, error) {
 		return nil, err
 	}
 	return req, nil
+}
+
+// readLine reads the request line. Unlike bufio.Reader.ReadLine (under
+// textproto), which hands back a line cut short by a timeout or EOF as if
+// it were complete and reports the error on the next call, it returns
+// the error with the partial line: a client too slow to finish its
+// request line gets 408, not 400. Length is bounded by the head limit.
+func readLine(br *bufio.Reader) (string, error) {
+	var long []byte
+	for {
+		b, err := br.ReadSlice('\n')
+		if err == bufio.ErrBufferFull {
+			long = append(long, b...)
+			continue
+		}
+		if err != nil {
+			return "", err
+		}
+		if long != nil {
+			b = append(long, b...)
+		}
+		b = b[:len(b)-1] // '\n'
+		if n := len(b); n > 0 && b[n-1] == '\r' {
+			b = b[:n-1]
+		}
+		return string(b), nil
+	}
 }
 
 // setBody applies RFC 9112 section 6.3 to a request.

@@ -50,6 +50,8 @@ type Options struct {
 	// Limiter caps client connections, shared by both listeners; nil
 	// means no cap.
 	Limiter *tunnel.Limiter
+	// Hits counts timeouts and limits by name; nil counts nothing.
+	Hits *tunnel.Hits
 	// MaxHeaderBytes caps a request head (431 beyond); zero means
 	// config.DefaultMaxHeaderBytes (64 KiB, as Squid and g3proxy).
 	MaxHeaderBytes int

@@ -66,3 +66,17 @@ func Classify(err error) Class {
 	}
 	return ClassOther
 }
+
+// TimeoutName names which bound a timed-out dial hit: "dns-timeout" when
+// resolving the name timed out, "dial-timeout" otherwise. It is "" for an
+// error that is not a timeout.
+func TimeoutName(err error) string {
+	if Classify(err) != ClassTimeout {
+		return ""
+	}
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) {
+		return "dns-timeout"
+	}
+	return "dial-timeout"
+}

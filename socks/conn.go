@@ -72,7 +72,21 @@ func (s *Server) end(c net.Conn, target net.Conn, ss *session, start time.Time) 
 	}
 	s.conns.Remove(c)
 	c.Close()
+	s.opts.Hits.Add(timeoutName(ss))
 	s.logSession(c, ss, time.Since(start))
+}
+
+// timeoutName names the timeout that ended a session, if one did.
+func timeoutName(ss *session) string {
+	switch {
+	case ss.err == nil:
+		return ""
+	case errors.Is(ss.err, tunnel.ErrIdle):
+		return "idle-timeout"
+	case ss.reply == noReply && errors.Is(ss.err, os.ErrDeadlineExceeded):
+		return "handshake-timeout"
+	}
+	return pool.TimeoutName(ss.err)
 }
 
 // handshake runs greeting, auth, request, dial and reply. On success it
@@ -266,6 +280,9 @@ func (s *Server) logSession(c net.Conn, ss *session, d time.Duration) {
 		e = e.Uint8("reply", ss.reply)
 	}
 	e = e.Int64("up", ss.stats.Up).Int64("down", ss.stats.Down).Dur("dur_ms", d)
+	if name := timeoutName(ss); name != "" {
+		e = e.Str("timeout", name)
+	}
 	if ss.err != nil && !isQuietClose(ss.err) {
 		e = e.Err(ss.err)
 		if ss.reply == noReply {

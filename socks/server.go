@@ -36,6 +36,8 @@ type Options struct {
 	// Limiter caps client connections, shared by both listeners; nil
 	// means no cap.
 	Limiter *tunnel.Limiter
+	// Hits counts timeouts and limits by name; nil counts nothing.
+	Hits *tunnel.Hits
 }
 
 // Server is a SOCKS5 proxy. It is safe to call Serve on several listeners.

@@ -29,6 +29,7 @@ type instance struct {
 	httpAddr  net.Addr // nil when disabled
 	socksAddr net.Addr
 	listeners []net.Listener
+	hits      *tunnel.Hits // timeouts and limits hit, by name
 	wg        sync.WaitGroup
 	serveErr  chan error
 }
@@ -84,14 +85,15 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 	}
 	d := pool.NewDialer(p, pool.DialerOptions{Timeout: cfg.DialTimeout, DNSTimeout: cfg.DNSTimeout, Resolver: resolver,
 		Policy: pool.NewPolicy(cfg.AllowDest, self)})
-	limit := tunnel.NewLimiter(cfg.MaxConns, log)
+	in.hits = &tunnel.Hits{}
+	limit := tunnel.NewLimiter(cfg.MaxConns, log, in.hits)
 	if hl != nil {
 		hl = &onceCloseListener{Listener: hl}
 		in.listeners = append(in.listeners, hl)
 		in.httpAddr = hl.Addr()
 		in.http = httpproxy.New(httpproxy.Options{
 			Dialer: d, Credentials: cfg.Credentials, HeaderTimeout: cfg.HeaderTimeout, TunnelIdleTimeout: cfg.IdleTimeout,
-			IdleTimeout: cfg.KeepAliveTimeout, Limiter: limit, MaxHeaderBytes: cfg.MaxHeaderBytes,
+			IdleTimeout: cfg.KeepAliveTimeout, Limiter: limit, MaxHeaderBytes: cfg.MaxHeaderBytes, Hits: in.hits,
 			Log: log.With().Str("listener", "http").Logger(),
 		})
 		in.serve(func() error { return in.http.Serve(hl) })
@@ -102,8 +104,8 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 		in.socksAddr = sl.Addr()
 		in.socks = socks.New(socks.Options{
 			Dialer: d, Credentials: cfg.Credentials, HandshakeTimeout: cfg.HandshakeTimeout, IdleTimeout: cfg.IdleTimeout,
-			Limiter: limit,
-			Log:     log.With().Str("listener", "socks5").Logger(),
+			Limiter: limit, Hits: in.hits,
+			Log: log.With().Str("listener", "socks5").Logger(),
 		})
 		in.serve(func() error { return in.socks.Serve(sl) })
 	}

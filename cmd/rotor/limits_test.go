@@ -69,6 +69,31 @@ func TestConnectionLimit(t *testing.T) {
 	if !strings.Contains(r.log.String(), `"limit":"max-conns"`) {
 		t.Error("refusals at the limit were not logged")
 	}
+	if n := r.hits.MaxConns.Load(); n < 2 {
+		t.Errorf("counted %d refusals at the limit, want at least 2", n)
+	}
+}
+
+// A tunnel that moves nothing either way is closed at --idle-timeout,
+// parked or not, and the hit is counted and logged by name.
+func TestTunnelIdleTimeout(t *testing.T) {
+	echo := tcpTarget(t, target.Echo)
+	r := startRotor(t, func(c *config.Config) { c.IdleTimeout = 600 * time.Millisecond })
+	for _, how := range []string{"connect", "socks5"} {
+		c := openTunnel(t, r, how, echo.Addr)
+		defer c.Close()
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadAll(c); err != nil {
+			t.Fatalf("%s: %v, want the tunnel closed by rotor at its idle timeout", how, err)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := r.hits.IdleTimeout.Load(); n != 2 {
+		t.Fatalf("counted %d idle timeouts, want 2", n)
+	}
+	if !strings.Contains(r.log.String(), `"timeout":"idle-timeout"`) {
+		t.Error("idle timeouts not logged by name")
+	}
 }
 
 // With fewer descriptors than clients (RLIMIT_NOFILE lowered for the

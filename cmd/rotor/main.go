@@ -64,7 +64,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return 1
 	}
 	if cfg.DebugListen != "" {
-		addr, err := startDebug(cfg.DebugListen)
+		addr, err := startDebug(cfg.DebugListen, in.hits)
 		if err != nil {
 			fmt.Fprintf(stderr, "rotor: debug listener: %v\n", err)
 			return 1

@@ -1,0 +1,65 @@
+package tunnel
+
+import (
+	"encoding/json"
+	"sync/atomic"
+)
+
+// Hits counts every timeout and limit rotor enforces, by name, across both
+// listeners. Each hit is also logged once with the same name (field
+// "timeout" or "limit"). The names are those of the flags that set them.
+type Hits struct {
+	HeaderTimeout    atomic.Int64 // HTTP request head not read in time (408)
+	HandshakeTimeout atomic.Int64 // SOCKS5 handshake not finished in time
+	DialTimeout      atomic.Int64 // connect to a target (504 / 0x04)
+	DNSTimeout       atomic.Int64 // resolving a target name
+	ResponseTimeout  atomic.Int64 // origin's response head (504)
+	IdleTimeout      atomic.Int64 // tunnel with no bytes either way
+	KeepAliveTimeout atomic.Int64 // idle keep-alive HTTP client closed
+	MaxHeaderBytes   atomic.Int64 // request head too large (431)
+	MaxConns         atomic.Int64 // client refused at the connection cap
+}
+
+// Add counts a hit by its flag name; unknown names are ignored.
+func (h *Hits) Add(name string) {
+	if h == nil {
+		return
+	}
+	if c := h.counter(name); c != nil {
+		c.Add(1)
+	}
+}
+
+func (h *Hits) counter(name string) *atomic.Int64 {
+	switch name {
+	case "header-timeout":
+		return &h.HeaderTimeout
+	case "handshake-timeout":
+		return &h.HandshakeTimeout
+	case "dial-timeout":
+		return &h.DialTimeout
+	case "dns-timeout":
+		return &h.DNSTimeout
+	case "response-timeout":
+		return &h.ResponseTimeout
+	case "idle-timeout":
+		return &h.IdleTimeout
+	case "keepalive-timeout":
+		return &h.KeepAliveTimeout
+	case "max-header-bytes":
+		return &h.MaxHeaderBytes
+	case "max-conns":
+		return &h.MaxConns
+	}
+	return nil
+}
+
+// MarshalJSON reports the counts by name.
+func (h *Hits) MarshalJSON() ([]byte, error) {
+	m := map[string]int64{}
+	for _, n := range []string{"header-timeout", "handshake-timeout", "dial-timeout", "dns-timeout", "response-timeout",
+		"idle-timeout", "keepalive-timeout", "max-header-bytes", "max-conns"} {
+		m[n] = h.counter(n).Load()
+	}
+	return json.Marshal(m)
+}

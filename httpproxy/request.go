@@ -17,8 +17,9 @@ import (
 
 // Request heads are parsed here rather than by http.ReadRequest, which
 // deletes the Host header before the caller can see whether it was
-// missing or sent twice. Field syntax is checked by net/textproto (invalid
-// bytes, a leading space) and framing follows RFC 9112 section 6:
+// missing or sent twice, and which folds obs-fold lines and accepts a
+// space before a colon. Field syntax follows RFC 9112 section 5 and
+// framing section 6:
 // Transfer-Encoding must be exactly "chunked", it may not come with
 // Content-Length, and Content-Length must be one decimal number. Chunked
 // bodies are decoded by httputil.NewChunkedReader, which rejects bare LF
@@ -46,7 +47,6 @@ func readRequest(br *bufio.Reader) (*http.Request, error) {
 	if err != nil {
 		return nil, err
 	}
-	tp := textproto.NewReader(br)
 	method, rest, ok1 := strings.Cut(line, " ")
 	target, proto, ok2 := strings.Cut(rest, " ")
 	if !ok1 || !ok2 || method == "" || target == "" || !validMethod(method) {
@@ -70,31 +70,8 @@ func readRequest(br *bufio.Reader) (*http.Request, error) {
 		return nil, bad("malformed request target %s", quote(target))
 	}
 
-	mh, err := tp.ReadMIMEHeader()
-	if err != nil {
-		if errors.Is(err, errHeadTooLarge) {
-			return nil, err
-		}
-		var pe textproto.ProtocolError
-		if errors.As(err, &pe) {
-			return nil, bad("malformed header: %v", err)
-		}
+	if req.Header, err = readHeader(br); err != nil {
 		return nil, err
-	}
-	req.Header = http.Header(mh)
-	// textproto accepts "Name : value" as a field named "Name "; RFC 9112
-	// 5.1 requires a 400, and "Transfer-Encoding : chunked" is a classic
-	// smuggling vector. Folded lines (obs-fold) arrive joined by a space,
-	// which RFC 9112 5.2 allows a proxy to do.
-	for k, vv := range req.Header {
-		if !httpguts.ValidHeaderFieldName(k) {
-			return nil, bad("invalid header name %s", quote(k))
-		}
-		for _, v := range vv {
-			if !httpguts.ValidHeaderFieldValue(v) {
-				return nil, bad("invalid value for header %s", quote(k))
-			}
-		}
 	}
 
 	hosts, haveHost := req.Header["Host"]
@@ -118,11 +95,49 @@ func readRequest(br *bufio.Reader) (*http.Request, error) {
 	return req, nil
 }
 
-// readLine reads the request line. Unlike bufio.Reader.ReadLine (under
-// textproto), which hands back a line cut short by a timeout or EOF as if
-// it were complete and reports the error on the next call, it returns
-// the error with the partial line: a client too slow to finish its
-// request line gets 408, not 400. Length is bounded by the head limit.
+// maxHeaderFields bounds the number of header lines, besides the byte cap.
+const maxHeaderFields = 256
+
+// readHeader reads header fields up to the empty line. It refuses what
+// RFC 9112 5 lets a recipient refuse and what has been used to smuggle
+// requests past proxies: obs-fold (a line starting with a space or tab;
+// rotor answers 400 rather than joining it), whitespace between a name and
+// its colon, names that are not tokens, and values with control bytes.
+func readHeader(br *bufio.Reader) (http.Header, error) {
+	h := make(http.Header)
+	for i := 0; ; i++ {
+		line, err := readLine(br)
+		if err != nil {
+			return nil, err
+		}
+		if line == "" {
+			return h, nil
+		}
+		if i == maxHeaderFields {
+			return nil, &badRequest{http.StatusRequestHeaderFieldsTooLarge, "more than " + strconv.Itoa(maxHeaderFields) + " header fields"}
+		}
+		if line[0] == ' ' || line[0] == '\t' {
+			return nil, bad("folded header line (obs-fold) %s", quote(line))
+		}
+		name, value, ok := strings.Cut(line, ":")
+		if !ok || !httpguts.ValidHeaderFieldName(name) {
+			return nil, bad("invalid header line %s", quote(line))
+		}
+		value = strings.Trim(value, " \t")
+		if !httpguts.ValidHeaderFieldValue(value) {
+			return nil, bad("invalid value for header %s", quote(name))
+		}
+		key := textproto.CanonicalMIMEHeaderKey(name)
+		h[key] = append(h[key], value)
+	}
+}
+
+// readLine reads one line of a request head. Unlike bufio.Reader.ReadLine
+// (under textproto), which hands back a line cut short by a timeout or
+// EOF as if it were complete and reports the error on the next call, it
+// returns the error: a client too slow to finish its head gets 408, and a
+// truncated line is never taken for a whole one. Length is bounded by the
+// head limit.
 func readLine(br *bufio.Reader) (string, error) {
 	var long []byte
 	for {
@@ -263,7 +278,7 @@ func (b *chunkedBody) Read(p []byte) (int, error) {
 	n, err := b.r.Read(p)
 	b.read += int64(n)
 	if err == io.EOF {
-		tr, terr := textproto.NewReader(b.br).ReadMIMEHeader()
+		tr, terr := readHeader(b.br)
 		if terr != nil {
 			b.err = fmt.Errorf("chunked trailer: %w", terr)
 			return n, b.err

@@ -4,6 +4,7 @@
 //
 //	rotor --pool 203.0.113.7,203.0.113.8     serve
 //	rotor demo                                see it work on loopback
+//	rotor check --pool ... --url URL          what does the remote see from each address?
 package main
 
 import (
@@ -37,6 +38,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	if len(args) > 0 && args[0] == "demo" {
 		if err := demo(ctx, stdout); err != nil {
 			fmt.Fprintf(stderr, "rotor demo: %v\n", err)
+			return 1
+		}
+		return 0
+	}
+	if len(args) > 0 && args[0] == "check" {
+		err := check(ctx, args[1:], getenv, stdout, nil)
+		if err != nil {
+			fmt.Fprintf(stderr, "rotor check: %v\n", err)
+			if errors.Is(err, errConfig) {
+				return 2
+			}
 			return 1
 		}
 		return 0
@@ -120,6 +132,8 @@ func usage(w io.Writer) {
 Usage:
   rotor --pool IP[,IP...] [flags]    serve (flags override environment variables)
   rotor demo                         run a self-contained demo on loopback
+  rotor check --pool IP[,IP...] --url URL
+                                     fetch URL once from every address and show what the remote saw
 
 Flags:
 %s`, config.NewFlagSet("rotor").FlagUsages())

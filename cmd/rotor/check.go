@@ -1,0 +1,123 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/rotor-proxy/rotor/config"
+	"github.com/rotor-proxy/rotor/pool"
+)
+
+// check fetches a URL once from every pool address and prints what the
+// remote saw: the first thing to run when "IPs are not rotating". It
+// returns an error (exit 1) if any address fails.
+//
+//	rotor check --pool 203.0.113.10,203.0.113.11 --url https://api.ipify.org
+func check(ctx context.Context, args []string, getenv func(string) string, out io.Writer, resolver *net.Resolver) error {
+	fs := pflag.NewFlagSet("rotor check", pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	poolFlag := fs.String("pool", "", "comma-separated local source IPs (env IP_POOL)")
+	rawURL := fs.String("url", "", "http:// or https:// URL whose body names the caller's address (e.g. https://api.ipify.org)")
+	timeout := fs.Duration("timeout", 10*time.Second, "bound on each fetch")
+	allow := fs.String("allow-dest", "", "CIDRs the destination policy should allow (env ALLOW_DEST)")
+	insecure := fs.Bool("insecure", false, "do not verify the TLS certificate")
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("%w: %w", errConfig, err)
+	}
+	if *poolFlag == "" && getenv != nil {
+		*poolFlag = getenv("IP_POOL")
+	}
+	if *allow == "" && getenv != nil {
+		*allow = getenv("ALLOW_DEST")
+	}
+	addrs, err := config.ParsePool(*poolFlag)
+	if err != nil {
+		return fmt.Errorf("%w: %w", errConfig, err)
+	}
+	allowDest, err := config.ParsePrefixes(*allow)
+	if err != nil {
+		return fmt.Errorf("%w: %w", errConfig, err)
+	}
+	u, err := url.Parse(*rawURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("%w: --url %q: want an http:// or https:// URL", errConfig, *rawURL)
+	}
+	p, err := pool.New(addrs, pool.RoundRobin)
+	if err != nil {
+		return fmt.Errorf("%w: %w", errConfig, err)
+	}
+	d := pool.NewDialer(p, pool.DialerOptions{Timeout: *timeout, Resolver: resolver, Policy: pool.NewPolicy(allowDest, nil)})
+
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SOURCE\tREMOTE SAW\tLATENCY\tERROR")
+	failed := 0
+	for _, src := range p.Sources() {
+		saw, took, err := fetchFrom(ctx, d, src, u, *timeout, *insecure)
+		errText := ""
+		if err != nil {
+			failed++
+			errText = err.Error()
+		} else if saw != src.Addr.String() && !strings.Contains(saw, src.Addr.String()) {
+			errText = "remote saw another address: NAT or a proxy between rotor and it?"
+			failed++
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", src.Addr, saw, took.Round(time.Millisecond), errText)
+	}
+	tw.Flush()
+	if failed > 0 {
+		return fmt.Errorf("%d of %d addresses failed", failed, len(p.Sources()))
+	}
+	return nil
+}
+
+// fetchFrom GETs u from src on a fresh connection and returns the first
+// line of the body.
+func fetchFrom(ctx context.Context, d *pool.Dialer, src *pool.Source, u *url.URL, timeout time.Duration, insecure bool) (string, time.Duration, error) {
+	tr := &http.Transport{
+		Proxy: nil,
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			c, err := d.DialFrom(ctx, src, addr)
+			if err != nil {
+				return nil, err
+			}
+			return c, nil
+		},
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: insecure},
+		DisableKeepAlives: true,
+	}
+	defer tr.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return "", 0, err
+	}
+	req.Header.Set("User-Agent", "rotor-check")
+	start := time.Now()
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		return "", time.Since(start), err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	took := time.Since(start)
+	if err != nil {
+		return "", took, err
+	}
+	line, _, _ := strings.Cut(strings.TrimSpace(string(body)), "\n")
+	if resp.StatusCode != http.StatusOK {
+		return line, took, errors.New(resp.Status)
+	}
+	return line, took, nil
+}

@@ -1,0 +1,51 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+// rotor check against a loopback target that reports the peer address:
+// one row per pool address, each seeing itself, exit 0; an address the
+// remote does not see as itself (here: a target that always answers
+// 127.0.0.9) fails with exit 1.
+func TestCheck(t *testing.T) {
+	ht := httpTarget(t)
+	var out bytes.Buffer
+	args := []string{"--pool", strings.Join(poolAddrs, ","), "--url", "http://" + ht.Addr + "/ip", "--allow-dest", "127.0.0.0/8"}
+	if err := check(context.Background(), args, nil, &out, nil); err != nil {
+		t.Fatalf("check: %v\n%s", err, out.String())
+	}
+	rows := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(rows) != 1+len(poolAddrs) {
+		t.Fatalf("got %d rows, want a header and %d:\n%s", len(rows), len(poolAddrs), out.String())
+	}
+	for i, a := range poolAddrs {
+		f := strings.Fields(rows[i+1])
+		if len(f) < 3 || f[0] != a || f[1] != a {
+			t.Errorf("row %q, want source and remote both %s", rows[i+1], a)
+		}
+	}
+
+	liar := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("127.0.0.9\n")) }))
+	defer liar.Close()
+	out.Reset()
+	err := check(context.Background(), []string{"--pool", "127.0.0.2", "--url", liar.URL, "--allow-dest", "127.0.0.0/8"}, nil, &out, nil)
+	if err == nil || errors.Is(err, errConfig) || !strings.Contains(out.String(), "another address") {
+		t.Fatalf("check against a NAT-like remote: %v\n%s", err, out.String())
+	}
+
+	// Without --allow-dest the policy refuses loopback: a clear error per row.
+	out.Reset()
+	if err := check(context.Background(), args[:4], nil, &out, nil); err == nil || !strings.Contains(out.String(), "forbidden") {
+		t.Fatalf("check to loopback without --allow-dest: %v\n%s", err, out.String())
+	}
+	if err := check(context.Background(), []string{"--pool", "127.0.0.2", "--url", "ftp://x"}, nil, &out, nil); !errors.Is(err, errConfig) {
+		t.Fatalf("bad URL: %v, want a configuration error", err)
+	}
+}

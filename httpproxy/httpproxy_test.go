@@ -341,6 +341,11 @@ func TestSilentOriginIs504(t *testing.T) {
 	if d := time.Since(start); d > 3*time.Second {
 		t.Fatalf("504 after %s, want about the 300ms header timeout", d)
 	}
+	// The hit is counted when the request is logged, just after the 504
+	// is written: wait for it.
+	for deadline := time.Now().Add(2 * time.Second); hits.ResponseTimeout.Load() != 1 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if n := hits.ResponseTimeout.Load(); n != 1 {
 		t.Fatalf("counted %d response timeouts, want 1", n)
 	}

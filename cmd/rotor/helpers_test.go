@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -194,4 +195,35 @@ func socksConnect(ap netip.AddrPort) []byte {
 		b = append(b, ip[:]...)
 	}
 	return binary.BigEndian.AppendUint16(b, ap.Port())
+}
+
+// waitCount waits up to 5 s for load() to reach want (hits are counted as
+// requests end, just after the client has its answer) and returns the
+// last value seen.
+func waitCount(load func() int64, want int64) int64 {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n := load()
+		if n >= want || time.Now().After(deadline) {
+			return n
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitLog waits up to 5 s for the log to hold every one of want (rotor
+// logs a request after answering it) and returns the log as it then is.
+func (r *rotor) waitLog(want ...string) string {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		logs := r.log.String()
+		all := true
+		for _, w := range want {
+			all = all && strings.Contains(logs, w)
+		}
+		if all || time.Now().After(deadline) {
+			return logs
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -222,7 +222,8 @@ func TestAuthFailuresAndSecretsStayOutOfLogs(t *testing.T) {
 	if _, err := socksVia(ctx, r.sock, testUser, testPass, peer.Addr); err != nil {
 		t.Fatal(err)
 	}
-	logs := r.log.String()
+	// Every line type: HTTP 200 and 407, SOCKS5 success and auth failure.
+	logs := r.waitLog(`"status":200`, `"status":407`, `"reply":0`, `"reason":"auth-failed"`)
 	for _, secret := range []string{testPass, base64.StdEncoding.EncodeToString([]byte(testUser + ":" + testPass)), "Basic "} {
 		if strings.Contains(logs, secret) {
 			t.Errorf("log contains %q:\n%s", secret, logs)

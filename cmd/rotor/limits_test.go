@@ -87,11 +87,10 @@ func TestTunnelIdleTimeout(t *testing.T) {
 			t.Fatalf("%s: %v, want the tunnel closed by rotor at its idle timeout", how, err)
 		}
 	}
-	time.Sleep(100 * time.Millisecond)
-	if n := r.hits.IdleTimeout.Load(); n != 2 {
+	if n := waitCount(r.hits.IdleTimeout.Load, 2); n != 2 {
 		t.Fatalf("counted %d idle timeouts, want 2", n)
 	}
-	if !strings.Contains(r.log.String(), `"timeout":"idle-timeout"`) {
+	if !strings.Contains(r.waitLog(`"timeout":"idle-timeout"`), `"timeout":"idle-timeout"`) {
 		t.Error("idle timeouts not logged by name")
 	}
 }

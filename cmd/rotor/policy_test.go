@@ -42,7 +42,7 @@ func TestDefaultPolicyRefusesLoopback(t *testing.T) {
 	if n := tt.Conns.Load() + ht.Conns.Load(); n != 0 {
 		t.Fatalf("forbidden requests reached the targets: %d connections", n)
 	}
-	if !strings.Contains(r.log.String(), "destination forbidden by policy") {
+	if !strings.Contains(r.waitLog("destination forbidden by policy"), "destination forbidden by policy") {
 		t.Error("refusals not logged")
 	}
 }

@@ -106,12 +106,12 @@ func TestSlowloris(t *testing.T) {
 		t.Fatalf("%d of %d slow clients still open past their 2s timeout", open, slow)
 	}
 	// Each was counted once, by name, and logged with it.
-	time.Sleep(200 * time.Millisecond)
-	if h, s := r.hits.HeaderTimeout.Load(), r.hits.HandshakeTimeout.Load(); h != slow/2 || s != slow/2 {
+	h := waitCount(r.hits.HeaderTimeout.Load, slow/2)
+	if h, s := h, waitCount(r.hits.HandshakeTimeout.Load, slow/2); h != slow/2 || s != slow/2 {
 		t.Fatalf("counted %d header-timeout and %d handshake-timeout, want %d each", h, s, slow/2)
 	}
 	for _, name := range []string{`"timeout":"header-timeout"`, `"timeout":"handshake-timeout"`} {
-		if !strings.Contains(r.log.String(), name) {
+		if !strings.Contains(r.waitLog(name), name) {
 			t.Errorf("no log line with %s", name)
 		}
 	}

@@ -4,6 +4,9 @@ import (
 	"encoding/base64"
 	"net/http"
 	"strings"
+
+	"github.com/rotor-proxy/rotor/config"
+	"github.com/rotor-proxy/rotor/pool"
 )
 
 // parseBasic decodes "Basic base64(user:pass)"; the scheme is
@@ -24,14 +27,27 @@ func parseBasic(h string) (user, pass string, ok bool) {
 	return user, pass, true
 }
 
-// authorize checks Proxy-Authorization: Basic. It returns the user name.
-func (s *Server) authorize(r *http.Request) (string, bool) {
-	if s.opts.Credentials == nil {
-		return "", true
+// authorize checks Proxy-Authorization: Basic, whose user name may carry
+// session parameters (config.ParseUser); a client that cannot change its
+// user name may send X-Rotor-Session: KEY instead, which is removed here
+// so that it never reaches the origin. It returns the user name and the
+// session; err says why a session parameter was refused.
+func (s *Server) authorize(r *http.Request) (user string, sess pool.Session, ok bool, err error) {
+	header := r.Header.Get("X-Rotor-Session")
+	delete(r.Header, "X-Rotor-Session")
+	name, pass, has := parseBasic(r.Header.Get("Proxy-Authorization"))
+	if has {
+		if user, sess, err = config.ParseUser(name); err != nil {
+			return "", pool.Session{}, false, err
+		}
 	}
-	user, pass, ok := parseBasic(r.Header.Get("Proxy-Authorization"))
-	if !ok || !s.opts.Credentials.Check([]byte(user), []byte(pass)) {
-		return "", false
+	if s.opts.Credentials != nil && (!has || !s.opts.Credentials.Check([]byte(user), []byte(pass))) {
+		return "", pool.Session{}, false, nil
 	}
-	return user, true
+	if sess.Key == "" && header != "" {
+		if sess, err = config.ParseSessionKey(header); err != nil {
+			return "", pool.Session{}, false, err
+		}
+	}
+	return user, sess, true, nil
 }

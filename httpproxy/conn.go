@@ -164,20 +164,20 @@ func (cc *clientConn) rejectHead(err error, start time.Time) {
 // handle answers one request. keep reports whether the connection may
 // carry another request; handedOff that a tunnel now owns it.
 func (cc *clientConn) handle(req *http.Request, start time.Time) (keep, handedOff bool) {
-	user, ok := cc.s.authorize(req)
+	user, sess, ok, serr := cc.s.authorize(req)
 	if !ok {
 		// Whatever a refused CONNECT pipelined is tunnel payload, never
 		// a request: close after answering.
 		closeAfter := req.Method == http.MethodConnect || !cc.drain(req)
 		cc.writeError(http.StatusProxyAuthRequired, "proxy authentication required", closeAfter,
 			[]string{"Proxy-Authenticate", `Basic realm="rotor"`})
-		cc.s.logRequest(req, "", nil, http.StatusProxyAuthRequired, 0, 0, start, nil)
+		cc.s.logRequest(req, "", nil, http.StatusProxyAuthRequired, 0, 0, start, serr)
 		return !closeAfter, false
 	}
 	if req.Method == http.MethodConnect {
-		return cc.connect(req, user, start)
+		return cc.connect(req, user, sess, start)
 	}
-	return cc.forward(req, user, start), false
+	return cc.forward(req, user, sess, start), false
 }
 
 // drain reads what is left of a request body that will not be forwarded,

@@ -11,7 +11,7 @@ import (
 
 // connect serves CONNECT host:port: dial first (so failures get a real
 // status), then answer 200 and hand the connection to a tunnel.
-func (cc *clientConn) connect(req *http.Request, user string, start time.Time) (keep, handedOff bool) {
+func (cc *clientConn) connect(req *http.Request, user string, sess pool.Session, start time.Time) (keep, handedOff bool) {
 	s := cc.s
 	target := req.URL.Host
 	if _, _, err := net.SplitHostPort(target); err != nil {
@@ -19,7 +19,7 @@ func (cc *clientConn) connect(req *http.Request, user string, start time.Time) (
 		s.logRequest(req, user, nil, http.StatusBadRequest, 0, 0, start, err)
 		return false, false
 	}
-	up, src, err := s.opts.Dialer.Dial(s.baseCtx, target)
+	up, src, err := s.opts.Dialer.Dial(s.baseCtx, target, sess)
 	if err != nil {
 		cl := pool.Classify(err)
 		status := statusFor(cl)

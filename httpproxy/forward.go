@@ -23,7 +23,7 @@ import (
 // forward sends an absolute-form request to its origin from the next
 // source address and copies the response back. It reports whether the
 // client connection may carry another request.
-func (cc *clientConn) forward(req *http.Request, user string, start time.Time) bool {
+func (cc *clientConn) forward(req *http.Request, user string, sess pool.Session, start time.Time) bool {
 	s := cc.s
 	if req.URL.Scheme == "" || req.URL.Host == "" {
 		cc.writeError(http.StatusBadRequest, "origin-form request "+quote(req.RequestURI)+
@@ -45,7 +45,7 @@ func (cc *clientConn) forward(req *http.Request, user string, start time.Time) b
 		}
 	}
 	hostport := net.JoinHostPort(host, port)
-	src, err := s.opts.Dialer.Pool().Pick(pool.FamilyOf(host))
+	src, err := s.opts.Dialer.Pick(pool.FamilyOf(host), sess)
 	if err != nil {
 		cc.writeError(http.StatusBadGateway, dialMessage(hostport, pool.ClassNoSource), true, nil)
 		s.logRequest(req, user, nil, http.StatusBadGateway, 0, 0, start, err)

@@ -71,7 +71,7 @@ func BenchmarkDialAddr(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
-		c, _, err := d.DialAddr(ctx, dst)
+		c, _, err := d.DialAddr(ctx, dst, Session{})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -80,15 +80,27 @@ func bindNoPort(_, _ string, c syscall.RawConn) error {
 	return serr
 }
 
-// Dial picks the next source that can reach target ("host:port") and
-// connects from it. It returns the source even when the dial fails, for
-// logging.
-func (d *Dialer) Dial(ctx context.Context, target string) (*net.TCPConn, *Source, error) {
+// pick returns the next source of family f, or the session's own one.
+func (d *Dialer) pick(f Family, s Session) (*Source, error) {
+	if s.Key != "" {
+		return d.pool.PickSession(f, s, time.Now())
+	}
+	return d.pool.Pick(f)
+}
+
+// Pick is the source a request of family f and session s leaves from;
+// the zero Session rotates.
+func (d *Dialer) Pick(f Family, s Session) (*Source, error) { return d.pick(f, s) }
+
+// Dial picks the next source that can reach target ("host:port"), or the
+// session's own one, and connects from it. It returns the source even
+// when the dial fails, for logging.
+func (d *Dialer) Dial(ctx context.Context, target string, s Session) (*net.TCPConn, *Source, error) {
 	host, port, err := splitTarget(target)
 	if err != nil {
 		return nil, nil, err
 	}
-	src, err := d.pool.Pick(FamilyOf(host))
+	src, err := d.pick(FamilyOf(host), s)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -96,8 +108,9 @@ func (d *Dialer) Dial(ctx context.Context, target string) (*net.TCPConn, *Source
 	return c, src, err
 }
 
-// DialAddr picks the next source of dst's family and connects from it.
-func (d *Dialer) DialAddr(ctx context.Context, dst netip.AddrPort) (*net.TCPConn, *Source, error) {
+// DialAddr picks the next source of dst's family (or the session's) and
+// connects from it.
+func (d *Dialer) DialAddr(ctx context.Context, dst netip.AddrPort, s Session) (*net.TCPConn, *Source, error) {
 	if dst.Port() == 0 {
 		return nil, nil, fmt.Errorf("%w %s: port must be 1-65535", ErrBadTarget, dst)
 	}
@@ -106,7 +119,7 @@ func (d *Dialer) DialAddr(ctx context.Context, dst netip.AddrPort) (*net.TCPConn
 	if ip.Is4() {
 		f = IPv4
 	}
-	src, err := d.pool.Pick(f)
+	src, err := d.pick(f, s)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -114,13 +127,13 @@ func (d *Dialer) DialAddr(ctx context.Context, dst netip.AddrPort) (*net.TCPConn
 	return c, src, err
 }
 
-// DialName picks the next source and connects from it to host, resolved
-// in the source's family.
-func (d *Dialer) DialName(ctx context.Context, host string, port uint16) (*net.TCPConn, *Source, error) {
+// DialName picks the next source (or the session's) and connects from it
+// to host, resolved in the source's family.
+func (d *Dialer) DialName(ctx context.Context, host string, port uint16, s Session) (*net.TCPConn, *Source, error) {
 	if host == "" || port == 0 {
 		return nil, nil, fmt.Errorf("%w %q port %d", ErrBadTarget, host, port)
 	}
-	src, err := d.pool.Pick(Any)
+	src, err := d.pick(Any, s)
 	if err != nil {
 		return nil, nil, err
 	}

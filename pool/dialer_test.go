@@ -51,7 +51,7 @@ func TestDialBindsSourceInOrder(t *testing.T) {
 	d := NewDialer(loopbackPool(t, RoundRobin), DialerOptions{Timeout: 5 * time.Second, Resolver: offline})
 	_, port, _ := net.SplitHostPort(addr)
 	for i, target := range []string{addr, "localhost:" + port, addr, "localhost:" + port} {
-		c, src, err := d.Dial(context.Background(), target)
+		c, src, err := d.Dial(context.Background(), target, Session{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -93,18 +93,18 @@ func TestDialErrorsClassified(t *testing.T) {
 		{"127.0.0.1:70000", ClassBadTarget},
 		{":80", ClassBadTarget},
 	} {
-		_, _, err := d.Dial(context.Background(), tc.target)
+		_, _, err := d.Dial(context.Background(), tc.target, Session{})
 		if got := Classify(err); got != tc.want {
 			t.Errorf("Dial(%q): %v classified %v, want %v", tc.target, err, got, tc.want)
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, _, err := d.Dial(ctx, "localhost:1"); Classify(err) != ClassCanceled {
+	if _, _, err := d.Dial(ctx, "localhost:1", Session{}); Classify(err) != ClassCanceled {
 		t.Errorf("canceled dial: %v classified %v", err, Classify(err))
 	}
 	short := NewDialer(loopbackPool(t, RoundRobin), DialerOptions{Timeout: time.Nanosecond, Resolver: offline})
-	if _, _, err := short.Dial(context.Background(), closed); Classify(err) != ClassTimeout {
+	if _, _, err := short.Dial(context.Background(), closed, Session{}); Classify(err) != ClassTimeout {
 		t.Errorf("timed-out dial: %v classified %v", err, Classify(err))
 	}
 }
@@ -120,11 +120,11 @@ func TestNameResolvesInSourceFamily(t *testing.T) {
 		"dual.test":   {netip.MustParseAddr("::1"), ap.Addr()},
 	})
 	d := NewDialer(loopbackPool(t, RoundRobin), DialerOptions{Timeout: 5 * time.Second, Resolver: res})
-	_, _, err := d.Dial(context.Background(), "v6only.test:80")
+	_, _, err := d.Dial(context.Background(), "v6only.test:80", Session{})
 	if !errors.Is(err, ErrNoAddress) || Classify(err) != ClassDNS {
 		t.Fatalf("v6-only name from an IPv4 pool: got %v, want ErrNoAddress", err)
 	}
-	c, src, err := d.Dial(context.Background(), fmt.Sprintf("dual.test:%d", ap.Port()))
+	c, src, err := d.Dial(context.Background(), fmt.Sprintf("dual.test:%d", ap.Port()), Session{})
 	if err != nil {
 		t.Fatalf("dual-stack name: %v", err)
 	}

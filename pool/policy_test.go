@@ -94,7 +94,7 @@ func TestDialerEnforcesPolicy(t *testing.T) {
 	res := offline // localhost from /etc/hosts
 	d := NewDialer(loopbackPool(t, RoundRobin), DialerOptions{Resolver: res, Policy: NewPolicy(nil, nil)})
 	for _, target := range []string{"127.0.0.1:1", "127.1:1", "2130706433:1", "0x7f000001:1", "[::ffff:127.0.0.1]:1", "localhost:1", "169.254.169.254:80"} {
-		_, _, err := d.Dial(t.Context(), target)
+		_, _, err := d.Dial(t.Context(), target, Session{})
 		if !errors.Is(err, ErrForbidden) || Classify(err) != ClassForbidden {
 			t.Errorf("Dial(%s): %v, want ErrForbidden", target, err)
 		}

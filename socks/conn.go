@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/things-go/go-socks5/statute"
 
+	"github.com/rotor-proxy/rotor/config"
 	"github.com/rotor-proxy/rotor/pool"
 	"github.com/rotor-proxy/rotor/tunnel"
 )
@@ -32,6 +33,7 @@ var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 512) }
 // session is what one connection's log line reports.
 type session struct {
 	user   string
+	sticky pool.Session     // from the user name's session parameters
 	dst    statute.AddrSpec // formatted only when logged
 	hasDst bool
 	src    *pool.Source
@@ -147,10 +149,10 @@ func (s *Server) handshake(c net.Conn, ss *session) (*net.TCPConn, []byte, error
 	if req.DstAddr.AddrType == statute.ATYPDomain {
 		// DialName refuses an empty name as a bad target (0x01) and sends
 		// no DNS query for it.
-		target, src, err = s.opts.Dialer.DialName(s.baseCtx, req.DstAddr.FQDN, uint16(req.DstAddr.Port))
+		target, src, err = s.opts.Dialer.DialName(s.baseCtx, req.DstAddr.FQDN, uint16(req.DstAddr.Port), ss.sticky)
 	} else {
 		ip, _ := netip.AddrFromSlice(req.DstAddr.IP)
-		target, src, err = s.opts.Dialer.DialAddr(s.baseCtx, netip.AddrPortFrom(ip, uint16(req.DstAddr.Port)))
+		target, src, err = s.opts.Dialer.DialAddr(s.baseCtx, netip.AddrPortFrom(ip, uint16(req.DstAddr.Port)), ss.sticky)
 	}
 	ss.src = src
 	if err != nil {
@@ -200,8 +202,9 @@ func (s *Server) authenticate(c net.Conn, br *bufio.Reader, ss *session) error {
 	if err != nil {
 		return fmt.Errorf("auth: %w", err)
 	}
-	ss.user = string(up.User)
-	ok := s.opts.Credentials == nil || s.opts.Credentials.Check(up.User, up.Pass)
+	user, sticky, perr := config.ParseUser(string(up.User))
+	ss.user, ss.sticky = user, sticky
+	ok := perr == nil && (s.opts.Credentials == nil || s.opts.Credentials.Check([]byte(user), up.Pass))
 	clear(up.Pass)
 	status := statute.AuthSuccess
 	if !ok {
@@ -209,6 +212,9 @@ func (s *Server) authenticate(c net.Conn, br *bufio.Reader, ss *session) error {
 	}
 	if _, err := c.Write([]byte{statute.UserPassAuthVersion, status}); err != nil {
 		return fmt.Errorf("auth reply: %w", err)
+	}
+	if perr != nil {
+		return fmt.Errorf("%w: %w", errAuthFailed, perr)
 	}
 	if !ok {
 		return errAuthFailed

@@ -78,7 +78,16 @@ func (cc *clientConn) forward(req *http.Request, user string, sess pool.Session,
 			reused = uc != nil
 		}
 		if uc == nil {
-			if uc, err = s.dialUpstream(src, scheme, host, hostport, key); err != nil {
+			uc, err = s.dialUpstream(src, scheme, host, hostport, key)
+			if err != nil && pool.IsLocal(err) {
+				// The source left the host: DialFrom took it out of
+				// rotation; try once from another.
+				if next, perr := s.opts.Dialer.Pick(pool.FamilyOf(host), sess); perr == nil && next != src {
+					src, ups = next, s.upstreams[next.Index]
+					uc, err = s.dialUpstream(src, scheme, host, hostport, key)
+				}
+			}
+			if err != nil {
 				cl := pool.Classify(err)
 				status := statusFor(cl)
 				keep := cc.drain(req)

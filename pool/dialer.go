@@ -29,6 +29,8 @@ type Dialer struct {
 	dnsTimeout time.Duration
 	resolver   *net.Resolver
 	policy     *Policy
+	downFor    time.Duration
+	onDown     func(*Source, error)
 	net        net.Dialer
 }
 
@@ -43,11 +45,20 @@ type DialerOptions struct {
 	Policy *Policy
 	// DNSTimeout bounds resolving a name; zero means Timeout alone.
 	DNSTimeout time.Duration
+	// DownFor is how long a source that could not be bound stays out of
+	// rotation (passive health); zero means 30 seconds.
+	DownFor time.Duration
+	// OnDown, when set, is told each time a source goes out of rotation.
+	OnDown func(src *Source, err error)
 }
 
 // NewDialer returns a dialer over p.
 func NewDialer(p *Pool, o DialerOptions) *Dialer {
-	d := &Dialer{pool: p, timeout: o.Timeout, dnsTimeout: o.DNSTimeout, resolver: o.Resolver, policy: o.Policy}
+	d := &Dialer{pool: p, timeout: o.Timeout, dnsTimeout: o.DNSTimeout, resolver: o.Resolver, policy: o.Policy,
+		downFor: o.DownFor, onDown: o.OnDown}
+	if d.downFor <= 0 {
+		d.downFor = 30 * time.Second
+	}
 	if d.resolver == nil {
 		d.resolver = net.DefaultResolver
 	}
@@ -100,12 +111,49 @@ func (d *Dialer) Dial(ctx context.Context, target string, s Session) (*net.TCPCo
 	if err != nil {
 		return nil, nil, err
 	}
-	src, err := d.pick(FamilyOf(host), s)
+	return d.withRetry(FamilyOf(host), s, func(src *Source) (*net.TCPConn, error) {
+		return d.dial(ctx, src, host, port)
+	})
+}
+
+// withRetry dials from a picked source; if that source cannot be bound
+// (the address left the host), it goes out of rotation at once and the
+// dial is tried once more from another source.
+func (d *Dialer) withRetry(f Family, s Session, dial func(*Source) (*net.TCPConn, error)) (*net.TCPConn, *Source, error) {
+	src, err := d.pick(f, s)
 	if err != nil {
 		return nil, nil, err
 	}
-	c, err := d.dial(ctx, src, host, port)
-	return c, src, err
+	c, err := dial(src)
+	if err == nil || !IsLocal(err) {
+		return c, src, err
+	}
+	d.MarkDown(src, err)
+	next, perr := d.pick(f, s)
+	if perr != nil || next == src {
+		return nil, src, err
+	}
+	c, err = dial(next)
+	return c, next, err
+}
+
+// IsLocal reports whether a dial failed on rotor's side of the connection:
+// the source address cannot be bound. Such a failure says nothing about
+// the target.
+func IsLocal(err error) bool {
+	return errors.Is(err, syscall.EADDRNOTAVAIL)
+}
+
+// MarkDown takes src out of rotation for the dialer's DownFor. Picks skip
+// it meanwhile (unless every source is down).
+func (d *Dialer) MarkDown(src *Source, err error) {
+	if !src.down.CompareAndSwap(false, true) {
+		return
+	}
+	if d.onDown != nil {
+		d.onDown(src, err)
+	}
+	time.AfterFunc(d.downFor, func() { src.down.Store(false) })
 }
 
 // DialAddr picks the next source of dst's family (or the session's) and
@@ -119,12 +167,9 @@ func (d *Dialer) DialAddr(ctx context.Context, dst netip.AddrPort, s Session) (*
 	if ip.Is4() {
 		f = IPv4
 	}
-	src, err := d.pick(f, s)
-	if err != nil {
-		return nil, nil, err
-	}
-	c, err := d.dialIP(ctx, src, netip.AddrPortFrom(ip, dst.Port()))
-	return c, src, err
+	return d.withRetry(f, s, func(src *Source) (*net.TCPConn, error) {
+		return d.dialIP(ctx, src, netip.AddrPortFrom(ip, dst.Port()))
+	})
 }
 
 // DialName picks the next source (or the session's) and connects from it
@@ -133,12 +178,9 @@ func (d *Dialer) DialName(ctx context.Context, host string, port uint16, s Sessi
 	if host == "" || port == 0 {
 		return nil, nil, fmt.Errorf("%w %q port %d", ErrBadTarget, host, port)
 	}
-	src, err := d.pick(Any, s)
-	if err != nil {
-		return nil, nil, err
-	}
-	c, err := d.dial(ctx, src, host, port)
-	return c, src, err
+	return d.withRetry(Any, s, func(src *Source) (*net.TCPConn, error) {
+		return d.dial(ctx, src, host, port)
+	})
 }
 
 // DialFrom connects to target ("host:port") from src. Host names resolve
@@ -148,7 +190,11 @@ func (d *Dialer) DialFrom(ctx context.Context, src *Source, target string) (*net
 	if err != nil {
 		return nil, err
 	}
-	return d.dial(ctx, src, host, port)
+	c, err := d.dial(ctx, src, host, port)
+	if err != nil && IsLocal(err) {
+		d.MarkDown(src, err)
+	}
+	return c, err
 }
 
 // dialIP connects from src to dst; the dialer's Timeout bounds it.

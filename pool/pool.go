@@ -64,8 +64,14 @@ type Source struct {
 	// pick (least-recent strategy). Padded so that neighbouring sources do
 	// not share a cache line.
 	lastPick atomic.Uint64
-	_        [48]byte
+	// down is set while the address is out of rotation (passive health:
+	// it could not be bound); a timer clears it.
+	down atomic.Bool
+	_    [44]byte
 }
+
+// Down reports whether the address is out of rotation.
+func (s *Source) Down() bool { return s.down.Load() }
 
 func (s *Source) String() string { return s.Addr.String() }
 

@@ -33,17 +33,29 @@ func pickRendezvous(sources []*Source, s Session, now time.Time) *Source {
 		period = (uint64(now.UnixNano()) + offset) / uint64(s.TTL)
 	}
 	keyHash := fnv(fnvUint64(fnvOffset, period), s.Key)
-	var best *Source
-	var bestScore uint64
+	var best, bestDown *Source
+	var bestScore, bestDownScore uint64
 	for _, src := range sources {
 		a := src.Addr.As16()
 		h := keyHash
 		for _, b := range a {
 			h = (h ^ uint64(b)) * fnvPrime
 		}
-		if score := mix(h); best == nil || score > bestScore {
+		// A down source is left out, so only the sessions on it move;
+		// if all are down, the best of them is used anyway.
+		score := mix(h)
+		if src.down.Load() {
+			if bestDown == nil || score > bestDownScore {
+				bestDown, bestDownScore = src, score
+			}
+			continue
+		}
+		if best == nil || score > bestScore {
 			best, bestScore = src, score
 		}
+	}
+	if best == nil {
+		return bestDown
 	}
 	return best
 }

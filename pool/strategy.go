@@ -63,8 +63,30 @@ func newPicker(s Strategy, sources []*Source, seq *atomic.Uint64) (*picker, erro
 	return &picker{kind: kind, sources: sources, n: n, magic: ^uint64(0)/n + 1, seq: seq}, nil
 }
 
-// pick is small enough to inline into Pool.Pick and its callers.
+// pick returns the next source that is not down; when every source is
+// down it returns one anyway, so that rotor keeps trying them all rather
+// than refusing all traffic.
 func (p *picker) pick() *Source {
+	s := p.pickAny()
+	if !s.down.Load() {
+		return s
+	}
+	// Round-robin and least-recent reach every source within n picks;
+	// random may not, so end with a scan.
+	for i := uint64(1); i < p.n; i++ {
+		if t := p.pickAny(); !t.down.Load() {
+			return t
+		}
+	}
+	for _, t := range p.sources {
+		if !t.down.Load() {
+			return t
+		}
+	}
+	return s
+}
+
+func (p *picker) pickAny() *Source {
 	if p.kind == kindRoundRobin {
 		// Strict order for all callers: one atomic add. The index is the
 		// counter's low 32 bits mod n by Lemire's fastmod (a multiply, not a

@@ -84,7 +84,10 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 		}
 	}
 	d := pool.NewDialer(p, pool.DialerOptions{Timeout: cfg.DialTimeout, DNSTimeout: cfg.DNSTimeout, Resolver: resolver,
-		Policy: pool.NewPolicy(cfg.AllowDest, self)})
+		Policy: pool.NewPolicy(cfg.AllowDest, self),
+		OnDown: func(src *pool.Source, err error) {
+			log.Warn().Stringer("src", src.Addr).Err(err).Msg("source address cannot be bound: out of rotation for 30s")
+		}})
 	in.hits = &tunnel.Hits{}
 	limit := tunnel.NewLimiter(cfg.MaxConns, log, in.hits)
 	if hl != nil {

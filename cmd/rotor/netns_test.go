@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/rotor-proxy/rotor/config"
+	"github.com/rotor-proxy/rotor/internal/target"
 )
 
 // needNetns skips without root or iproute2, except in CI (root), where
@@ -73,5 +74,62 @@ func TestBlackholedTargetTimesOut(t *testing.T) {
 	}
 	if n := waitCount(r.hits.DialTimeout.Load, 3); n != 3 {
 		t.Fatalf("counted %d dial timeouts, want 3", n)
+	}
+}
+
+// An address removed from the host while rotor runs (ip addr del) leaves
+// rotation at its first failed bind, and that request is retried from
+// another address: no client sees an error.
+func TestRemovedAddressLeavesRotation(t *testing.T) {
+	ip := needNetns(t)
+	ns := fmt.Sprintf("rotor-h-%d", os.Getpid())
+	here, there := fmt.Sprintf("rth%da", os.Getpid()%100000), fmt.Sprintf("rth%db", os.Getpid()%100000)
+	runCmd(t, ip, "netns", "add", ns)
+	t.Cleanup(func() { _ = exec.Command(ip, "netns", "del", ns).Run() })
+	runCmd(t, ip, "link", "add", here, "type", "veth", "peer", "name", there, "netns", ns)
+	t.Cleanup(func() { _ = exec.Command(ip, "link", "del", here).Run() })
+	runCmd(t, ip, "addr", "add", "198.18.9.1/24", "dev", here)
+	runCmd(t, ip, "link", "set", here, "up")
+
+	peer := tcpTarget(t, target.WritePeer)
+	r := startRotor(t, func(c *config.Config) {
+		c.Pool = []netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("198.18.9.1")}
+	})
+	ctx := context.Background()
+	seen := map[string]int{}
+	for i := 0; i < 4; i++ {
+		got, err := socksVia(ctx, r.sock, testUser, testPass, peer.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[got]++
+	}
+	if seen["127.0.0.2"] != 2 || seen["198.18.9.1"] != 2 {
+		t.Fatalf("before removal: %v, want both addresses", seen)
+	}
+	runCmd(t, ip, "addr", "del", "198.18.9.1/24", "dev", here)
+	client := proxyClient(r.httpURL(), 1)
+	defer client.CloseIdleConnections()
+	ht := httpTarget(t)
+	for i := 0; i < 12; i++ {
+		var got string
+		var err error
+		switch i % 3 {
+		case 0:
+			got, err = socksVia(ctx, r.sock, testUser, testPass, peer.Addr)
+		case 1:
+			got, err = connectVia(ctx, r.http, testUser, testPass, peer.Addr)
+		case 2:
+			got, err = getVia(ctx, client, "http://"+ht.Addr+"/ip")
+		}
+		if err != nil {
+			t.Fatalf("request %d after the address was removed: %v", i, err)
+		}
+		if got != "127.0.0.2" {
+			t.Fatalf("request %d left from %s, want 127.0.0.2", i, got)
+		}
+	}
+	if !strings.Contains(r.waitLog("out of rotation"), "198.18.9.1") {
+		t.Error("removal not logged")
 	}
 }

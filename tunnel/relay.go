@@ -1,6 +1,8 @@
 // Package tunnel holds the connection plumbing both listeners share: the
-// one relay every tunnel uses (HTTP CONNECT and SOCKS5 alike), the accept
-// loop, and the set of live connections a server drains on shutdown.
+// one relay every tunnel uses (HTTP CONNECT and SOCKS5 alike), the Parker
+// that holds idle tunnels without goroutines, the accept loop, the set of
+// live connections a server drains on shutdown, the connection Limiter,
+// and the Hits counters of timeouts and limits.
 package tunnel
 
 import (

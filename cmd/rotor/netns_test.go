@@ -37,21 +37,31 @@ func runCmd(t *testing.T, name string, args ...string) {
 	}
 }
 
+// vethNS makes a network namespace and a veth pair into it, both removed
+// at the end of the test, gives the near end addr (CIDR) and brings both
+// ends up. It returns the ip command and the near end's name. tag keeps
+// names apart between tests.
+func vethNS(t *testing.T, tag, addr string) (ip, here string) {
+	t.Helper()
+	ip = needNetns(t)
+	ns := fmt.Sprintf("rotor-%s-%d", tag, os.Getpid())
+	here, there := fmt.Sprintf("rt%s%da", tag, os.Getpid()%100000), fmt.Sprintf("rt%s%db", tag, os.Getpid()%100000)
+	runCmd(t, ip, "netns", "add", ns)
+	t.Cleanup(func() { _ = exec.Command(ip, "netns", "del", ns).Run() })
+	runCmd(t, ip, "link", "add", here, "type", "veth", "peer", "name", there, "netns", ns)
+	t.Cleanup(func() { _ = exec.Command(ip, "link", "del", here).Run() })
+	runCmd(t, ip, "addr", "add", addr, "dev", here)
+	runCmd(t, ip, "link", "set", here, "up")
+	runCmd(t, ip, "-n", ns, "link", "set", there, "up")
+	return ip, here
+}
+
 // A target whose SYNs go unanswered: a veth into a namespace this test
 // creates, with no address on the far end, so the SYN waits for an ARP
 // reply that never comes and no packet leaves the host. The dial must end
 // at the dial timeout with 504 over HTTP and reply 0x04 over SOCKS5.
 func TestBlackholedTargetTimesOut(t *testing.T) {
-	ip := needNetns(t)
-	ns := fmt.Sprintf("rotor-test-%d", os.Getpid())
-	here, there := fmt.Sprintf("rtv%da", os.Getpid()%100000), fmt.Sprintf("rtv%db", os.Getpid()%100000)
-	runCmd(t, ip, "netns", "add", ns)
-	t.Cleanup(func() { _ = exec.Command(ip, "netns", "del", ns).Run() })
-	runCmd(t, ip, "link", "add", here, "type", "veth", "peer", "name", there, "netns", ns)
-	t.Cleanup(func() { _ = exec.Command(ip, "link", "del", here).Run() })
-	runCmd(t, ip, "addr", "add", "198.18.7.1/24", "dev", here)
-	runCmd(t, ip, "link", "set", here, "up")
-	runCmd(t, ip, "-n", ns, "link", "set", there, "up")
+	vethNS(t, "v", "198.18.7.1/24")
 
 	r := startRotor(t, func(c *config.Config) {
 		c.Pool = []netip.Addr{netip.MustParseAddr("198.18.7.1")}
@@ -81,15 +91,7 @@ func TestBlackholedTargetTimesOut(t *testing.T) {
 // rotation at its first failed bind, and that request is retried from
 // another address: no client sees an error.
 func TestRemovedAddressLeavesRotation(t *testing.T) {
-	ip := needNetns(t)
-	ns := fmt.Sprintf("rotor-h-%d", os.Getpid())
-	here, there := fmt.Sprintf("rth%da", os.Getpid()%100000), fmt.Sprintf("rth%db", os.Getpid()%100000)
-	runCmd(t, ip, "netns", "add", ns)
-	t.Cleanup(func() { _ = exec.Command(ip, "netns", "del", ns).Run() })
-	runCmd(t, ip, "link", "add", here, "type", "veth", "peer", "name", there, "netns", ns)
-	t.Cleanup(func() { _ = exec.Command(ip, "link", "del", here).Run() })
-	runCmd(t, ip, "addr", "add", "198.18.9.1/24", "dev", here)
-	runCmd(t, ip, "link", "set", here, "up")
+	ip, here := vethNS(t, "h", "198.18.9.1/24")
 
 	peer := tcpTarget(t, target.WritePeer)
 	r := startRotor(t, func(c *config.Config) {

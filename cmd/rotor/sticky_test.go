@@ -63,7 +63,7 @@ func TestStickyHeader(t *testing.T) {
 	defer origin.Close()
 	r := startRotor(t)
 	u, _ := url.Parse(r.httpURL())
-	tr := &http.Transport{Proxy: http.ProxyURL(u), ProxyConnectHeader: http.Header{"X-Rotor-Session": {"cart7"}}}
+	tr := &http.Transport{Proxy: http.ProxyURL(u)}
 	defer tr.CloseIdleConnections()
 	seen := map[string]bool{}
 	for i := 0; i < 8; i++ {

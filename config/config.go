@@ -47,6 +47,18 @@ type Config struct {
 	IdleTimeout      time.Duration // tunnel with no bytes either way
 	ShutdownTimeout  time.Duration
 
+	// Health: probe HealthTarget from every source each HealthInterval;
+	// HealthFall failures take a source out, HealthRise successes bring
+	// it back. Without a target, only addresses that could not be bound
+	// are re-checked, each interval.
+	HealthTarget   string
+	HealthInterval time.Duration
+	HealthFall     int
+	HealthRise     int
+
+	// MetricsListen serves /metrics, /healthz and /readyz; empty disables.
+	MetricsListen string
+
 	// DebugListen serves net/http/pprof (goroutine counts, profiles) on a
 	// loopback address; empty disables.
 	DebugListen string
@@ -92,6 +104,9 @@ func envNames() map[string]string {
 		"shutdown-timeout":  "SHUTDOWN_TIMEOUT",
 		"max-conns":         "MAX_CONNS",
 		"max-header-bytes":  "MAX_HEADER_BYTES",
+		"health-target":     "HEALTH_TARGET",
+		"health-interval":   "HEALTH_INTERVAL",
+		"metrics-listen":    "METRICS_ADDR",
 		"log-level":         "LOG_LEVEL",
 		"log-format":        "LOG_FORMAT",
 	}
@@ -118,6 +133,11 @@ func NewFlagSet(name string) *pflag.FlagSet {
 	fs.Duration("header-timeout", DefaultHeaderTimeout, "bound on reading an HTTP request head")
 	fs.Duration("idle-timeout", DefaultIdleTimeout, "close a tunnel that moves no byte either way for this long")
 	fs.Duration("shutdown-timeout", DefaultShutdownTimeout, "how long live requests and tunnels may drain on SIGTERM")
+	fs.String("health-target", "", "host:port or http(s) URL probed from every source address each --health-interval; empty: no active probes (env HEALTH_TARGET)")
+	fs.Duration("health-interval", pool.DefaultHealthInterval, "how often sources are probed, and addresses that could not be bound re-checked (env HEALTH_INTERVAL)")
+	fs.Int("health-fall", pool.DefaultHealthFall, "consecutive failed probes that take a source out of rotation")
+	fs.Int("health-rise", pool.DefaultHealthRise, "consecutive passed probes that bring a source back")
+	fs.String("metrics-listen", "", "serve Prometheus /metrics, /healthz and /readyz on this address; empty disables (env METRICS_ADDR)")
 	fs.String("debug-listen", "", "serve /debug/pprof/ on this loopback address; empty disables")
 	fs.String("log-level", "info", "trace, debug, info, warn, error (env LOG_LEVEL)")
 	fs.String("log-format", "json", "json, or console for people (env LOG_FORMAT)")
@@ -228,6 +248,29 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 		if !loopback && c.Credentials == nil && !c.AllowOpen {
 			return Config{}, fmt.Errorf("--%s %q is not a loopback address and no credentials are set: "+
 				"set PROXY_USER and PROXY_PASS, or pass --allow-open to run an open proxy on purpose", l.name, l.addr)
+		}
+	}
+	if c.HealthTarget = str("health-target"); c.HealthTarget != "" {
+		if err := pool.ParseHealthTarget(c.HealthTarget); err != nil {
+			return Config{}, err
+		}
+	}
+	if c.HealthInterval = dur("health-interval"); c.HealthInterval < 100*time.Millisecond {
+		return Config{}, fmt.Errorf("--health-interval %s: want at least 100ms", c.HealthInterval)
+	}
+	c.HealthFall, _ = fs.GetInt("health-fall")
+	c.HealthRise, _ = fs.GetInt("health-rise")
+	for _, v := range []struct {
+		name string
+		n    int
+	}{{"health-fall", c.HealthFall}, {"health-rise", c.HealthRise}} {
+		if v.n < 1 || v.n > 100 {
+			return Config{}, fmt.Errorf("--%s %d: want 1 to 100", v.name, v.n)
+		}
+	}
+	if c.MetricsListen = str("metrics-listen"); c.MetricsListen != "" {
+		if _, err := checkListen(c.MetricsListen); err != nil {
+			return Config{}, fmt.Errorf("--metrics-listen %q: %w", c.MetricsListen, err)
 		}
 	}
 	if c.DebugListen = str("debug-listen"); c.DebugListen != "" {

@@ -73,6 +73,11 @@ func TestErrorsNameTheValue(t *testing.T) {
 		{"timeout", append(base, "--dial-timeout", "0s"), nil, "dial-timeout"},
 		{"unknown flag", append(base, "--colour"), nil, "colour"},
 		{"both disabled", append(base, "--http-listen", "", "--socks-listen", ""), nil, "disabled"},
+		{"health target", append(base, "--health-target", "example.com"), nil, `"example.com"`},
+		{"health interval", append(base, "--health-interval", "1ms"), nil, "1ms"},
+		{"health fall", append(base, "--health-fall", "0"), nil, "health-fall 0"},
+		{"metrics listen", append(base, "--metrics-listen", "metrics:9100"), nil, `"metrics"`},
+		{"env metrics", base, map[string]string{"METRICS_ADDR": "9100"}, `"9100"`},
 		{"same address", append(base, "--http-listen", "127.0.0.1:5000", "--socks-listen", "127.0.0.1:5000"), nil, "127.0.0.1:5000"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -162,5 +167,17 @@ func TestAllowDest(t *testing.T) {
 	}
 	if _, err := Parse([]string{"--pool", "127.0.0.2", "--allow-dest", "10.0.0.0/8,intranet"}, nil); err == nil || !strings.Contains(err.Error(), `"intranet"`) {
 		t.Fatalf("bad entry: %v, want an error naming it", err)
+	}
+}
+
+func TestHealthAndMetricsFromEnv(t *testing.T) {
+	c, err := Parse([]string{"--pool", "127.0.0.2"}, env(map[string]string{
+		"HEALTH_TARGET": "http://127.0.0.1:9/h", "HEALTH_INTERVAL": "5s", "METRICS_ADDR": "127.0.0.1:9100"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.HealthTarget != "http://127.0.0.1:9/h" || c.HealthInterval != 5*time.Second || c.MetricsListen != "127.0.0.1:9100" ||
+		c.HealthFall != 3 || c.HealthRise != 2 {
+		t.Fatalf("got %+v", c)
 	}
 }

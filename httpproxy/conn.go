@@ -166,6 +166,7 @@ func (cc *clientConn) rejectHead(err error, start time.Time) {
 func (cc *clientConn) handle(req *http.Request, start time.Time) (keep, handedOff bool) {
 	user, sess, ok, serr := cc.s.authorize(req)
 	if !ok {
+		cc.s.opts.Listener.AuthFailed()
 		// Whatever a refused CONNECT pipelined is tunnel payload, never
 		// a request: close after answering.
 		closeAfter := req.Method == http.MethodConnect || !cc.drain(req)

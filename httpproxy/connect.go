@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/rotor-proxy/rotor/metrics"
 	"github.com/rotor-proxy/rotor/pool"
 	"github.com/rotor-proxy/rotor/tunnel"
 )
@@ -20,6 +21,8 @@ func (cc *clientConn) connect(req *http.Request, user string, sess pool.Session,
 		return false, false
 	}
 	up, src, err := s.opts.Dialer.Dial(s.baseCtx, target, sess)
+	m := s.opts.Metrics.Source(src)
+	m.Request(metrics.Connect, err)
 	if err != nil {
 		cl := pool.Classify(err)
 		status := statusFor(cl)
@@ -49,8 +52,11 @@ func (cc *clientConn) connect(req *http.Request, user string, sess pool.Session,
 	// accepting, and the connection's buffers back to their pool. Only
 	// what the log line needs is kept, not the request.
 	info := reqInfo(req, user)
-	t := tunnel.Start(c, up, early, tunnel.Options{Idle: s.opts.TunnelIdleTimeout, Go: s.acc.Go, Parker: &s.parker},
+	m.TunnelOpened()
+	t := tunnel.Start(c, up, early, tunnel.Options{Idle: s.opts.TunnelIdleTimeout, Go: s.acc.Go, Parker: &s.parker,
+		Count: m.TunnelCount()},
 		func(st tunnel.Stats, err error) {
+			m.TunnelClosed()
 			up.Close()
 			s.conns.Remove(c)
 			c.Close()

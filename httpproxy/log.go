@@ -7,6 +7,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/rotor-proxy/rotor/metrics"
 	"github.com/rotor-proxy/rotor/pool"
 	"github.com/rotor-proxy/rotor/tunnel"
 )
@@ -24,6 +25,12 @@ func reqInfo(r *http.Request, user string) requestInfo {
 // logRequest writes the one line per request or tunnel. It never logs
 // Proxy-Authorization or any other header.
 func (s *Server) logRequest(r *http.Request, user string, src *pool.Source, status int, up, down int64, start time.Time, err error) {
+	if src != nil && r.Method != http.MethodConnect {
+		// A CONNECT is counted when its dial ends; its bytes as they flow.
+		m := s.opts.Metrics.Source(src)
+		m.Request(metrics.HTTP, err)
+		m.Bytes(up, down)
+	}
 	if !s.opts.Log.WithLevel(levelFor(status)).Enabled() {
 		s.count(err, status)
 		return

@@ -25,6 +25,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/rotor-proxy/rotor/config"
+	"github.com/rotor-proxy/rotor/metrics"
 	"github.com/rotor-proxy/rotor/pool"
 	"github.com/rotor-proxy/rotor/tunnel"
 )
@@ -52,6 +53,10 @@ type Options struct {
 	Limiter *tunnel.Limiter
 	// Hits counts timeouts and limits by name; nil counts nothing.
 	Hits *tunnel.Hits
+	// Metrics counts per source address; Listener counts this listener's
+	// auth failures. Both may be nil.
+	Metrics  *metrics.Metrics
+	Listener *metrics.Listener
 	// MaxHeaderBytes caps a request head (431 beyond); zero means
 	// config.DefaultMaxHeaderBytes (64 KiB, as Squid and g3proxy).
 	MaxHeaderBytes int
@@ -88,6 +93,7 @@ func New(o Options) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{opts: o, baseCtx: ctx, cancel: cancel, reaper: make(chan struct{}), reaped: make(chan struct{})}
 	s.conns.Limit = o.Limiter
+	s.conns.Hits = o.Hits
 	for range o.Dialer.Pool().Sources() {
 		s.upstreams = append(s.upstreams, newUpstreamPool(o.UpstreamIdleTimeout))
 	}

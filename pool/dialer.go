@@ -29,8 +29,8 @@ type Dialer struct {
 	dnsTimeout time.Duration
 	resolver   *net.Resolver
 	policy     *Policy
-	downFor    time.Duration
-	onDown     func(*Source, error)
+	onChange   func(src *Source, up bool, err error)
+	onDial     func(src *Source, took time.Duration, err error)
 	net        net.Dialer
 }
 
@@ -45,20 +45,20 @@ type DialerOptions struct {
 	Policy *Policy
 	// DNSTimeout bounds resolving a name; zero means Timeout alone.
 	DNSTimeout time.Duration
-	// DownFor is how long a source that could not be bound stays out of
-	// rotation (passive health); zero means 30 seconds.
-	DownFor time.Duration
-	// OnDown, when set, is told each time a source goes out of rotation.
-	OnDown func(src *Source, err error)
+	// OnChange, when set, is told each time a source goes out of rotation
+	// (up false, with the reason) or comes back (up true). It runs on the
+	// goroutine that saw the change and must not block.
+	OnChange func(src *Source, up bool, err error)
+	// OnDial, when set, is told the outcome and duration of every connect
+	// from a source (health probes excluded). It is on the hot path: it
+	// must not block or allocate.
+	OnDial func(src *Source, took time.Duration, err error)
 }
 
 // NewDialer returns a dialer over p.
 func NewDialer(p *Pool, o DialerOptions) *Dialer {
 	d := &Dialer{pool: p, timeout: o.Timeout, dnsTimeout: o.DNSTimeout, resolver: o.Resolver, policy: o.Policy,
-		downFor: o.DownFor, onDown: o.OnDown}
-	if d.downFor <= 0 {
-		d.downFor = 30 * time.Second
-	}
+		onChange: o.OnChange, onDial: o.OnDial}
 	if d.resolver == nil {
 		d.resolver = net.DefaultResolver
 	}
@@ -144,16 +144,28 @@ func IsLocal(err error) bool {
 	return errors.Is(err, syscall.EADDRNOTAVAIL)
 }
 
-// MarkDown takes src out of rotation for the dialer's DownFor. Picks skip
-// it meanwhile (unless every source is down).
+// MarkDown takes src out of rotation until the health checker (see
+// Health) brings it back. Picks skip it meanwhile, unless every source is
+// down.
 func (d *Dialer) MarkDown(src *Source, err error) {
 	if !src.down.CompareAndSwap(false, true) {
 		return
 	}
-	if d.onDown != nil {
-		d.onDown(src, err)
+	src.changed.Store(time.Now().UnixNano())
+	if d.onChange != nil {
+		d.onChange(src, false, err)
 	}
-	time.AfterFunc(d.downFor, func() { src.down.Store(false) })
+}
+
+// markUp puts src back into rotation.
+func (d *Dialer) markUp(src *Source) {
+	if !src.down.CompareAndSwap(true, false) {
+		return
+	}
+	src.changed.Store(time.Now().UnixNano())
+	if d.onChange != nil {
+		d.onChange(src, true, nil)
+	}
 }
 
 // DialAddr picks the next source of dst's family (or the session's) and
@@ -209,7 +221,14 @@ func (d *Dialer) dialIP(ctx context.Context, src *Source, dst netip.AddrPort) (*
 	if src.Addr.Is6() {
 		network = "tcp6"
 	}
+	var start time.Time
+	if d.onDial != nil {
+		start = time.Now()
+	}
 	c, err := d.net.DialTCP(ctx, network, netip.AddrPortFrom(src.Addr, 0), dst)
+	if d.onDial != nil {
+		d.onDial(src, time.Since(start), err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("dial %s from %s: %w", dst, src.Addr, err)
 	}

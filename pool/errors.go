@@ -26,6 +26,9 @@ const (
 	ClassForbidden             // refused by the destination policy
 )
 
+// NumClasses is the number of Class values, for tables indexed by Class.
+const NumClasses = int(ClassForbidden) + 1
+
 var classNames = [...]string{"other", "refused", "net-unreachable", "host-unreachable", "dns", "timeout", "canceled", "bad-target", "no-source", "forbidden"}
 
 func (c Class) String() string { return classNames[c] }

@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/netip"
 	"sync/atomic"
+	"time"
 )
 
 // Family restricts a pick to the sources that can reach a target.
@@ -60,18 +61,32 @@ var ErrNoSource = errors.New("no source address of the target's family in the po
 type Source struct {
 	Addr  netip.Addr
 	Index int // position in Pool.Sources, for per-source state kept by callers
+	// Label names the source in metrics and logs: the pool entry as
+	// configured. Precomputed, so no request formats it.
+	Label string
 	// lastPick is the pool-wide pick sequence number at this source's last
 	// pick (least-recent strategy). Padded so that neighbouring sources do
 	// not share a cache line.
 	lastPick atomic.Uint64
-	// down is set while the address is out of rotation (passive health:
-	// it could not be bound); a timer clears it.
+	// down is set while the address is out of rotation: it could not be
+	// bound, or active health probes failed. The health checker clears it.
 	down atomic.Bool
-	_    [44]byte
+	// changed is when down last changed, in unix nanoseconds (0: never).
+	changed atomic.Int64
+	_       [32]byte
 }
 
 // Down reports whether the address is out of rotation.
 func (s *Source) Down() bool { return s.down.Load() }
+
+// Changed is when the source last went out of or back into rotation; the
+// zero Time if it never has.
+func (s *Source) Changed() time.Time {
+	if n := s.changed.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
 
 func (s *Source) String() string { return s.Addr.String() }
 
@@ -103,7 +118,7 @@ func New(addrs []netip.Addr, strategy Strategy) (*Pool, error) {
 		if err := checkBindable(a); err != nil {
 			return nil, err
 		}
-		s := &Source{Addr: a, Index: i}
+		s := &Source{Addr: a, Index: i, Label: a.String()}
 		p.sources = append(p.sources, s)
 		if a.Is4() {
 			v4 = append(v4, s)

@@ -16,6 +16,7 @@ import (
 	"github.com/things-go/go-socks5/statute"
 
 	"github.com/rotor-proxy/rotor/config"
+	"github.com/rotor-proxy/rotor/metrics"
 	"github.com/rotor-proxy/rotor/pool"
 	"github.com/rotor-proxy/rotor/tunnel"
 )
@@ -59,8 +60,12 @@ func (s *Server) serveConn(c net.Conn) {
 	}
 	// The tunnel runs on goroutines of its own; this worker goes back to
 	// accepting.
-	t := tunnel.Start(c, target, early, tunnel.Options{Idle: s.opts.IdleTimeout, Go: s.acc.Go, Parker: &s.parker},
+	m := s.opts.Metrics.Source(ss.src)
+	m.TunnelOpened()
+	t := tunnel.Start(c, target, early, tunnel.Options{Idle: s.opts.IdleTimeout, Go: s.acc.Go, Parker: &s.parker,
+		Count: m.TunnelCount()},
 		func(st tunnel.Stats, err error) {
+			m.TunnelClosed()
 			ss.stats, ss.err = st, err
 			s.end(c, target, ss, start)
 		})
@@ -118,6 +123,9 @@ func (s *Server) handshake(c net.Conn, ss *session) (*net.TCPConn, []byte, error
 		return nil, nil, fmt.Errorf("greeting reply: %w", err)
 	}
 	if method == statute.MethodNoAcceptable {
+		if s.opts.Credentials != nil {
+			s.opts.Listener.AuthFailed() // no credentials offered
+		}
 		return nil, nil, fmt.Errorf("greeting: %w among %v", errNoMethod, mr.Methods)
 	}
 	if method == statute.MethodUserPassAuth {
@@ -155,6 +163,7 @@ func (s *Server) handshake(c net.Conn, ss *session) (*net.TCPConn, []byte, error
 		target, src, err = s.opts.Dialer.DialAddr(s.baseCtx, netip.AddrPortFrom(ip, uint16(req.DstAddr.Port)), ss.sticky)
 	}
 	ss.src = src
+	s.opts.Metrics.Source(src).Request(metrics.SOCKS5, err)
 	if err != nil {
 		return nil, nil, s.fail(c, ss, replyFor(pool.Classify(err)), err)
 	}
@@ -209,6 +218,7 @@ func (s *Server) authenticate(c net.Conn, br *bufio.Reader, ss *session) error {
 	status := statute.AuthSuccess
 	if !ok {
 		status = statute.AuthFailure
+		s.opts.Listener.AuthFailed()
 	}
 	if _, err := c.Write([]byte{statute.UserPassAuthVersion, status}); err != nil {
 		return fmt.Errorf("auth reply: %w", err)

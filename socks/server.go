@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/rotor-proxy/rotor/config"
+	"github.com/rotor-proxy/rotor/metrics"
 	"github.com/rotor-proxy/rotor/pool"
 	"github.com/rotor-proxy/rotor/tunnel"
 )
@@ -38,6 +39,10 @@ type Options struct {
 	Limiter *tunnel.Limiter
 	// Hits counts timeouts and limits by name; nil counts nothing.
 	Hits *tunnel.Hits
+	// Metrics counts per source address; Listener counts this listener's
+	// auth failures. Both may be nil.
+	Metrics  *metrics.Metrics
+	Listener *metrics.Listener
 }
 
 // Server is a SOCKS5 proxy. It is safe to call Serve on several listeners.
@@ -59,6 +64,7 @@ func New(o Options) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{opts: o, baseCtx: ctx, cancel: cancel}
 	s.conns.Limit = o.Limiter
+	s.conns.Hits = o.Hits
 	return s
 }
 

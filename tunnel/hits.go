@@ -5,8 +5,8 @@ import (
 	"sync/atomic"
 )
 
-// Hits counts every timeout and limit rotor enforces, by name, across both
-// listeners. Each hit is also logged once with the same name (field
+// Hits counts every timeout and limit a listener enforces, by name. Each
+// hit is also logged once with the same name (field
 // "timeout" or "limit"). The names are those of the flags that set them.
 type Hits struct {
 	HeaderTimeout    atomic.Int64 // HTTP request head not read in time (408)
@@ -54,12 +54,38 @@ func (h *Hits) counter(name string) *atomic.Int64 {
 	return nil
 }
 
+// hitNames lists every name Hits counts, and whether it is a timeout or
+// a limit.
+var hitNames = [...]struct{ name, kind string }{
+	{"header-timeout", "timeout"}, {"handshake-timeout", "timeout"}, {"dial-timeout", "timeout"},
+	{"dns-timeout", "timeout"}, {"response-timeout", "timeout"}, {"idle-timeout", "timeout"},
+	{"keepalive-timeout", "timeout"}, {"max-header-bytes", "limit"}, {"max-conns", "limit"},
+}
+
+// Each calls f for every name with its kind ("timeout" or "limit") and
+// count; a nil Hits reports zeros.
+func (h *Hits) Each(f func(name, kind string, n int64)) {
+	for _, hn := range hitNames {
+		var n int64
+		if h != nil {
+			n = h.counter(hn.name).Load()
+		}
+		f(hn.name, hn.kind, n)
+	}
+}
+
+// Sum is the counts of several Hits added up.
+func Sum(hs ...*Hits) *Hits {
+	var out Hits
+	for _, h := range hs {
+		h.Each(func(name, _ string, n int64) { out.counter(name).Add(n) })
+	}
+	return &out
+}
+
 // MarshalJSON reports the counts by name.
 func (h *Hits) MarshalJSON() ([]byte, error) {
 	m := map[string]int64{}
-	for _, n := range []string{"header-timeout", "handshake-timeout", "dial-timeout", "dns-timeout", "response-timeout",
-		"idle-timeout", "keepalive-timeout", "max-header-bytes", "max-conns"} {
-		m[n] = h.counter(n).Load()
-	}
+	h.Each(func(name, _ string, n int64) { m[name] = n })
 	return json.Marshal(m)
 }

@@ -17,13 +17,12 @@ type Limiter struct {
 	refused atomic.Int64
 	lastLog atomic.Int64 // unix nanoseconds
 	log     zerolog.Logger
-	hits    *Hits
 }
 
 // NewLimiter returns a limiter for max connections; max <= 0 means none.
-// Refusals are counted in hits (which may be nil).
-func NewLimiter(max int64, log zerolog.Logger, hits *Hits) *Limiter {
-	return &Limiter{max: max, log: log, hits: hits}
+// Each Tracker counts its own refusals in its Hits.
+func NewLimiter(max int64, log zerolog.Logger) *Limiter {
+	return &Limiter{max: max, log: log}
 }
 
 // Acquire takes a slot; false means the cap is reached (logged, at most
@@ -35,7 +34,6 @@ func (l *Limiter) Acquire() bool {
 	if l.n.Add(1) > l.max {
 		l.n.Add(-1)
 		l.refused.Add(1)
-		l.hits.Add("max-conns")
 		now := time.Now().UnixNano()
 		if last := l.lastLog.Load(); now-last >= int64(time.Second) && l.lastLog.CompareAndSwap(last, now) {
 			l.log.Warn().Str("limit", "max-conns").Int64("max", l.max).Int64("refused", l.refused.Swap(0)).

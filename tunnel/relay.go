@@ -33,7 +33,16 @@ type Options struct {
 	// Parker, when set, holds directions silent for a second without a
 	// goroutine.
 	Parker *Parker
+	// Count, when set, is told the bytes moved client to target (0) and
+	// target to client (1) while the tunnel runs: at least every
+	// parkAfter with a Parker, else when a read deadline passes or the
+	// direction ends. Not per write: that would put a call on every
+	// chunk of a bulk transfer.
+	Count [2]Adder
 }
+
+// Adder takes a count; prometheus.Counter is one.
+type Adder interface{ Add(float64) }
 
 // errClosed is reported for a tunnel closed from outside (shutdown).
 var errClosed = errors.New("tunnel closed by rotor")
@@ -62,12 +71,13 @@ func Start(client, target net.Conn, early []byte, o Options, done func(Stats, er
 	r := &relay{opts: o, done: done}
 	r.live.Store(2)
 	r.touch()
-	r.dirs[0] = direction{r: r, dst: target, src: client}
-	r.dirs[1] = direction{r: r, dst: client, src: target}
+	r.dirs[0] = direction{r: r, dst: target, src: client, count: o.Count[0]}
+	r.dirs[1] = direction{r: r, dst: client, src: target, count: o.Count[1]}
 	o.Go(func() {
 		if len(early) > 0 {
 			n, err := target.Write(early)
 			r.dirs[0].n += int64(n)
+			r.dirs[0].add(int64(n))
 			if err != nil {
 				// Nothing relayed yet: end both directions at once.
 				client.Close()
@@ -148,6 +158,13 @@ type direction struct {
 	n        int64
 	err      error
 	token    uint64 // while parked
+	count    Adder
+}
+
+func (d *direction) add(n int64) {
+	if d.count != nil && n > 0 {
+		d.count.Add(float64(n))
+	}
 }
 
 // loop copies until the direction ends, or parks it after parkAfter
@@ -170,6 +187,7 @@ func (d *direction) loop() {
 		}
 		n, err := copyConn(d.dst, d.src, r)
 		d.n += n
+		d.add(n)
 		if !errors.Is(err, os.ErrDeadlineExceeded) {
 			d.end(err)
 			return

@@ -17,6 +17,9 @@ type Tracker struct {
 	// Limit, when set, caps live connections: Add takes a slot and
 	// Remove gives it back, so no path can leak one.
 	Limit *Limiter
+	// Hits, when set, counts the clients refused at the limit
+	// ("max-conns") for this server.
+	Hits *Hits
 
 	mu       sync.Mutex
 	conns    map[net.Conn]state
@@ -46,6 +49,7 @@ func (t *Tracker) Add(c net.Conn) error {
 		return ErrDraining
 	}
 	if !t.Limit.Acquire() {
+		t.Hits.Add("max-conns")
 		return ErrLimit
 	}
 	if t.conns == nil {

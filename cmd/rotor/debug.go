@@ -14,7 +14,7 @@ import (
 // config), and /debug/limits: how often each timeout and limit was hit.
 // It is for profiling, for the benchmark tool's goroutine counts and for
 // operators; the server lives until the process exits.
-func startDebug(addr string, hits *tunnel.Hits) (net.Addr, error) {
+func startDebug(addr string, hits func() *tunnel.Hits) (net.Addr, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
@@ -27,7 +27,7 @@ func startDebug(addr string, hits *tunnel.Hits) (net.Addr, error) {
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("/debug/limits", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(hits)
+		_ = json.NewEncoder(w).Encode(hits())
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(ln) }()

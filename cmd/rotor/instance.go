@@ -5,13 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/rotor-proxy/rotor/config"
 	"github.com/rotor-proxy/rotor/httpproxy"
+	"github.com/rotor-proxy/rotor/metrics"
 	"github.com/rotor-proxy/rotor/pool"
 	"github.com/rotor-proxy/rotor/socks"
 	"github.com/rotor-proxy/rotor/tunnel"
@@ -23,15 +27,21 @@ var errConfig = errors.New("configuration error")
 // instance is one running rotor: a pool, its dialer and the listeners
 // that share them.
 type instance struct {
-	pool      *pool.Pool
-	http      *httpproxy.Server
-	socks     *socks.Server
-	httpAddr  net.Addr // nil when disabled
-	socksAddr net.Addr
-	listeners []net.Listener
-	hits      *tunnel.Hits // timeouts and limits hit, by name
-	wg        sync.WaitGroup
-	serveErr  chan error
+	pool       *pool.Pool
+	http       *httpproxy.Server
+	socks      *socks.Server
+	httpAddr   net.Addr // nil when disabled
+	socksAddr  net.Addr
+	listeners  []net.Listener
+	httpHits   tunnel.Hits // timeouts and limits hit, by name
+	socksHits  tunnel.Hits
+	metrics    *metrics.Metrics // nil without --metrics-listen
+	metricsLn  net.Listener
+	metricsSrv *http.Server
+	draining   atomic.Bool
+	stopHealth context.CancelFunc
+	wg         sync.WaitGroup
+	serveErr   chan error
 }
 
 // onceCloseListener lets rotor close a listener itself, so that "stopped
@@ -56,7 +66,13 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errConfig, err)
 	}
-	in := &instance{pool: p, serveErr: make(chan error, 2)}
+	in := &instance{pool: p, serveErr: make(chan error, 3)}
+	if cfg.MetricsListen != "" {
+		in.metrics = metrics.New(p, version)
+		if in.metricsLn, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
+			return nil, fmt.Errorf("metrics listener: %w", err)
+		}
+	}
 
 	// No TCP keepalive probes on client connections: four setsockopt calls
 	// per accept, and tunnels are bounded by --idle-timeout instead.
@@ -64,6 +80,9 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 	var hl, sl net.Listener
 	if cfg.HTTPListen != "" {
 		if hl, err = lc.Listen(context.Background(), "tcp", cfg.HTTPListen); err != nil {
+			if in.metricsLn != nil {
+				in.metricsLn.Close()
+			}
 			return nil, fmt.Errorf("HTTP listener: %w", err)
 		}
 	}
@@ -71,6 +90,9 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 		if sl, err = lc.Listen(context.Background(), "tcp", cfg.SOCKSListen); err != nil {
 			if hl != nil {
 				hl.Close()
+			}
+			if in.metricsLn != nil {
+				in.metricsLn.Close()
 			}
 			return nil, fmt.Errorf("SOCKS5 listener: %w", err)
 		}
@@ -83,21 +105,29 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 			self = append(self, l.Addr().(*net.TCPAddr).AddrPort())
 		}
 	}
-	d := pool.NewDialer(p, pool.DialerOptions{Timeout: cfg.DialTimeout, DNSTimeout: cfg.DNSTimeout, Resolver: resolver,
+	dopts := pool.DialerOptions{Timeout: cfg.DialTimeout, DNSTimeout: cfg.DNSTimeout, Resolver: resolver,
 		Policy: pool.NewPolicy(cfg.AllowDest, self),
-		OnDown: func(src *pool.Source, err error) {
-			log.Warn().Stringer("src", src.Addr).Err(err).Msg("source address cannot be bound: out of rotation for 30s")
-		}})
-	in.hits = &tunnel.Hits{}
-	limit := tunnel.NewLimiter(cfg.MaxConns, log, in.hits)
+		OnChange: func(src *pool.Source, up bool, err error) {
+			if up {
+				log.Info().Str("src", src.Label).Msg("source address back in rotation")
+				return
+			}
+			log.Warn().Str("src", src.Label).Err(err).Msg("source address out of rotation")
+		}}
+	if in.metrics != nil {
+		dopts.OnDial = in.metrics.Dialed
+	}
+	d := pool.NewDialer(p, dopts)
+	limit := tunnel.NewLimiter(cfg.MaxConns, log)
 	if hl != nil {
 		hl = &onceCloseListener{Listener: hl}
 		in.listeners = append(in.listeners, hl)
 		in.httpAddr = hl.Addr()
 		in.http = httpproxy.New(httpproxy.Options{
 			Dialer: d, Credentials: cfg.Credentials, HeaderTimeout: cfg.HeaderTimeout, TunnelIdleTimeout: cfg.IdleTimeout,
-			IdleTimeout: cfg.KeepAliveTimeout, Limiter: limit, MaxHeaderBytes: cfg.MaxHeaderBytes, Hits: in.hits,
-			Log: log.With().Str("listener", "http").Logger(),
+			IdleTimeout: cfg.KeepAliveTimeout, Limiter: limit, MaxHeaderBytes: cfg.MaxHeaderBytes, Hits: &in.httpHits,
+			Log: log.With().Str("listener", "http").Logger(), Metrics: in.metrics,
+			Listener: in.metrics.AddListener("http", func() int { return in.http.Active() }, &in.httpHits),
 		})
 		in.serve(func() error { return in.http.Serve(hl) })
 	}
@@ -107,13 +137,53 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 		in.socksAddr = sl.Addr()
 		in.socks = socks.New(socks.Options{
 			Dialer: d, Credentials: cfg.Credentials, HandshakeTimeout: cfg.HandshakeTimeout, IdleTimeout: cfg.IdleTimeout,
-			Limiter: limit, Hits: in.hits,
-			Log: log.With().Str("listener", "socks5").Logger(),
+			Limiter: limit, Hits: &in.socksHits,
+			Log: log.With().Str("listener", "socks5").Logger(), Metrics: in.metrics,
+			Listener: in.metrics.AddListener("socks5", func() int { return in.socks.Active() }, &in.socksHits),
 		})
 		in.serve(func() error { return in.socks.Serve(sl) })
 	}
+
+	hctx, cancel := context.WithCancel(context.Background())
+	in.stopHealth = cancel
+	hopts := pool.HealthOptions{Target: cfg.HealthTarget, Interval: cfg.HealthInterval, Fall: cfg.HealthFall, Rise: cfg.HealthRise,
+		OnAllDown: func() {
+			log.Error().Int("sources", len(p.Sources())).
+				Msg("every source address is down; still rotating through all of them")
+		}}
+	if in.metrics != nil {
+		hopts.OnProbe = in.metrics.Probed
+	}
+	in.wg.Add(1)
+	go func() { defer in.wg.Done(); d.Health(hctx, hopts) }()
+
+	if in.metricsLn != nil {
+		in.metricsSrv = &http.Server{Handler: in.metrics.Handler(in.ready), ReadHeaderTimeout: 10 * time.Second}
+		in.serve(func() error {
+			if err := in.metricsSrv.Serve(in.metricsLn); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("metrics listener: %w", err)
+			}
+			return nil
+		})
+	}
 	return in, nil
 }
+
+// ready is /readyz: serving, and at least one source in rotation.
+func (in *instance) ready() error {
+	if in.draining.Load() {
+		return errors.New("shutting down")
+	}
+	for _, s := range in.pool.Sources() {
+		if !s.Down() {
+			return nil
+		}
+	}
+	return errors.New("every source address is down")
+}
+
+// hits is how often each timeout and limit was hit, both listeners added.
+func (in *instance) hits() *tunnel.Hits { return tunnel.Sum(&in.httpHits, &in.socksHits) }
 
 func (in *instance) serve(f func() error) {
 	in.wg.Add(1)
@@ -127,6 +197,7 @@ func (in *instance) serve(f func() error) {
 
 // stopAccepting closes both listeners; live connections go on.
 func (in *instance) stopAccepting() {
+	in.draining.Store(true)
 	for _, l := range in.listeners {
 		l.Close()
 	}
@@ -147,6 +218,10 @@ func (in *instance) shutdown(ctx context.Context) error {
 		go func() { defer wg.Done(); errs[1] = in.socks.Shutdown(ctx) }()
 	}
 	wg.Wait()
+	in.stopHealth()
+	if in.metricsSrv != nil {
+		in.metricsSrv.Close()
+	}
 	in.wg.Wait()
 	return errors.Join(errs...)
 }

@@ -83,8 +83,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		}
 		log.Info().Stringer("addr", addr).Msg("serving /debug/pprof/")
 	}
+	if in.metricsLn != nil {
+		log.Info().Stringer("addr", in.metricsLn.Addr()).Msg("serving /metrics, /healthz and /readyz")
+	}
 	ev := log.Info().Str("version", version).Strs("pool", addrStrings(in)).Str("strategy", string(cfg.Strategy)).
-		Bool("auth", cfg.Credentials != nil).Int64("max_conns", cfg.MaxConns)
+		Bool("auth", cfg.Credentials != nil).Int64("max_conns", cfg.MaxConns).
+		Str("health_target", cfg.HealthTarget).Stringer("health_interval", cfg.HealthInterval)
 	if in.httpAddr != nil {
 		ev = ev.Stringer("http", in.httpAddr)
 	}
@@ -114,7 +118,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 func addrStrings(in *instance) []string {
 	var s []string
 	for _, src := range in.pool.Sources() {
-		s = append(s, src.Addr.String())
+		s = append(s, src.Label)
 	}
 	return s
 }

@@ -82,7 +82,7 @@ func TestBlackholedTargetTimesOut(t *testing.T) {
 	if _, err := getVia(ctx, proxyClient(r.httpURL(), 1), "http://"+dst+"/"); err == nil || !strings.Contains(err.Error(), "504") {
 		t.Fatalf("GET via HTTP to a black hole: %v, want 504", err)
 	}
-	if n := waitCount(r.hits.DialTimeout.Load, 3); n != 3 {
+	if n := waitCount(func() int64 { return r.hits().DialTimeout.Load() }, 3); n != 3 {
 		t.Fatalf("counted %d dial timeouts, want 3", n)
 	}
 }

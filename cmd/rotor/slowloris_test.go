@@ -106,8 +106,8 @@ func TestSlowloris(t *testing.T) {
 		t.Fatalf("%d of %d slow clients still open past their 2s timeout", open, slow)
 	}
 	// Each was counted once, by name, and logged with it.
-	h := waitCount(r.hits.HeaderTimeout.Load, slow/2)
-	if h, s := h, waitCount(r.hits.HandshakeTimeout.Load, slow/2); h != slow/2 || s != slow/2 {
+	h := waitCount(func() int64 { return r.hits().HeaderTimeout.Load() }, slow/2)
+	if h, s := h, waitCount(func() int64 { return r.hits().HandshakeTimeout.Load() }, slow/2); h != slow/2 || s != slow/2 {
 		t.Fatalf("counted %d header-timeout and %d handshake-timeout, want %d each", h, s, slow/2)
 	}
 	for _, name := range []string{`"timeout":"header-timeout"`, `"timeout":"handshake-timeout"`} {

@@ -16,30 +16,37 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/rotor-proxy/rotor/config"
+	"github.com/rotor-proxy/rotor/metrics"
 	"github.com/rotor-proxy/rotor/pool"
 )
 
 // One keep-alive request through the proxy to an in-process origin: the
 // whole per-request path (parse, auth, pick, pooled upstream, response),
 // with allocations. -bench Forward/log compares the same with a JSON
-// access-log line per request:
+// access-log line per request, Forward/metrics with Prometheus metrics on
+// (and no log):
 //
 //	go test -run '^$' -bench . -benchmem ./httpproxy/
 func BenchmarkForward(b *testing.B) {
-	for _, logging := range []bool{false, true} {
-		name := "nolog"
+	for _, variant := range []string{"nolog", "log", "metrics"} {
 		log := zerolog.Nop()
-		if logging {
-			name, log = "log", zerolog.New(io.Discard)
+		if variant == "log" {
+			log = zerolog.New(io.Discard)
 		}
-		b.Run(name, func(b *testing.B) {
+		b.Run(variant, func(b *testing.B) {
 			origin := benchOrigin(b)
 			p, err := pool.New([]netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")}, pool.RoundRobin)
 			if err != nil {
 				b.Fatal(err)
 			}
-			s := New(Options{Dialer: pool.NewDialer(p, pool.DialerOptions{Timeout: 5 * time.Second}),
-				Credentials: config.NewCredentials(user, pass), Log: log})
+			var m *metrics.Metrics
+			dopts := pool.DialerOptions{Timeout: 5 * time.Second}
+			if variant == "metrics" {
+				m = metrics.New(p, "bench")
+				dopts.OnDial = m.Dialed
+			}
+			s := New(Options{Dialer: pool.NewDialer(p, dopts),
+				Credentials: config.NewCredentials(user, pass), Log: log, Metrics: m})
 			ln, _ := net.Listen("tcp", "127.0.0.1:0")
 			go func() { _ = s.Serve(ln) }()
 			defer s.Close()

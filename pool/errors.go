@@ -33,9 +33,11 @@ var classNames = [...]string{"other", "refused", "net-unreachable", "host-unreac
 
 func (c Class) String() string { return classNames[c] }
 
-// Classify inspects err by type, never by message text.
+// Classify inspects err by type, never by message text. It does not
+// allocate (errors.AsType, not errors.As), so metrics can classify every
+// failure.
 func Classify(err error) Class {
-	var dnsErr *net.DNSError
+	dnsErr, isDNS := errors.AsType[*net.DNSError](err)
 	switch {
 	case err == nil:
 		return ClassOther
@@ -57,14 +59,13 @@ func Classify(err error) Class {
 		return ClassCanceled
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, syscall.ETIMEDOUT):
 		return ClassTimeout
-	case errors.As(err, &dnsErr):
+	case isDNS:
 		if dnsErr.IsTimeout {
 			return ClassTimeout
 		}
 		return ClassDNS
 	}
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
+	if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
 		return ClassTimeout
 	}
 	return ClassOther
@@ -77,8 +78,7 @@ func TimeoutName(err error) string {
 	if Classify(err) != ClassTimeout {
 		return ""
 	}
-	var dnsErr *net.DNSError
-	if errors.As(err, &dnsErr) {
+	if _, ok := errors.AsType[*net.DNSError](err); ok {
 		return "dns-timeout"
 	}
 	return "dial-timeout"

@@ -88,50 +88,85 @@ func TestBlackholedTargetTimesOut(t *testing.T) {
 }
 
 // An address removed from the host while rotor runs (ip addr del) leaves
-// rotation at its first failed bind, and that request is retried from
-// another address: no client sees an error.
+// rotation, and comes back within a health interval of being re-added.
+// Passive (no health target): it leaves at its first failed bind and
+// that request is retried from another address, so no client sees an
+// error. Active (--health-target): the next probe takes it out before any
+// request tries it.
 func TestRemovedAddressLeavesRotation(t *testing.T) {
-	ip, here := vethNS(t, "h", "198.18.9.1/24")
+	for _, mode := range []string{"passive", "active"} {
+		t.Run(mode, func(t *testing.T) {
+			ip, here := vethNS(t, mode[:1], "198.18.9.1/24")
+			peer := tcpTarget(t, target.WritePeer)
+			const interval = 200 * time.Millisecond
+			r := startRotor(t, func(c *config.Config) {
+				c.Pool = []netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("198.18.9.1")}
+				c.HealthInterval, c.HealthFall, c.HealthRise = interval, 3, 1
+				if mode == "active" {
+					c.HealthTarget = peer.Addr
+				}
+			})
+			ctx := context.Background()
+			both := func(when string) {
+				t.Helper()
+				seen := map[string]int{}
+				for i := 0; i < 4; i++ {
+					got, err := socksVia(ctx, r.sock, testUser, testPass, peer.Addr)
+					if err != nil {
+						t.Fatal(err)
+					}
+					seen[got]++
+				}
+				if seen["127.0.0.2"] != 2 || seen["198.18.9.1"] != 2 {
+					t.Fatalf("%s: %v, want both addresses twice", when, seen)
+				}
+			}
+			both("before removal")
 
-	peer := tcpTarget(t, target.WritePeer)
-	r := startRotor(t, func(c *config.Config) {
-		c.Pool = []netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("198.18.9.1")}
-	})
-	ctx := context.Background()
-	seen := map[string]int{}
-	for i := 0; i < 4; i++ {
-		got, err := socksVia(ctx, r.sock, testUser, testPass, peer.Addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		seen[got]++
-	}
-	if seen["127.0.0.2"] != 2 || seen["198.18.9.1"] != 2 {
-		t.Fatalf("before removal: %v, want both addresses", seen)
-	}
-	runCmd(t, ip, "addr", "del", "198.18.9.1/24", "dev", here)
-	client := proxyClient(r.httpURL(), 1)
-	defer client.CloseIdleConnections()
-	ht := httpTarget(t)
-	for i := 0; i < 12; i++ {
-		var got string
-		var err error
-		switch i % 3 {
-		case 0:
-			got, err = socksVia(ctx, r.sock, testUser, testPass, peer.Addr)
-		case 1:
-			got, err = connectVia(ctx, r.http, testUser, testPass, peer.Addr)
-		case 2:
-			got, err = getVia(ctx, client, "http://"+ht.Addr+"/ip")
-		}
-		if err != nil {
-			t.Fatalf("request %d after the address was removed: %v", i, err)
-		}
-		if got != "127.0.0.2" {
-			t.Fatalf("request %d left from %s, want 127.0.0.2", i, got)
-		}
-	}
-	if !strings.Contains(r.waitLog("out of rotation"), "198.18.9.1") {
-		t.Error("removal not logged")
+			runCmd(t, ip, "addr", "del", "198.18.9.1/24", "dev", here)
+			removed := time.Now()
+			if mode == "active" {
+				// One probe round, whatever the failure count: a local
+				// failure takes the address out at once.
+				if !strings.Contains(r.waitLog("out of rotation"), "198.18.9.1") {
+					t.Fatal("removed address not taken out by the health probe")
+				}
+				if d := time.Since(removed); d > 2*interval+time.Second {
+					t.Errorf("taken out %s after removal, want within about one %s interval", d, interval)
+				}
+			}
+			client := proxyClient(r.httpURL(), 1)
+			defer client.CloseIdleConnections()
+			ht := httpTarget(t)
+			for i := 0; i < 12; i++ {
+				var got string
+				var err error
+				switch i % 3 {
+				case 0:
+					got, err = socksVia(ctx, r.sock, testUser, testPass, peer.Addr)
+				case 1:
+					got, err = connectVia(ctx, r.http, testUser, testPass, peer.Addr)
+				case 2:
+					got, err = getVia(ctx, client, "http://"+ht.Addr+"/ip")
+				}
+				if err != nil {
+					t.Fatalf("request %d after the address was removed: %v", i, err)
+				}
+				if got != "127.0.0.2" {
+					t.Fatalf("request %d left from %s, want 127.0.0.2", i, got)
+				}
+			}
+			if !strings.Contains(r.waitLog("out of rotation"), "198.18.9.1") {
+				t.Error("removal not logged")
+			}
+
+			runCmd(t, ip, "addr", "add", "198.18.9.1/24", "dev", here)
+			readded := time.Now()
+			r.waitLog("back in rotation")
+			if d := time.Since(readded); d > 2*interval+time.Second {
+				t.Errorf("back %s after being re-added, want within about one %s interval", d, interval)
+			}
+			both("after re-adding")
+		})
 	}
 }

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"encoding/base64"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -81,6 +84,32 @@ func TestStickyHeader(t *testing.T) {
 	}
 	if len(seen) != 1 || leaked.Load() {
 		t.Fatalf("header session used %v (want one address), leaked to origin: %v", seen, leaked.Load())
+	}
+
+	// On CONNECT too: 8 tunnels with the header leave from one address,
+	// 8 without it from all four.
+	peer := tcpTarget(t, target.WritePeer)
+	for _, extra := range []string{"X-Rotor-Session: cart7\r\n", ""} {
+		seen := map[string]bool{}
+		for i := 0; i < 8; i++ {
+			c, err := net.Dial("tcp", r.http)
+			if err != nil {
+				t.Fatal(err)
+			}
+			auth := base64.StdEncoding.EncodeToString([]byte(testUser + ":" + testPass))
+			fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: Basic %s\r\n%s\r\n", peer.Addr, peer.Addr, auth, extra)
+			br := bufio.NewReader(c)
+			resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+			if err != nil || resp.StatusCode != 200 {
+				t.Fatalf("CONNECT: %v %v", resp, err)
+			}
+			line, _ := br.ReadString('\n')
+			seen[strings.TrimSpace(line)] = true
+			c.Close()
+		}
+		if want := map[bool]int{true: 1, false: 4}[extra != ""]; len(seen) != want {
+			t.Errorf("CONNECT with %q used %v, want %d addresses", extra, seen, want)
+		}
 	}
 }
 

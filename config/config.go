@@ -22,8 +22,14 @@ import (
 // Config is rotor's whole configuration. It is built by Parse and not
 // changed afterwards.
 type Config struct {
-	Pool     []netip.Addr
+	// Pool entries: single addresses (a /32 or /128 prefix) and blocks,
+	// from which each connection takes a random address.
+	Pool     []netip.Prefix
 	Strategy pool.Strategy
+	// Prefer is the family tried first for a host name with answers in
+	// both, when the pool has both (the other follows 300 ms later or at
+	// once on failure).
+	Prefer pool.Family
 
 	HTTPListen  string // empty: HTTP proxy disabled
 	SOCKSListen string // empty: SOCKS5 proxy disabled
@@ -87,13 +93,14 @@ const (
 // first four are the names the Pingora proxy rotor replaces used.
 func envNames() map[string]string {
 	return map[string]string{
-		"pool":         "IP_POOL",
-		"http-listen":  "LISTEN_ADDR",
-		"socks-listen": "SOCKS_LISTEN_ADDR",
-		"user":         "PROXY_USER",
-		"pass":         "PROXY_PASS",
-		"strategy":     "ROTATION_STRATEGY",
-		"allow-dest":   "ALLOW_DEST",
+		"pool":          "IP_POOL",
+		"http-listen":   "LISTEN_ADDR",
+		"socks-listen":  "SOCKS_LISTEN_ADDR",
+		"user":          "PROXY_USER",
+		"pass":          "PROXY_PASS",
+		"strategy":      "ROTATION_STRATEGY",
+		"prefer-family": "PREFER_FAMILY",
+		"allow-dest":    "ALLOW_DEST",
 
 		"dial-timeout":      "DIAL_TIMEOUT",
 		"dns-timeout":       "DNS_TIMEOUT",
@@ -116,12 +123,13 @@ func envNames() map[string]string {
 func NewFlagSet(name string) *pflag.FlagSet {
 	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
 	fs.SortFlags = false
-	fs.String("pool", "", "comma-separated local source IPs to rotate through (env IP_POOL; required)")
+	fs.String("pool", "", "comma-separated local source IPs and CIDR blocks (a random address per connection) to rotate through (env IP_POOL; required)")
 	fs.String("http-listen", DefaultHTTPListen, "HTTP proxy listen address; empty disables (env LISTEN_ADDR)")
 	fs.String("socks-listen", DefaultSOCKSListen, "SOCKS5 proxy listen address; empty disables (env SOCKS_LISTEN_ADDR)")
 	fs.String("user", "", "proxy user name for both listeners (env PROXY_USER)")
 	fs.String("pass", "", "proxy password (env PROXY_PASS; prefer the env var: flags show in ps)")
 	fs.String("strategy", string(pool.RoundRobin), "rotation strategy: round-robin, random, least-recent (env ROTATION_STRATEGY)")
+	fs.String("prefer-family", "ipv6", "with IPv4 and IPv6 in the pool, the family tried first for a name with both: ipv6 or ipv4 (env PREFER_FAMILY)")
 	fs.String("allow-dest", "", "comma-separated CIDRs or IPs rotor may connect to although the policy refuses them (loopback, private, link-local...) (env ALLOW_DEST)")
 	fs.Bool("allow-open", false, "allow listening on a non-loopback address without credentials")
 	fs.Duration("dial-timeout", DefaultDialTimeout, "bound on resolving and connecting to a target")
@@ -185,6 +193,14 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	}
 	if c.Strategy, err = pool.ParseStrategy(str("strategy")); err != nil {
 		return Config{}, err
+	}
+	switch str("prefer-family") {
+	case "ipv6":
+		c.Prefer = pool.IPv6
+	case "ipv4":
+		c.Prefer = pool.IPv4
+	default:
+		return Config{}, fmt.Errorf("--prefer-family %q: want ipv6 or ipv4", str("prefer-family"))
 	}
 	if c.LogLevel, err = zerolog.ParseLevel(strings.ToLower(str("log-level"))); err != nil || str("log-level") == "" {
 		return Config{}, fmt.Errorf("unknown log level %q (want trace, debug, info, warn or error)", str("log-level"))
@@ -298,23 +314,48 @@ func DefaultMaxConns() int64 {
 	return max(int64(rl.Cur-reserve)/2, 1)
 }
 
-// ParsePool parses a comma-separated list of IP addresses.
-func ParsePool(s string) ([]netip.Addr, error) {
+// ParsePool parses a comma-separated list of IP addresses and CIDR
+// blocks. A single address is returned as its /32 or /128.
+func ParsePool(s string) ([]netip.Prefix, error) {
 	if strings.TrimSpace(s) == "" {
-		return nil, errors.New("no pool: set --pool or IP_POOL to a comma-separated list of local IPs")
+		return nil, errors.New("no pool: set --pool or IP_POOL to a comma-separated list of local IPs or CIDR blocks")
 	}
-	var out []netip.Addr
+	var out []netip.Prefix
 	for _, f := range strings.Split(s, ",") {
 		f = strings.TrimSpace(f)
-		a, err := netip.ParseAddr(f)
-		if err != nil {
-			return nil, fmt.Errorf("pool entry %q is not an IP address", f)
+		var p netip.Prefix
+		if strings.Contains(f, "/") {
+			var err error
+			if p, err = netip.ParsePrefix(f); err != nil {
+				return nil, fmt.Errorf("pool entry %q is not an IP address or CIDR block", f)
+			}
+			if p.Addr().Is4In6() {
+				return nil, fmt.Errorf("pool entry %q: write IPv4 blocks as IPv4 (a.b.c.d/n)", f)
+			}
+			if m := p.Masked(); m != p {
+				return nil, fmt.Errorf("pool entry %q has host bits set: did you mean %s?", f, m)
+			}
+			if shortest := map[bool]int{true: 8, false: 16}[p.Addr().Is4()]; p.Bits() < shortest {
+				return nil, fmt.Errorf("pool entry %q: a block must be /%d or longer", f, shortest)
+			}
+		} else {
+			a, err := netip.ParseAddr(f)
+			if err != nil {
+				return nil, fmt.Errorf("pool entry %q is not an IP address or CIDR block", f)
+			}
+			a = a.Unmap()
+			p = netip.PrefixFrom(a, a.BitLen())
 		}
-		a = a.Unmap()
+		a := p.Addr()
 		if a.IsUnspecified() || a.IsMulticast() || a.Zone() != "" {
 			return nil, fmt.Errorf("pool entry %q cannot be a source address (unspecified, multicast or zoned)", f)
 		}
-		out = append(out, a)
+		for _, q := range out {
+			if q.Overlaps(p) {
+				return nil, fmt.Errorf("pool entry %q overlaps %s", f, q)
+			}
+		}
+		out = append(out, p)
 	}
 	return out, nil
 }

@@ -20,7 +20,7 @@ func TestDefaultsAndEnv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(c.Pool) != 2 || c.Pool[1].String() != "127.0.0.3" {
+	if len(c.Pool) != 2 || c.Pool[1].String() != "127.0.0.3/32" {
 		t.Errorf("pool = %v, want [127.0.0.2 127.0.0.3]", c.Pool)
 	}
 	if c.HTTPListen != DefaultHTTPListen || c.SOCKSListen != DefaultSOCKSListen {
@@ -40,7 +40,7 @@ func TestFlagsBeatEnv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Pool[0].String() != "127.0.0.9" || c.HTTPListen != "127.0.0.1:8000" || c.Strategy != pool.Random {
+	if c.Pool[0].String() != "127.0.0.9/32" || c.HTTPListen != "127.0.0.1:8000" || c.Strategy != pool.Random {
 		t.Errorf("flags did not win: %v %q %q", c.Pool, c.HTTPListen, c.Strategy)
 	}
 	if c.SOCKSListen != "127.0.0.1:9001" {
@@ -179,5 +179,37 @@ func TestHealthAndMetricsFromEnv(t *testing.T) {
 	if c.HealthTarget != "http://127.0.0.1:9/h" || c.HealthInterval != 5*time.Second || c.MetricsListen != "127.0.0.1:9100" ||
 		c.HealthFall != 3 || c.HealthRise != 2 {
 		t.Fatalf("got %+v", c)
+	}
+}
+
+func TestParsePoolBlocks(t *testing.T) {
+	got, err := ParsePool("203.0.113.7, 2001:db8:1::/64,198.51.100.0/24, 2001:db8:2::9/128")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"203.0.113.7/32", "2001:db8:1::/64", "198.51.100.0/24", "2001:db8:2::9/128"}
+	for i, w := range want {
+		if got[i].String() != w {
+			t.Errorf("entry %d = %s, want %s", i, got[i], w)
+		}
+	}
+	for bad, why := range map[string]string{
+		"2001:db8:1::5/64":              "did you mean 2001:db8:1::/64",
+		"2001:db8:1::/64,2001:db8:1::7": `"2001:db8:1::7" overlaps 2001:db8:1::/64`,
+		"2000::/8":                      "/16 or longer",
+		"10.0.0.0/4":                    `"10.0.0.0/4"`,
+		"2001:db8::/999":                `"2001:db8::/999" is not`,
+		"::ffff:10.0.0.0/104":           "write IPv4 blocks as IPv4",
+		"ff02::/64":                     "multicast",
+	} {
+		if _, err := ParsePool(bad); err == nil || !strings.Contains(err.Error(), why) {
+			t.Errorf("%q: %v, want an error saying %q", bad, err, why)
+		}
+	}
+	if c, err := Parse([]string{"--pool", "127.0.0.2", "--prefer-family", "ipv4"}, nil); err != nil || c.Prefer != pool.IPv4 {
+		t.Errorf("--prefer-family ipv4: %v %v", c.Prefer, err)
+	}
+	if _, err := Parse([]string{"--pool", "127.0.0.2"}, env(map[string]string{"PREFER_FAMILY": "ipv5"})); err == nil || !strings.Contains(err.Error(), "ipv5") {
+		t.Errorf("PREFER_FAMILY=ipv5: %v", err)
 	}
 }

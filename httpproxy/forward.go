@@ -45,12 +45,21 @@ func (cc *clientConn) forward(req *http.Request, user string, sess pool.Session,
 		}
 	}
 	hostport := net.JoinHostPort(host, port)
-	src, err := s.opts.Dialer.Pick(pool.FamilyOf(host), sess)
-	if err != nil {
-		cc.writeError(http.StatusBadGateway, dialMessage(hostport, pool.ClassNoSource), true, nil)
-		s.logRequest(req, user, nil, http.StatusBadGateway, 0, 0, start, err)
-		return false
+	// Reusing an upstream connection needs the source chosen before any
+	// dial. A name in a pool with both families is resolved first to
+	// choose the family (see pool.Dialer.DialName), so it dials afresh;
+	// so does a block source, which binds a new random address each time.
+	var src *pool.Source
+	fam := pool.FamilyOf(host)
+	if fam != pool.Any || !s.opts.Dialer.Pool().Mixed() {
+		var err error
+		if src, err = s.opts.Dialer.Pick(fam, sess); err != nil {
+			cc.writeError(http.StatusBadGateway, dialMessage(hostport, pool.ClassNoSource), true, nil)
+			s.logRequest(req, user, nil, http.StatusBadGateway, 0, 0, start, err)
+			return false
+		}
 	}
+	reuse := src != nil && !src.Block
 
 	out := outgoing(req)
 	if httpguts.HeaderValuesContainsToken(req.Header["Expect"], "100-continue") {
@@ -66,26 +75,30 @@ func (cc *clientConn) forward(req *http.Request, user string, sess pool.Session,
 	}
 
 	key := scheme + "://" + hostport
-	ups := s.upstreams[src.Index]
 	var (
 		resp *http.Response
 		uc   *upConn
+		err  error
 	)
 	for attempt := 0; ; attempt++ {
 		reused := false
-		if attempt == 0 {
-			uc = ups.take(key)
+		if attempt == 0 && reuse {
+			uc = s.upstreams[src.Index].take(key)
 			reused = uc != nil
 		}
 		if uc == nil {
-			uc, err = s.dialUpstream(src, scheme, host, hostport, key)
-			if err != nil && pool.IsLocal(err) {
+			var used *pool.Source
+			uc, used, err = s.dialUpstream(src, sess, scheme, host, hostport, key)
+			if err != nil && src != nil && pool.IsLocal(err) {
 				// The source left the host: DialFrom took it out of
 				// rotation; try once from another.
-				if next, perr := s.opts.Dialer.Pick(pool.FamilyOf(host), sess); perr == nil && next != src {
-					src, ups = next, s.upstreams[next.Index]
-					uc, err = s.dialUpstream(src, scheme, host, hostport, key)
+				if next, perr := s.opts.Dialer.Pick(fam, sess); perr == nil && next != src {
+					src = next
+					uc, used, err = s.dialUpstream(src, sess, scheme, host, hostport, key)
 				}
+			}
+			if used != nil {
+				src = used
 			}
 			if err != nil {
 				cl := pool.Classify(err)
@@ -120,8 +133,8 @@ func (cc *clientConn) forward(req *http.Request, user string, sess pool.Session,
 	}
 
 	down, keep, reusable, err := cc.writeResponse(req, resp, uc)
-	if reusable {
-		ups.put(uc)
+	if reusable && reuse && !src.Block {
+		s.upstreams[src.Index].put(uc)
 	} else {
 		uc.close()
 	}
@@ -310,12 +323,19 @@ func copyBody(dst io.Writer, src io.Reader, upstream interface{ Buffered() int }
 	}
 }
 
-// dialUpstream opens a connection to hostport from src, with TLS for
-// https.
-func (s *Server) dialUpstream(src *pool.Source, scheme, host, hostport, key string) (*upConn, error) {
-	c, err := s.opts.Dialer.DialFrom(s.baseCtx, src, hostport)
+// dialUpstream opens a connection to hostport from src, or from the
+// source the dialer picks when src is nil, with TLS for https. It returns
+// the source used.
+func (s *Server) dialUpstream(src *pool.Source, sess pool.Session, scheme, host, hostport, key string) (*upConn, *pool.Source, error) {
+	var c *net.TCPConn
+	var err error
+	if src != nil {
+		c, err = s.opts.Dialer.DialFrom(s.baseCtx, src, hostport, sess)
+	} else {
+		c, src, err = s.opts.Dialer.Dial(s.baseCtx, hostport, sess)
+	}
 	if err != nil {
-		return nil, err
+		return nil, src, err
 	}
 	u := &upConn{c: c, raw: c, key: key}
 	if scheme == "https" {
@@ -325,11 +345,11 @@ func (s *Server) dialUpstream(src *pool.Source, scheme, host, hostport, key stri
 		cancel()
 		if err != nil {
 			c.Close()
-			return nil, fmt.Errorf("TLS handshake with %s: %w", hostport, err)
+			return nil, src, fmt.Errorf("TLS handshake with %s: %w", hostport, err)
 		}
 		u.c = tc
 	}
 	u.br = bufio.NewReaderSize(u.c, 4<<10)
 	u.bw = bufio.NewWriterSize(u.c, 4<<10)
-	return u, nil
+	return u, src, nil
 }

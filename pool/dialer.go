@@ -31,7 +31,9 @@ type Dialer struct {
 	policy     *Policy
 	onChange   func(src *Source, up bool, err error)
 	onDial     func(src *Source, took time.Duration, err error)
-	net        net.Dialer
+	prefer     Family
+	net        net.Dialer // single addresses
+	free       net.Dialer // blocks: IP_FREEBIND as well
 }
 
 // DialerOptions configure a Dialer; the zero value is usable.
@@ -53,12 +55,18 @@ type DialerOptions struct {
 	// from a source (health probes excluded). It is on the hot path: it
 	// must not block or allocate.
 	OnDial func(src *Source, took time.Duration, err error)
+	// Prefer is the family tried first for a host name with addresses in
+	// both, when the pool has both; Any means IPv6.
+	Prefer Family
 }
 
 // NewDialer returns a dialer over p.
 func NewDialer(p *Pool, o DialerOptions) *Dialer {
 	d := &Dialer{pool: p, timeout: o.Timeout, dnsTimeout: o.DNSTimeout, resolver: o.Resolver, policy: o.Policy,
-		onChange: o.OnChange, onDial: o.OnDial}
+		onChange: o.OnChange, onDial: o.OnDial, prefer: o.Prefer}
+	if d.prefer == Any {
+		d.prefer = IPv6
+	}
 	if d.resolver == nil {
 		d.resolver = net.DefaultResolver
 	}
@@ -68,6 +76,8 @@ func NewDialer(p *Pool, o DialerOptions) *Dialer {
 	// No TCP keepalive probes: four setsockopt calls per connection, and
 	// tunnels are bounded by rotor's own idle timeout instead.
 	d.net.KeepAlive = -1
+	d.free = d.net
+	d.free.Control = bindFree
 	return d
 }
 
@@ -103,17 +113,26 @@ func (d *Dialer) pick(f Family, s Session) (*Source, error) {
 // the zero Session rotates.
 func (d *Dialer) Pick(f Family, s Session) (*Source, error) { return d.pick(f, s) }
 
-// Dial picks the next source that can reach target ("host:port"), or the
-// session's own one, and connects from it. It returns the source even
-// when the dial fails, for logging.
+// Dial connects to target ("host:port") from the next source that can
+// reach it, or the session's own one: see DialAddr and DialName. It
+// returns the source even when the dial fails, for logging.
 func (d *Dialer) Dial(ctx context.Context, target string, s Session) (*net.TCPConn, *Source, error) {
 	host, port, err := splitTarget(target)
 	if err != nil {
 		return nil, nil, err
 	}
-	return d.withRetry(FamilyOf(host), s, func(src *Source) (*net.TCPConn, error) {
-		return d.dial(ctx, src, host, port)
-	})
+	if ip, ok := ParseHost(host); ok {
+		return d.DialAddr(ctx, netip.AddrPortFrom(ip, port), s)
+	}
+	return d.DialName(ctx, host, port, s)
+}
+
+// local is the address a connection from src binds for session s.
+func (d *Dialer) local(src *Source, s Session) netip.Addr {
+	if src.Block && s.Key != "" {
+		return src.SessionLocal(s, time.Now())
+	}
+	return src.Local()
 }
 
 // withRetry dials from a picked source; if that source cannot be bound
@@ -180,42 +199,89 @@ func (d *Dialer) DialAddr(ctx context.Context, dst netip.AddrPort, s Session) (*
 		f = IPv4
 	}
 	return d.withRetry(f, s, func(src *Source) (*net.TCPConn, error) {
-		return d.dialIP(ctx, src, netip.AddrPortFrom(ip, dst.Port()))
+		return d.dialIP(ctx, src, d.local(src, s), netip.AddrPortFrom(ip, dst.Port()))
 	})
 }
 
-// DialName picks the next source (or the session's) and connects from it
-// to host, resolved in the source's family.
+// DialName connects to host (a name) from the next source, or the
+// session's. In a pool of one family the name is resolved in that family.
+// In a pool with both, it is resolved in both: a family without answers
+// is never tried, and with answers in both the preferred family is tried
+// first and the other joins 300 ms later, or at once if the first fails
+// (RFC 8305 happy eyeballs); the first connection wins.
 func (d *Dialer) DialName(ctx context.Context, host string, port uint16, s Session) (*net.TCPConn, *Source, error) {
 	if host == "" || port == 0 {
 		return nil, nil, fmt.Errorf("%w %q port %d", ErrBadTarget, host, port)
 	}
-	return d.withRetry(Any, s, func(src *Source) (*net.TCPConn, error) {
-		return d.dial(ctx, src, host, port)
-	})
+	if !d.pool.Mixed() {
+		return d.withRetry(Any, s, func(src *Source) (*net.TCPConn, error) {
+			return d.dial(ctx, src, d.local(src, s), host, port)
+		})
+	}
+	if d.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d.timeout)
+		defer cancel()
+	}
+	ips, err := d.lookup(ctx, host, "ip")
+	if err != nil {
+		return nil, nil, err
+	}
+	var byFam [3][]netip.Addr
+	for _, ip := range ips {
+		ip = ip.Unmap()
+		if ip.Is4() {
+			byFam[IPv4] = append(byFam[IPv4], ip)
+		} else {
+			byFam[IPv6] = append(byFam[IPv6], ip)
+		}
+	}
+	first, second := d.prefer, IPv4
+	if first == IPv4 {
+		second = IPv6
+	}
+	if len(byFam[first]) == 0 {
+		first, second = second, Any
+	}
+	if len(byFam[first]) == 0 {
+		return nil, nil, fmt.Errorf("resolve %s: %w: no IPv4 or IPv6 answer", host, ErrNoAddress)
+	}
+	attempt := func(f Family) func(context.Context) (*net.TCPConn, *Source, error) {
+		return func(ctx context.Context) (*net.TCPConn, *Source, error) {
+			return d.withRetry(f, s, func(src *Source) (*net.TCPConn, error) {
+				return d.dialAnswers(ctx, src, d.local(src, s), host, byFam[f], port)
+			})
+		}
+	}
+	if second == Any || len(byFam[second]) == 0 {
+		return attempt(first)(ctx)
+	}
+	return happyEyeballs(ctx, attempt(first), attempt(second))
 }
 
-// DialFrom connects to target ("host:port") from src. Host names resolve
-// only in src's family.
-func (d *Dialer) DialFrom(ctx context.Context, src *Source, target string) (*net.TCPConn, error) {
+// DialFrom connects to target ("host:port") from src (for a block, from
+// the session's address in it, or a random one). Host names resolve only
+// in src's family.
+func (d *Dialer) DialFrom(ctx context.Context, src *Source, target string, s Session) (*net.TCPConn, error) {
 	host, port, err := splitTarget(target)
 	if err != nil {
 		return nil, err
 	}
-	c, err := d.dial(ctx, src, host, port)
+	c, err := d.dial(ctx, src, d.local(src, s), host, port)
 	if err != nil && IsLocal(err) {
 		d.MarkDown(src, err)
 	}
 	return c, err
 }
 
-// dialIP connects from src to dst; the dialer's Timeout bounds it.
-func (d *Dialer) dialIP(ctx context.Context, src *Source, dst netip.AddrPort) (*net.TCPConn, error) {
+// dialIP connects from local (an address of src) to dst; the dialer's
+// Timeout bounds it.
+func (d *Dialer) dialIP(ctx context.Context, src *Source, local netip.Addr, dst netip.AddrPort) (*net.TCPConn, error) {
 	if err := d.policy.Check(dst); err != nil {
 		return nil, err
 	}
 	if dst.Addr().Is4() != src.Addr.Is4() {
-		return nil, fmt.Errorf("dial %s from %s: %w", dst, src.Addr, ErrNoSource)
+		return nil, fmt.Errorf("dial %s from %s: %w", dst, src.Label, ErrNoSource)
 	}
 	network := "tcp4"
 	if src.Addr.Is6() {
@@ -225,19 +291,25 @@ func (d *Dialer) dialIP(ctx context.Context, src *Source, dst netip.AddrPort) (*
 	if d.onDial != nil {
 		start = time.Now()
 	}
-	c, err := d.net.DialTCP(ctx, network, netip.AddrPortFrom(src.Addr, 0), dst)
+	nd := &d.net
+	if src.Block {
+		nd = &d.free
+	}
+	c, err := nd.DialTCP(ctx, network, netip.AddrPortFrom(local, 0), dst)
 	if d.onDial != nil {
 		d.onDial(src, time.Since(start), err)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("dial %s from %s: %w", dst, src.Addr, err)
+		return nil, fmt.Errorf("dial %s from %s: %w", dst, local, err)
 	}
 	return c, nil
 }
 
-func (d *Dialer) dial(ctx context.Context, src *Source, host string, port uint16) (*net.TCPConn, error) {
+// dial connects from local (an address of src) to host, which is
+// resolved in src's family when it is a name.
+func (d *Dialer) dial(ctx context.Context, src *Source, local netip.Addr, host string, port uint16) (*net.TCPConn, error) {
 	if ip, ok := ParseHost(host); ok {
-		return d.dialIP(ctx, src, netip.AddrPortFrom(ip, port))
+		return d.dialIP(ctx, src, local, netip.AddrPortFrom(ip, port))
 	}
 	// A name: the timeout bounds resolution and connects together.
 	if d.timeout > 0 {
@@ -249,31 +321,43 @@ func (d *Dialer) dial(ctx context.Context, src *Source, host string, port uint16
 	if src.Addr.Is6() {
 		network, lookup = "tcp6", "ip6"
 	}
-	lctx := ctx
-	if d.dnsTimeout > 0 {
-		var cancel context.CancelFunc
-		lctx, cancel = context.WithTimeout(ctx, d.dnsTimeout)
-		defer cancel()
-	}
-	ips, err := d.resolver.LookupNetIP(lctx, lookup, host)
+	ips, err := d.lookup(ctx, host, lookup)
 	if err != nil {
 		// An empty answer for this family is a *net.DNSError with
 		// IsNotFound set; say which family was asked for.
-		var dnsErr *net.DNSError
-		if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
-			return nil, fmt.Errorf("resolve %s for %s source %s: %w (%w)", host, network[3:], src.Addr, ErrNoAddress, err)
+		if dnsErr, ok := errors.AsType[*net.DNSError](err); ok && dnsErr.IsNotFound {
+			return nil, fmt.Errorf("resolve %s for %s source %s: %w (%w)", host, network[3:], src.Label, ErrNoAddress, err)
 		}
+		return nil, err
+	}
+	return d.dialAnswers(ctx, src, local, host, ips, port)
+}
+
+// lookup resolves host in network ("ip", "ip4" or "ip6") within the DNS
+// timeout.
+func (d *Dialer) lookup(ctx context.Context, host, network string) ([]netip.Addr, error) {
+	if d.dnsTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d.dnsTimeout)
+		defer cancel()
+	}
+	ips, err := d.resolver.LookupNetIP(ctx, network, host)
+	if err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", host, err)
 	}
-	// Try each answer in order, as net.Dial does, until one connects or
-	// the context ends.
+	return ips, nil
+}
+
+// dialAnswers tries each answer of src's family in order, as net.Dial
+// does, until one connects or the context ends.
+func (d *Dialer) dialAnswers(ctx context.Context, src *Source, local netip.Addr, host string, ips []netip.Addr, port uint16) (*net.TCPConn, error) {
 	var firstErr error
 	for _, ip := range ips {
 		ip = ip.Unmap()
 		if ip.Is4() != src.Addr.Is4() {
 			continue
 		}
-		c, err := d.dialIP(ctx, src, netip.AddrPortFrom(ip, port))
+		c, err := d.dialIP(ctx, src, local, netip.AddrPortFrom(ip, port))
 		if err == nil {
 			return c, nil
 		}
@@ -285,7 +369,11 @@ func (d *Dialer) dial(ctx context.Context, src *Source, host string, port uint16
 		}
 	}
 	if firstErr == nil {
-		firstErr = fmt.Errorf("resolve %s for %s source %s: %w", host, network[3:], src.Addr, ErrNoAddress)
+		fam := "IPv4"
+		if src.Addr.Is6() {
+			fam = "IPv6"
+		}
+		firstErr = fmt.Errorf("resolve %s for %s source %s: %w", host, fam, src.Label, ErrNoAddress)
 	}
 	return nil, firstErr
 }

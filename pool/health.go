@@ -150,7 +150,7 @@ func (h *health) check(ctx context.Context, src *Source) {
 	var err error
 	if h.o.Target == "" {
 		// Passive mode: only the address itself is checked.
-		err = checkBindable(src.Addr)
+		err = checkSource(src)
 		if err == nil {
 			h.d.markUp(src)
 		}
@@ -186,7 +186,7 @@ func (h *health) probeOnce(ctx context.Context, src *Source) error {
 		if err != nil {
 			return err
 		}
-		c, err := h.probe.dial(ctx, src, host, port)
+		c, err := h.probe.dial(ctx, src, src.Local(), host, port)
 		if err != nil {
 			return err
 		}
@@ -198,7 +198,7 @@ func (h *health) probeOnce(ctx context.Context, src *Source) error {
 			if err != nil {
 				return nil, err
 			}
-			return h.probe.dial(ctx, src, host, port)
+			return h.probe.dial(ctx, src, src.Local(), host, port)
 		},
 		DisableKeepAlives: true,
 		Proxy:             nil,

@@ -162,7 +162,7 @@ func TestActiveHealthFallRise(t *testing.T) {
 			if c.src != "127.0.0.3" || !c.up || p.Sources()[1].Down() {
 				t.Fatalf("after recovery: %+v, want 127.0.0.3 up", c)
 			}
-			if n := pt.count("127.0.0.2"); n < 5 {
+			if n := pt.count("127.0.0.2"); n < 4 { // rounds run their probes concurrently: the 5th may be in flight
 				t.Fatalf("127.0.0.2 probed %d times, want every round", n)
 			}
 		} else {

@@ -11,6 +11,7 @@
 package pool
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -57,9 +58,16 @@ func FamilyOf(host string) Family {
 // family the target needs.
 var ErrNoSource = errors.New("no source address of the target's family in the pool")
 
-// Source is one local address of the pool.
+// Source is one entry of the pool: a local address, or a block from which
+// each connection takes a random address.
 type Source struct {
-	Addr  netip.Addr
+	// Addr is the address, or the block's first address.
+	Addr netip.Addr
+	// Prefix is Addr/32 or Addr/128 for an address, the block otherwise.
+	Prefix netip.Prefix
+	// Block is true for a block: connections bind a random address in it
+	// (see Local).
+	Block bool
 	Index int // position in Pool.Sources, for per-source state kept by callers
 	// Label names the source in metrics and logs: the pool entry as
 	// configured. Precomputed, so no request formats it.
@@ -73,7 +81,11 @@ type Source struct {
 	down atomic.Bool
 	// changed is when down last changed, in unix nanoseconds (0: never).
 	changed atomic.Int64
-	_       [32]byte
+	// A block's address as two big-endian halves, and the mask of its
+	// host bits (IPv4: the low 32 bits of lo).
+	baseHi, baseLo uint64
+	hostHi, hostLo uint64
+	_              [32]byte
 }
 
 // Down reports whether the address is out of rotation.
@@ -100,26 +112,46 @@ type Pool struct {
 	strategy Strategy
 }
 
-// New checks that every address can be bound on this host and builds the
-// pool. The first address that cannot be bound is named in the error.
+// New builds a pool of single addresses; see NewPrefixes.
 func New(addrs []netip.Addr, strategy Strategy) (*Pool, error) {
-	if len(addrs) == 0 {
+	entries := make([]netip.Prefix, len(addrs))
+	for i, a := range addrs {
+		entries[i] = Single(a)
+	}
+	return NewPrefixes(entries, strategy)
+}
+
+// Single is the pool entry for one address: its /32 or /128.
+func Single(a netip.Addr) netip.Prefix {
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen())
+}
+
+// NewPrefixes checks every entry and builds the pool: an address must be
+// bindable on this host, a block must be routed to it as local (see
+// checkBlock). The first entry that fails is named in the error.
+func NewPrefixes(entries []netip.Prefix, strategy Strategy) (*Pool, error) {
+	if len(entries) == 0 {
 		return nil, errors.New("pool is empty")
 	}
 	p := &Pool{strategy: strategy}
-	seen := make(map[netip.Addr]bool, len(addrs))
 	var v4, v6 []*Source
-	for i, a := range addrs {
-		a = a.Unmap()
-		if seen[a] {
-			return nil, fmt.Errorf("address %s is in the pool twice", a)
+	for i, e := range entries {
+		e = netip.PrefixFrom(e.Addr().Unmap(), e.Bits()).Masked()
+		if !e.IsValid() {
+			return nil, fmt.Errorf("pool entry %v is not valid", entries[i])
 		}
-		seen[a] = true
-		if err := checkBindable(a); err != nil {
+		for _, o := range p.sources {
+			if o.Prefix.Overlaps(e) {
+				return nil, fmt.Errorf("pool entry %s overlaps %s", e, o.Prefix)
+			}
+		}
+		s := newSource(e, i)
+		if err := checkSource(s); err != nil {
 			return nil, err
 		}
-		s := &Source{Addr: a, Index: i, Label: a.String()}
 		p.sources = append(p.sources, s)
+		a := s.Addr
 		if a.Is4() {
 			v4 = append(v4, s)
 		} else {
@@ -142,6 +174,40 @@ func New(addrs []netip.Addr, strategy Strategy) (*Pool, error) {
 		p.byFamily[IPv6] = nil
 	}
 	return p, nil
+}
+
+func newSource(e netip.Prefix, index int) *Source {
+	a := e.Addr()
+	s := &Source{Addr: a, Prefix: e, Index: index, Block: e.Bits() < a.BitLen()}
+	s.Label = a.String()
+	if s.Block {
+		s.Label = e.String()
+		b := a.As16()
+		s.baseHi, s.baseLo = binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])
+		hostBits := a.BitLen() - e.Bits()
+		switch {
+		case hostBits >= 64:
+			s.hostLo = ^uint64(0)
+			s.hostHi = ^uint64(0) >> (128 - hostBits)
+		default:
+			s.hostLo = ^uint64(0) >> (64 - hostBits)
+		}
+		if a.Is4() {
+			// As16 of an IPv4 address is the mapped form: only the low
+			// 32 bits of lo are the address.
+			s.baseHi, s.baseLo = 0, uint64(binary.BigEndian.Uint32(b[12:]))
+		}
+	}
+	return s
+}
+
+// checkSource checks at start-up (and when health re-checks a down
+// source) that the entry can be used: see checkBindable and checkBlock.
+func checkSource(s *Source) error {
+	if s.Block {
+		return checkBlock(s)
+	}
+	return checkBindable(s.Addr)
 }
 
 // checkBindable binds a throwaway TCP socket to a so that an address that
@@ -167,6 +233,11 @@ func (p *Pool) Pick(f Family) (*Source, error) {
 
 func noSource(f Family) error {
 	return fmt.Errorf("%w: target is %s, pool has none", ErrNoSource, f)
+}
+
+// Mixed reports whether the pool has sources of both families.
+func (p *Pool) Mixed() bool {
+	return p.byFamily[IPv4] != nil && p.byFamily[IPv6] != nil
 }
 
 // Sources returns the pool's sources in configuration order. The slice

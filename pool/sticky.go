@@ -26,13 +26,18 @@ func (p *Pool) PickSession(f Family, s Session, now time.Time) (*Source, error) 
 	return pickRendezvous(pk.sources, s, now), nil
 }
 
-func pickRendezvous(sources []*Source, s Session, now time.Time) *Source {
+// sessionHash hashes the session's key with its current TTL period.
+func sessionHash(s Session, now time.Time) uint64 {
 	var period uint64
 	if s.TTL > 0 {
 		offset := mix(fnv(fnvOffset, s.Key)) % uint64(s.TTL)
 		period = (uint64(now.UnixNano()) + offset) / uint64(s.TTL)
 	}
-	keyHash := fnv(fnvUint64(fnvOffset, period), s.Key)
+	return fnv(fnvUint64(fnvOffset, period), s.Key)
+}
+
+func pickRendezvous(sources []*Source, s Session, now time.Time) *Source {
+	keyHash := sessionHash(s, now)
 	var best, bestDown *Source
 	var bestScore, bestDownScore uint64
 	for _, src := range sources {

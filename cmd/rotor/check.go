@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"text/tabwriter"
@@ -53,7 +54,7 @@ func check(ctx context.Context, args []string, getenv func(string) string, out i
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return fmt.Errorf("%w: --url %q: want an http:// or https:// URL", errConfig, *rawURL)
 	}
-	p, err := pool.New(addrs, pool.RoundRobin)
+	p, err := pool.NewPrefixes(addrs, pool.RoundRobin)
 	if err != nil {
 		return fmt.Errorf("%w: %w", errConfig, err)
 	}
@@ -68,11 +69,11 @@ func check(ctx context.Context, args []string, getenv func(string) string, out i
 		if err != nil {
 			failed++
 			errText = err.Error()
-		} else if saw != src.Addr.String() && !strings.Contains(saw, src.Addr.String()) {
+		} else if !sawSource(saw, src) {
 			errText = "remote saw another address: NAT or a proxy between rotor and it?"
 			failed++
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", src.Addr, saw, took.Round(time.Millisecond), errText)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", src.Label, saw, took.Round(time.Millisecond), errText)
 	}
 	tw.Flush()
 	if failed > 0 {
@@ -81,13 +82,24 @@ func check(ctx context.Context, args []string, getenv func(string) string, out i
 	return nil
 }
 
+// sawSource reports whether the remote's answer names src: the address,
+// or for a block an address inside it.
+func sawSource(saw string, src *pool.Source) bool {
+	for _, f := range strings.FieldsFunc(saw, func(r rune) bool { return r == ' ' || r == '"' || r == ',' || r == '\t' }) {
+		if a, err := netip.ParseAddr(f); err == nil && src.Prefix.Contains(a.Unmap()) {
+			return true
+		}
+	}
+	return saw == src.Addr.String() || strings.Contains(saw, src.Addr.String())
+}
+
 // fetchFrom GETs u from src on a fresh connection and returns the first
 // line of the body.
 func fetchFrom(ctx context.Context, d *pool.Dialer, src *pool.Source, u *url.URL, timeout time.Duration, insecure bool) (string, time.Duration, error) {
 	tr := &http.Transport{
 		Proxy: nil,
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
-			c, err := d.DialFrom(ctx, src, addr)
+			c, err := d.DialFrom(ctx, src, addr, pool.Session{})
 			if err != nil {
 				return nil, err
 			}

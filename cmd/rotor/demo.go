@@ -39,7 +39,8 @@ func demo(ctx context.Context, out io.Writer) error {
 
 	const user, pass = "demo", "demo-secret"
 	cfg := config.Config{
-		Pool:     []netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3"), netip.MustParseAddr("127.0.0.4"), netip.MustParseAddr("127.0.0.5")},
+		Pool: []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32"), netip.MustParsePrefix("127.0.0.3/32"),
+			netip.MustParsePrefix("127.0.0.4/32"), netip.MustParsePrefix("127.0.0.5/32")},
 		Strategy: pool.RoundRobin, HTTPListen: "127.0.0.1:0", SOCKSListen: "127.0.0.1:0",
 		Credentials: config.NewCredentials(user, pass),
 		// The demo's targets are on loopback, which rotor refuses by default.

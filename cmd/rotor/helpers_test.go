@@ -95,6 +95,12 @@ type rotor struct {
 
 func startRotor(t *testing.T, mutate ...func(*config.Config)) *rotor {
 	t.Helper()
+	return startRotorResolver(t, target.OfflineResolver(), mutate...)
+}
+
+// startRotorResolver is startRotor with a resolver of the test's own.
+func startRotorResolver(t *testing.T, res *net.Resolver, mutate ...func(*config.Config)) *rotor {
+	t.Helper()
 	cfg := config.Config{
 		Strategy: pool.RoundRobin, HTTPListen: "127.0.0.1:0", SOCKSListen: "127.0.0.1:0",
 		Credentials: config.NewCredentials(testUser, testPass),
@@ -103,13 +109,13 @@ func startRotor(t *testing.T, mutate ...func(*config.Config)) *rotor {
 		AllowDest: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
 	}
 	for _, a := range poolAddrs {
-		cfg.Pool = append(cfg.Pool, netip.MustParseAddr(a))
+		cfg.Pool = append(cfg.Pool, pool.Single(netip.MustParseAddr(a)))
 	}
 	for _, m := range mutate {
 		m(&cfg)
 	}
 	logs := &syncBuffer{}
-	in, err := start(cfg, zerolog.New(logs).Level(zerolog.DebugLevel), target.OfflineResolver())
+	in, err := start(cfg, zerolog.New(logs).Level(zerolog.DebugLevel), res)
 	if err != nil {
 		t.Fatal(err)
 	}

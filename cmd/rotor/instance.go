@@ -62,7 +62,7 @@ func (l *onceCloseListener) Close() error {
 // the listeners and serves in the background. resolver nil means the
 // system's.
 func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*instance, error) {
-	p, err := pool.New(cfg.Pool, cfg.Strategy)
+	p, err := pool.NewPrefixes(cfg.Pool, cfg.Strategy)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errConfig, err)
 	}
@@ -105,7 +105,7 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 			self = append(self, l.Addr().(*net.TCPAddr).AddrPort())
 		}
 	}
-	dopts := pool.DialerOptions{Timeout: cfg.DialTimeout, DNSTimeout: cfg.DNSTimeout, Resolver: resolver,
+	dopts := pool.DialerOptions{Prefer: cfg.Prefer, Timeout: cfg.DialTimeout, DNSTimeout: cfg.DNSTimeout, Resolver: resolver,
 		Policy: pool.NewPolicy(cfg.AllowDest, self),
 		OnChange: func(src *pool.Source, up bool, err error) {
 			if up {

@@ -22,7 +22,7 @@ func TestIPv6Targets(t *testing.T) {
 	v6 := started(t)(target.TCP("[::1]:0", target.WritePeer))
 	v6http := started(t)(target.HTTP("[::1]:0"))
 	v4 := tcpTarget(t, target.WritePeer)
-	r := startRotor(t, func(c *config.Config) { c.Pool = append(c.Pool, netip.MustParseAddr("::1")) })
+	r := startRotor(t, func(c *config.Config) { c.Pool = append(c.Pool, netip.MustParsePrefix("::1/128")) })
 	ctx := context.Background()
 	client := proxyClient(r.httpURL(), 1)
 	defer client.CloseIdleConnections()

@@ -64,7 +64,7 @@ func TestBlackholedTargetTimesOut(t *testing.T) {
 	vethNS(t, "v", "198.18.7.1/24")
 
 	r := startRotor(t, func(c *config.Config) {
-		c.Pool = []netip.Addr{netip.MustParseAddr("198.18.7.1")}
+		c.Pool = []netip.Prefix{netip.MustParsePrefix("198.18.7.1/32")}
 		c.DialTimeout = 500 * time.Millisecond
 	})
 	ctx := context.Background()
@@ -100,7 +100,7 @@ func TestRemovedAddressLeavesRotation(t *testing.T) {
 			peer := tcpTarget(t, target.WritePeer)
 			const interval = 200 * time.Millisecond
 			r := startRotor(t, func(c *config.Config) {
-				c.Pool = []netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("198.18.9.1")}
+				c.Pool = []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32"), netip.MustParsePrefix("198.18.9.1/32")}
 				c.HealthInterval, c.HealthFall, c.HealthRise = interval, 3, 1
 				if mode == "active" {
 					c.HealthTarget = peer.Addr

@@ -78,3 +78,33 @@ func BenchmarkDialAddr(b *testing.B) {
 		c.Close()
 	}
 }
+
+// The pick plus the address a connection binds, for fixed addresses and
+// for a CIDR block (a random address per connection). rotorbench pick
+// prints the same next to each other:
+//
+//	go test -run '^$' -bench PickLocal -benchmem ./pool/
+func BenchmarkPickLocal(b *testing.B) {
+	for name, entries := range map[string][]string{
+		"fixed4": {"2001:db8::1/128", "2001:db8::2/128", "2001:db8::3/128", "2001:db8::4/128"},
+		"cidr64": {"2001:db8:1::/64"},
+	} {
+		var ps []netip.Prefix
+		for _, e := range entries {
+			ps = append(ps, netip.MustParsePrefix(e))
+		}
+		p, err := NewUnchecked(ps, RoundRobin)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			var a netip.Addr
+			for i := 0; i < b.N; i++ {
+				src, _ := p.Pick(IPv6)
+				a = src.Local()
+			}
+			_ = a
+		})
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"syscall"
 	"time"
@@ -147,7 +148,9 @@ func (d *Dialer) withRetry(f Family, s Session, dial func(*Source) (*net.TCPConn
 	if err == nil || !IsLocal(err) {
 		return c, src, err
 	}
-	d.MarkDown(src, err)
+	if AddressGone(err) {
+		d.MarkDown(src, err)
+	}
 	next, perr := d.pick(f, s)
 	if perr != nil || next == src {
 		return nil, src, err
@@ -156,10 +159,23 @@ func (d *Dialer) withRetry(f Family, s Session, dial func(*Source) (*net.TCPConn
 	return c, next, err
 }
 
-// IsLocal reports whether a dial failed on rotor's side of the connection:
-// the source address cannot be bound. Such a failure says nothing about
-// the target.
+// IsLocal reports whether a dial failed on rotor's side of the connection
+// (EADDRNOTAVAIL): the source address cannot be bound, or it has no
+// ephemeral port left for this destination. Either way another source
+// may well succeed, and the failure says nothing about the target.
 func IsLocal(err error) bool {
+	return errors.Is(err, syscall.EADDRNOTAVAIL)
+}
+
+// AddressGone reports whether the source address itself is unusable:
+// bind(2), not connect(2), failed with EADDRNOTAVAIL. With
+// IP_BIND_ADDRESS_NO_PORT the port is chosen at connect, so connect's
+// EADDRNOTAVAIL means ports ran out for one destination (a burst from one
+// address), which must not take the address out of rotation.
+func AddressGone(err error) bool {
+	if se, ok := errors.AsType[*os.SyscallError](err); ok && se.Syscall != "bind" {
+		return false
+	}
 	return errors.Is(err, syscall.EADDRNOTAVAIL)
 }
 
@@ -268,7 +284,7 @@ func (d *Dialer) DialFrom(ctx context.Context, src *Source, target string, s Ses
 		return nil, err
 	}
 	c, err := d.dial(ctx, src, d.local(src, s), host, port)
-	if err != nil && IsLocal(err) {
+	if err != nil && AddressGone(err) {
 		d.MarkDown(src, err)
 	}
 	return c, err

@@ -175,7 +175,7 @@ func (h *health) check(ctx context.Context, src *Source) {
 	}
 	st.oks = 0
 	st.fails++
-	if IsLocal(err) || st.fails >= h.o.Fall {
+	if AddressGone(err) || st.fails >= h.o.Fall {
 		h.d.MarkDown(src, fmt.Errorf("health probe %s: %w", h.o.Target, err))
 	}
 }

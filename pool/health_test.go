@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"syscall"
 	"testing"
@@ -263,5 +264,21 @@ func TestDownSourceMovesOnlyItsSessions(t *testing.T) {
 	}()
 	if s, err := p.Pick(IPv4); err != nil || s == nil {
 		t.Fatalf("all down: %v, %v; want a source anyway", s, err)
+	}
+}
+
+// Only bind's EADDRNOTAVAIL (the address left the host) takes a source
+// out; connect's (no ephemeral port left for one destination) does not.
+func TestAddressGone(t *testing.T) {
+	bind := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("bind", syscall.EADDRNOTAVAIL)}
+	conn := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.EADDRNOTAVAIL)}
+	if !AddressGone(fmt.Errorf("dial x: %w", bind)) || !IsLocal(bind) {
+		t.Error("bind EADDRNOTAVAIL: want gone and local")
+	}
+	if AddressGone(fmt.Errorf("dial x: %w", conn)) || !IsLocal(conn) {
+		t.Error("connect EADDRNOTAVAIL: want local but not gone")
+	}
+	if AddressGone(syscall.ECONNREFUSED) || IsLocal(syscall.ECONNREFUSED) {
+		t.Error("refused: neither")
 	}
 }

@@ -131,6 +131,17 @@ func Single(a netip.Addr) netip.Prefix {
 // bindable on this host, a block must be routed to it as local (see
 // checkBlock). The first entry that fails is named in the error.
 func NewPrefixes(entries []netip.Prefix, strategy Strategy) (*Pool, error) {
+	return newPool(entries, strategy, true)
+}
+
+// NewUnchecked builds a pool without binding or route checks, for
+// measuring picks (rotorbench pick) on hosts where the entries are not
+// configured. Dials from it fail unless the entries are in fact usable.
+func NewUnchecked(entries []netip.Prefix, strategy Strategy) (*Pool, error) {
+	return newPool(entries, strategy, false)
+}
+
+func newPool(entries []netip.Prefix, strategy Strategy, check bool) (*Pool, error) {
 	if len(entries) == 0 {
 		return nil, errors.New("pool is empty")
 	}
@@ -147,8 +158,10 @@ func NewPrefixes(entries []netip.Prefix, strategy Strategy) (*Pool, error) {
 			}
 		}
 		s := newSource(e, i)
-		if err := checkSource(s); err != nil {
-			return nil, err
+		if check {
+			if err := checkSource(s); err != nil {
+				return nil, err
+			}
 		}
 		p.sources = append(p.sources, s)
 		a := s.Addr

@@ -37,23 +37,38 @@ func runCmd(t *testing.T, name string, args ...string) {
 	}
 }
 
-// vethNS makes a network namespace and a veth pair into it, both removed
-// at the end of the test, gives the near end addr (CIDR) and brings both
-// ends up. It returns the ip command and the near end's name. tag keeps
-// names apart between tests.
+// nsPair is a network namespace and a veth pair into it, both removed at
+// the end of the test.
+type nsPair struct {
+	ip          string // the ip command
+	ns          string
+	here, there string // near end (this namespace), far end (in ns)
+}
+
+// newNSPair makes the namespace and the pair and brings both ends (and
+// the namespace's loopback) up. tag keeps names apart between tests.
+func newNSPair(t *testing.T, tag string) *nsPair {
+	t.Helper()
+	ip := needNetns(t)
+	p := &nsPair{ip: ip, ns: fmt.Sprintf("rotor-%s-%d", tag, os.Getpid()),
+		here: fmt.Sprintf("rt%s%da", tag, os.Getpid()%100000), there: fmt.Sprintf("rt%s%db", tag, os.Getpid()%100000)}
+	runCmd(t, ip, "netns", "add", p.ns)
+	t.Cleanup(func() { _ = exec.Command(ip, "netns", "del", p.ns).Run() })
+	runCmd(t, ip, "link", "add", p.here, "type", "veth", "peer", "name", p.there, "netns", p.ns)
+	t.Cleanup(func() { _ = exec.Command(ip, "link", "del", p.here).Run() })
+	runCmd(t, ip, "link", "set", p.here, "up")
+	runCmd(t, ip, "-n", p.ns, "link", "set", p.there, "up")
+	runCmd(t, ip, "-n", p.ns, "link", "set", "lo", "up")
+	return p
+}
+
+// vethNS is newNSPair with addr (CIDR) on the near end; it returns the ip
+// command and the near end's name.
 func vethNS(t *testing.T, tag, addr string) (ip, here string) {
 	t.Helper()
-	ip = needNetns(t)
-	ns := fmt.Sprintf("rotor-%s-%d", tag, os.Getpid())
-	here, there := fmt.Sprintf("rt%s%da", tag, os.Getpid()%100000), fmt.Sprintf("rt%s%db", tag, os.Getpid()%100000)
-	runCmd(t, ip, "netns", "add", ns)
-	t.Cleanup(func() { _ = exec.Command(ip, "netns", "del", ns).Run() })
-	runCmd(t, ip, "link", "add", here, "type", "veth", "peer", "name", there, "netns", ns)
-	t.Cleanup(func() { _ = exec.Command(ip, "link", "del", here).Run() })
-	runCmd(t, ip, "addr", "add", addr, "dev", here)
-	runCmd(t, ip, "link", "set", here, "up")
-	runCmd(t, ip, "-n", ns, "link", "set", there, "up")
-	return ip, here
+	p := newNSPair(t, tag)
+	runCmd(t, p.ip, "addr", "add", addr, "dev", p.here)
+	return p.ip, p.here
 }
 
 // A target whose SYNs go unanswered: a veth into a namespace this test

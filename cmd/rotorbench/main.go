@@ -4,6 +4,7 @@
 //
 //	rotorbench compare                    every workload, every peer found; writes BENCHMARKS.md
 //	rotorbench compare --quick            a short smoke run
+//	rotorbench pick                       what choosing a source costs: fixed addresses vs CIDR blocks
 //
 // Workloads: http-keepalive (persistent clients, absolute-form GET),
 // connect-new and socks5-new (a new client connection per request: tunnel
@@ -22,8 +23,17 @@ import (
 )
 
 func main() {
+	if len(os.Args) == 2 && os.Args[1] == "pick" {
+		rs, err := measurePicks()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "rotorbench: %v\n", err)
+			os.Exit(1)
+		}
+		writePicks(os.Stdout, rs)
+		return
+	}
 	if len(os.Args) < 2 || os.Args[1] != "compare" {
-		fmt.Fprintln(os.Stderr, "usage: rotorbench compare [flags]   (see --help)")
+		fmt.Fprintln(os.Stderr, "usage: rotorbench compare [flags]   (see --help)\n       rotorbench pick")
 		os.Exit(2)
 	}
 	fs := pflag.NewFlagSet("rotorbench compare", pflag.ContinueOnError)

@@ -4,10 +4,12 @@
 package config
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"syscall"
@@ -16,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/spf13/pflag"
 
+	"github.com/rotor-proxy/rotor/auth"
 	"github.com/rotor-proxy/rotor/pool"
 )
 
@@ -35,7 +38,27 @@ type Config struct {
 	SOCKSListen string // empty: SOCKS5 proxy disabled
 	AllowOpen   bool   // allow a non-loopback listener without credentials
 
-	Credentials *Credentials // nil: no authentication
+	// Shortcut is the PROXY_USER/PROXY_PASS user; nil when not set.
+	Shortcut *auth.UserSpec
+	// UsersFile holds users (htpasswd-compatible, see auth.ParseUsers);
+	// read at start and on SIGHUP. Empty: only Shortcut, if any.
+	UsersFile string
+	// PoolFile holds the pool, one entry per line with optional tags,
+	// instead of Pool; read at start and on SIGHUP.
+	PoolFile string
+	// PoolTags names groups of entries (from PoolFile) for users' pools.
+	PoolTags map[string][]netip.Prefix
+	// Users are Shortcut and the users file's, as read at start.
+	Users []auth.UserSpec
+	// AllowClients are networks whose clients need no credentials.
+	AllowClients []netip.Prefix
+
+	// PerIPRate caps how often one source address (or block) is used, per
+	// second; 0: no cap. PerIPBurst is the bucket size; PerIPWait how
+	// long a request waits for a token before 429 / SOCKS5 0x01.
+	PerIPRate  float64
+	PerIPBurst int
+	PerIPWait  time.Duration
 
 	// AllowDest opens exceptions in the destination policy, which
 	// otherwise refuses loopback, private, link-local and similar ranges.
@@ -128,6 +151,12 @@ func NewFlagSet(name string) *pflag.FlagSet {
 	fs.String("socks-listen", DefaultSOCKSListen, "SOCKS5 proxy listen address; empty disables (env SOCKS_LISTEN_ADDR)")
 	fs.String("user", "", "proxy user name for both listeners (env PROXY_USER)")
 	fs.String("pass", "", "proxy password (env PROXY_PASS; prefer the env var: flags show in ps)")
+	fs.String("pool-file", "", "file with the pool, one address or CIDR block per line, optional tags after it; re-read on SIGHUP; instead of --pool (env POOL_FILE)")
+	fs.String("users-file", "", "htpasswd-style users file (bcrypt, {SHA256} or {PLAIN}), with optional per-user pool, max-conns and rate; re-read on SIGHUP (env USERS_FILE)")
+	fs.String("allow-clients", "", "comma-separated CIDRs whose clients need no credentials (env ALLOW_CLIENTS)")
+	fs.String("per-ip-rate", "", "use no source address (or block) more than N times a second, e.g. 5/s (env PER_IP_RATE)")
+	fs.Int("per-ip-burst", 0, "requests one source address may take at once above --per-ip-rate (default: the rate, at least 1) (env PER_IP_BURST)")
+	fs.Duration("per-ip-wait", time.Second, "how long a request waits for a source address under --per-ip-rate before 429 / SOCKS5 0x01 (env PER_IP_WAIT)")
 	fs.String("strategy", string(pool.RoundRobin), "rotation strategy: round-robin, random, least-recent (env ROTATION_STRATEGY)")
 	fs.String("prefer-family", "ipv6", "with IPv4 and IPv6 in the pool, the family tried first for a name with both: ipv6 or ipv4 (env PREFER_FAMILY)")
 	fs.String("allow-dest", "", "comma-separated CIDRs or IPs rotor may connect to although the policy refuses them (loopback, private, link-local...) (env ALLOW_DEST)")
@@ -186,10 +215,20 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	}
 	c.AllowOpen, _ = fs.GetBool("allow-open")
 	if c.AllowDest, err = ParsePrefixes(str("allow-dest")); err != nil {
-		return Config{}, err
+		return Config{}, fmt.Errorf("--allow-dest: %w", err)
 	}
-	if c.Pool, err = ParsePool(str("pool")); err != nil {
-		return Config{}, err
+	c.PoolFile = str("pool-file")
+	switch {
+	case c.PoolFile != "" && str("pool") != "":
+		return Config{}, fmt.Errorf("--pool-file %q and --pool (or IP_POOL) are both set: use one", c.PoolFile)
+	case c.PoolFile != "":
+		if c.Pool, c.PoolTags, err = ReadPoolFile(c.PoolFile); err != nil {
+			return Config{}, err
+		}
+	default:
+		if c.Pool, err = ParsePool(str("pool")); err != nil {
+			return Config{}, err
+		}
 	}
 	if c.Strategy, err = pool.ParseStrategy(str("strategy")); err != nil {
 		return Config{}, err
@@ -237,13 +276,32 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	case user != "" && pass == "":
 		return Config{}, fmt.Errorf("user %q has no password (set PROXY_PASS or --pass)", user)
 	case user != "":
-		if len(user) > 255 || len(pass) > 255 {
-			return Config{}, fmt.Errorf("user %q: user name and password must be at most 255 bytes (SOCKS5 limit)", user)
+		if len(pass) > 255 {
+			return Config{}, fmt.Errorf("user %q: the password must be at most 255 bytes (SOCKS5 limit)", user)
 		}
-		if strings.Contains(user, ":") {
-			return Config{}, fmt.Errorf("user %q: a user name cannot contain ':' (HTTP Basic auth)", user)
+		if err := auth.ValidName(user); err != nil {
+			return Config{}, err
 		}
-		c.Credentials = NewCredentials(user, pass)
+		sc := auth.PlainUser(user, pass)
+		c.Shortcut = &sc
+	}
+	c.UsersFile = str("users-file")
+	if c.Users, err = ReadUsers(c); err != nil {
+		return Config{}, err
+	}
+	if c.AllowClients, err = ParsePrefixes(str("allow-clients")); err != nil {
+		return Config{}, fmt.Errorf("--allow-clients: %w", err)
+	}
+	if v := str("per-ip-rate"); v != "" {
+		if c.PerIPRate, err = strconv.ParseFloat(strings.TrimSuffix(v, "/s"), 64); err != nil || c.PerIPRate <= 0 {
+			return Config{}, fmt.Errorf("--per-ip-rate %q: want uses per second, e.g. 5/s", v)
+		}
+	}
+	if c.PerIPBurst, _ = fs.GetInt("per-ip-burst"); c.PerIPBurst < 0 {
+		return Config{}, fmt.Errorf("--per-ip-burst %d: must be positive", c.PerIPBurst)
+	}
+	if c.PerIPWait = dur("per-ip-wait"); c.PerIPWait < 0 {
+		return Config{}, fmt.Errorf("--per-ip-wait %s: must not be negative", c.PerIPWait)
 	}
 
 	c.HTTPListen, c.SOCKSListen = str("http-listen"), str("socks-listen")
@@ -261,9 +319,9 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 		if err != nil {
 			return Config{}, fmt.Errorf("--%s %q: %w", l.name, l.addr, err)
 		}
-		if !loopback && c.Credentials == nil && !c.AllowOpen {
+		if !loopback && len(c.Users) == 0 && len(c.AllowClients) == 0 && !c.AllowOpen {
 			return Config{}, fmt.Errorf("--%s %q is not a loopback address and no credentials are set: "+
-				"set PROXY_USER and PROXY_PASS, or pass --allow-open to run an open proxy on purpose", l.name, l.addr)
+				"set PROXY_USER and PROXY_PASS (or --users-file, or --allow-clients), or pass --allow-open to run an open proxy on purpose", l.name, l.addr)
 		}
 	}
 	if c.HealthTarget = str("health-target"); c.HealthTarget != "" {
@@ -360,6 +418,99 @@ func ParsePool(s string) ([]netip.Prefix, error) {
 	return out, nil
 }
 
+// ReadPoolFile reads a pool file: one entry (address or CIDR block) per
+// line, optionally followed by tags that users' pool= settings name:
+//
+//	203.0.113.7
+//	203.0.113.8      team-a
+//	2001:db8:1::/64  team-a team-b
+//
+// Blank lines and lines starting with # are ignored. Errors name the file
+// and line.
+func ReadPoolFile(path string) ([]netip.Prefix, map[string][]netip.Prefix, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pool file: %w", err)
+	}
+	defer f.Close()
+	var entries []netip.Prefix
+	tags := map[string][]netip.Prefix{}
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		fields := strings.Fields(line)
+		e, err := ParsePool(fields[0])
+		if err != nil {
+			return nil, nil, fmt.Errorf("pool file %s line %d: %w", path, n, err)
+		}
+		for _, prev := range entries {
+			if prev.Overlaps(e[0]) {
+				return nil, nil, fmt.Errorf("pool file %s line %d: %s overlaps %s", path, n, e[0], prev)
+			}
+		}
+		entries = append(entries, e[0])
+		for _, tag := range fields[1:] {
+			if _, err := netip.ParsePrefix(tag); err == nil || strings.Contains(tag, ",") {
+				return nil, nil, fmt.Errorf("pool file %s line %d: tag %q: want a name", path, n, tag)
+			}
+			if _, err := netip.ParseAddr(tag); err == nil {
+				return nil, nil, fmt.Errorf("pool file %s line %d: tag %q: want a name, one entry per line", path, n, tag)
+			}
+			tags[tag] = append(tags[tag], e[0])
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, nil, fmt.Errorf("pool file %s: %w", path, err)
+	}
+	if len(entries) == 0 {
+		return nil, nil, fmt.Errorf("pool file %s: no entries", path)
+	}
+	return entries, tags, nil
+}
+
+// ReadUsers is c's users: the users file's (read now) and the
+// PROXY_USER shortcut. Errors name the file and line.
+func ReadUsers(c Config) ([]auth.UserSpec, error) {
+	var users []auth.UserSpec
+	if c.UsersFile != "" {
+		f, err := os.Open(c.UsersFile)
+		if err != nil {
+			return nil, fmt.Errorf("users file: %w", err)
+		}
+		defer f.Close()
+		if users, err = auth.ParseUsers(f); err != nil {
+			return nil, fmt.Errorf("users file %s: %w", c.UsersFile, err)
+		}
+	}
+	if c.Shortcut != nil {
+		for _, u := range users {
+			if u.Name == c.Shortcut.Name {
+				return nil, fmt.Errorf("users file %s line %d: user %q is also PROXY_USER", c.UsersFile, u.Line, u.Name)
+			}
+		}
+		users = append(users, *c.Shortcut)
+	}
+	return users, nil
+}
+
+// Reload re-reads c's pool file and users file (flags and environment stay
+// as they were) and returns c with the new pool and users.
+func Reload(c Config) (Config, error) {
+	var err error
+	if c.PoolFile != "" {
+		if c.Pool, c.PoolTags, err = ReadPoolFile(c.PoolFile); err != nil {
+			return c, err
+		}
+	}
+	if c.Users, err = ReadUsers(c); err != nil {
+		return c, err
+	}
+	return c, nil
+}
+
 // ParsePrefixes parses a comma-separated list of CIDRs; a bare IP is its
 // own /32 or /128.
 func ParsePrefixes(s string) ([]netip.Prefix, error) {
@@ -374,7 +525,7 @@ func ParsePrefixes(s string) ([]netip.Prefix, error) {
 		}
 		a, err := netip.ParseAddr(f)
 		if err != nil {
-			return nil, fmt.Errorf("--allow-dest entry %q is not a CIDR or an IP address", f)
+			return nil, fmt.Errorf("entry %q is not a CIDR or an IP address", f)
 		}
 		a = a.Unmap()
 		out = append(out, netip.PrefixFrom(a, a.BitLen()))

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"github.com/rotor-proxy/rotor/auth"
 	"strings"
 	"testing"
 	"time"
@@ -29,7 +30,11 @@ func TestDefaultsAndEnv(t *testing.T) {
 	if c.Strategy != pool.RoundRobin || c.ShutdownTimeout != 10*time.Second || c.LogFormat != "json" {
 		t.Errorf("defaults: strategy %q, shutdown %s, format %q", c.Strategy, c.ShutdownTimeout, c.LogFormat)
 	}
-	if c.Credentials == nil || !c.Credentials.Check([]byte("u"), []byte("p")) {
+	users, err := auth.Build(c.Users, nil, nil)
+	if err != nil || len(c.Users) != 1 {
+		t.Fatalf("users %v: %v", c.Users, err)
+	}
+	if _, err := users.Check([]byte("u"), []byte("p")); err != nil {
 		t.Error("PROXY_USER/PROXY_PASS not applied")
 	}
 }
@@ -105,28 +110,6 @@ func TestOpenProxyNeedsConsent(t *testing.T) {
 func TestHelp(t *testing.T) {
 	if _, err := Parse([]string{"--help"}, nil); !errors.Is(err, pflag.ErrHelp) {
 		t.Fatalf("got %v, want pflag.ErrHelp", err)
-	}
-}
-
-func TestCredentials(t *testing.T) {
-	c := NewCredentials("alice", "s3cret")
-	for _, tc := range []struct {
-		u, p string
-		ok   bool
-	}{
-		{"alice", "s3cret", true},
-		{"alice", "s3cret2", false},
-		{"alice", "s3cre", false},
-		{"alice", "", false},
-		{"bob", "s3cret", false},
-		{"", "", false},
-	} {
-		if got := c.Check([]byte(tc.u), []byte(tc.p)); got != tc.ok {
-			t.Errorf("Check(%q, %q) = %v, want %v", tc.u, tc.p, got, tc.ok)
-		}
-	}
-	if s := c.String(); strings.Contains(s, "s3cret") {
-		t.Errorf("String() leaks the password: %q", s)
 	}
 }
 

@@ -3,8 +3,10 @@ package httpproxy
 import (
 	"encoding/base64"
 	"net/http"
+	"net/netip"
 	"strings"
 
+	"github.com/rotor-proxy/rotor/auth"
 	"github.com/rotor-proxy/rotor/config"
 	"github.com/rotor-proxy/rotor/pool"
 )
@@ -30,24 +32,50 @@ func parseBasic(h string) (user, pass string, ok bool) {
 // authorize checks Proxy-Authorization: Basic, whose user name may carry
 // session parameters (config.ParseUser); a client that cannot change its
 // user name may send X-Rotor-Session: KEY instead, which is removed here
-// so that it never reaches the origin. It returns the user name and the
-// session; err says why a session parameter was refused.
-func (s *Server) authorize(r *http.Request) (user string, sess pool.Session, ok bool, err error) {
+// so that it never reaches the origin. A client from an --allow-clients
+// network needs no credentials (any it sends are still checked). It
+// returns the user (nil when none), the name for the log, and the session
+// with the pool the request may leave from; err says why a session
+// parameter was refused.
+func (s *Server) authorize(r *http.Request, client netip.Addr) (usr *auth.User, name string, sess pool.Session, ok bool, err error) {
 	header := r.Header.Get("X-Rotor-Session")
 	delete(r.Header, "X-Rotor-Session")
-	name, pass, has := parseBasic(r.Header.Get("Proxy-Authorization"))
+	var st *auth.State
+	if s.opts.Access != nil {
+		st = s.opts.Access.Load()
+	}
+	basic, pass, has := parseBasic(r.Header.Get("Proxy-Authorization"))
 	if has {
-		if user, sess, err = config.ParseUser(name); err != nil {
-			return "", pool.Session{}, false, err
+		if name, sess, err = config.ParseUser(basic); err != nil {
+			return nil, "", pool.Session{}, false, err
 		}
 	}
-	if s.opts.Credentials != nil && (!has || !s.opts.Credentials.Check([]byte(user), []byte(pass))) {
-		return "", pool.Session{}, false, nil
+	switch {
+	case st == nil:
+	case has && st.Users != nil:
+		if usr, err = st.Users.Check([]byte(name), []byte(pass)); err != nil {
+			return nil, "", pool.Session{}, false, err
+		}
+	case s.opts.Access.Trusted(client):
+		name, sess = "", pool.Session{} // no credentials: no session parameters
+	case st.Users == nil && !s.opts.Access.HasAllowlist():
+		// No credentials configured at all: an open proxy (on loopback,
+		// or --allow-open).
+	default:
+		return nil, "", pool.Session{}, false, nil
 	}
 	if sess.Key == "" && header != "" {
 		if sess, err = config.ParseSessionKey(header); err != nil {
-			return "", pool.Session{}, false, err
+			return nil, "", pool.Session{}, false, err
 		}
 	}
-	return user, sess, true, nil
+	switch {
+	case usr != nil && usr.Pool != nil:
+		sess.Pool = usr.Pool
+	case st != nil && st.Pool != nil:
+		sess.Pool = st.Pool
+	default:
+		sess.Pool = s.opts.Dialer.Pool()
+	}
+	return usr, name, sess, true, nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"github.com/rotor-proxy/rotor/auth"
 	"io"
 	"net"
 	"net/http"
@@ -15,7 +16,6 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/rotor-proxy/rotor/config"
 	"github.com/rotor-proxy/rotor/metrics"
 	"github.com/rotor-proxy/rotor/pool"
 )
@@ -42,11 +42,11 @@ func BenchmarkForward(b *testing.B) {
 			var m *metrics.Metrics
 			dopts := pool.DialerOptions{Timeout: 5 * time.Second}
 			if variant == "metrics" {
-				m = metrics.New(p, "bench")
+				m = metrics.New(func() *pool.Pool { return p }, "bench")
 				dopts.OnDial = m.Dialed
 			}
 			s := New(Options{Dialer: pool.NewDialer(p, dopts),
-				Credentials: config.NewCredentials(user, pass), Log: log, Metrics: m})
+				Access: auth.Static(auth.SingleUser(user, pass)), Log: log, Metrics: m})
 			ln, _ := net.Listen("tcp", "127.0.0.1:0")
 			go func() { _ = s.Serve(ln) }()
 			defer s.Close()

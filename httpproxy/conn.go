@@ -7,6 +7,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strconv"
 	"sync"
@@ -17,11 +18,12 @@ import (
 
 // clientConn is one client connection and its buffers.
 type clientConn struct {
-	s  *Server
-	c  net.Conn
-	lr headLimit
-	br *bufio.Reader
-	bw *bufio.Writer
+	s      *Server
+	c      net.Conn
+	client netip.Addr // for --allow-clients
+	lr     headLimit
+	br     *bufio.Reader
+	bw     *bufio.Writer
 }
 
 // headLimit caps how much a request head may read from the connection.
@@ -61,6 +63,9 @@ func (s *Server) serveConn(c net.Conn) {
 		return
 	}
 	cc := &clientConn{s: s, c: c}
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		cc.client = ta.AddrPort().Addr()
+	}
 	cc.lr.r = c
 	cc.br = readers.Get().(*bufio.Reader)
 	cc.br.Reset(&cc.lr)
@@ -164,7 +169,7 @@ func (cc *clientConn) rejectHead(err error, start time.Time) {
 // handle answers one request. keep reports whether the connection may
 // carry another request; handedOff that a tunnel now owns it.
 func (cc *clientConn) handle(req *http.Request, start time.Time) (keep, handedOff bool) {
-	user, sess, ok, serr := cc.s.authorize(req)
+	usr, user, sess, ok, serr := cc.s.authorize(req, cc.client)
 	if !ok {
 		cc.s.opts.Listener.AuthFailed()
 		// Whatever a refused CONNECT pipelined is tunnel payload, never
@@ -175,11 +180,27 @@ func (cc *clientConn) handle(req *http.Request, start time.Time) (keep, handedOf
 		cc.s.logRequest(req, "", nil, http.StatusProxyAuthRequired, 0, 0, start, serr)
 		return !closeAfter, false
 	}
-	if req.Method == http.MethodConnect {
-		return cc.connect(req, user, sess, start)
+	done, why, admitted := usr.Admit()
+	if !admitted {
+		closeAfter := req.Method == http.MethodConnect || !cc.drain(req)
+		cc.writeError(http.StatusTooManyRequests, "user "+quote(user)+" is over its "+why+" limit", closeAfter,
+			[]string{"Retry-After", "1"})
+		cc.s.logRequest(req, user, nil, http.StatusTooManyRequests, 0, 0, start, &limitError{why})
+		return !closeAfter, false
 	}
-	return cc.forward(req, user, sess, start), false
+	if req.Method == http.MethodConnect {
+		return cc.connect(req, user, sess, start, done)
+	}
+	keep = cc.forward(req, user, sess, start)
+	done()
+	return keep, false
 }
+
+// limitError is a request refused by a per-user limit, named as in the
+// log field "limit" and in the limit hit counters.
+type limitError struct{ name string }
+
+func (e *limitError) Error() string { return "over the " + e.name + " limit" }
 
 // drain reads what is left of a request body that will not be forwarded,
 // up to 256 KiB, so the connection can carry the next request. It reports

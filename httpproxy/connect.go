@@ -12,9 +12,16 @@ import (
 
 // connect serves CONNECT host:port: dial first (so failures get a real
 // status), then answer 200 and hand the connection to a tunnel.
-func (cc *clientConn) connect(req *http.Request, user string, sess pool.Session, start time.Time) (keep, handedOff bool) {
+// done is called when the tunnel ends, or at once if none starts.
+func (cc *clientConn) connect(req *http.Request, user string, sess pool.Session, start time.Time, done func()) (keep, handedOff bool) {
 	s := cc.s
 	target := req.URL.Host
+	handed := false
+	defer func() {
+		if !handed {
+			done()
+		}
+	}()
 	if _, _, err := net.SplitHostPort(target); err != nil {
 		cc.writeError(http.StatusBadRequest, "CONNECT needs host:port, got "+quote(target), true, nil)
 		s.logRequest(req, user, nil, http.StatusBadRequest, 0, 0, start, err)
@@ -56,6 +63,7 @@ func (cc *clientConn) connect(req *http.Request, user string, sess pool.Session,
 	t := tunnel.Start(c, up, early, tunnel.Options{Idle: s.opts.TunnelIdleTimeout, Go: s.acc.Go, Parker: &s.parker,
 		Count: m.TunnelCount()},
 		func(st tunnel.Stats, err error) {
+			done()
 			m.TunnelClosed()
 			up.Close()
 			s.conns.Remove(c)
@@ -63,6 +71,7 @@ func (cc *clientConn) connect(req *http.Request, user string, sess pool.Session,
 			s.log(info, src, http.StatusOK, st.Up, st.Down, start, err)
 		})
 	s.conns.SetCloser(c, t.Close)
+	handed = true
 	return false, true
 }
 

@@ -51,11 +51,13 @@ func (cc *clientConn) forward(req *http.Request, user string, sess pool.Session,
 	// so does a block source, which binds a new random address each time.
 	var src *pool.Source
 	fam := pool.FamilyOf(host)
-	if fam != pool.Any || !s.opts.Dialer.Pool().Mixed() {
+	if fam != pool.Any || !sess.Pool.Mixed() {
 		var err error
-		if src, err = s.opts.Dialer.Pick(fam, sess); err != nil {
-			cc.writeError(http.StatusBadGateway, dialMessage(hostport, pool.ClassNoSource), true, nil)
-			s.logRequest(req, user, nil, http.StatusBadGateway, 0, 0, start, err)
+		if src, err = s.opts.Dialer.Pick(s.baseCtx, fam, sess); err != nil {
+			cl := pool.Classify(err)
+			status := statusFor(cl)
+			cc.writeError(status, dialMessage(hostport, cl), true, nil)
+			s.logRequest(req, user, nil, status, 0, 0, start, err)
 			return false
 		}
 	}
@@ -83,7 +85,7 @@ func (cc *clientConn) forward(req *http.Request, user string, sess pool.Session,
 	for attempt := 0; ; attempt++ {
 		reused := false
 		if attempt == 0 && reuse {
-			uc = s.upstreams[src.Index].take(key)
+			uc = s.upstreams.Get(src).take(key)
 			reused = uc != nil
 		}
 		if uc == nil {
@@ -92,7 +94,7 @@ func (cc *clientConn) forward(req *http.Request, user string, sess pool.Session,
 			if err != nil && src != nil && pool.IsLocal(err) {
 				// The source left the host: DialFrom took it out of
 				// rotation; try once from another.
-				if next, perr := s.opts.Dialer.Pick(fam, sess); perr == nil && next != src {
+				if next, perr := s.opts.Dialer.Pick(s.baseCtx, fam, sess); perr == nil && next != src {
 					src = next
 					uc, used, err = s.dialUpstream(src, sess, scheme, host, hostport, key)
 				}
@@ -134,7 +136,7 @@ func (cc *clientConn) forward(req *http.Request, user string, sess pool.Session,
 
 	down, keep, reusable, err := cc.writeResponse(req, resp, uc)
 	if reusable && reuse && !src.Block {
-		s.upstreams[src.Index].put(uc)
+		s.upstreams.Get(src).put(uc)
 	} else {
 		uc.close()
 	}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"github.com/rotor-proxy/rotor/auth"
 	"io"
 	"net"
 	"net/http"
@@ -19,7 +20,6 @@ import (
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
-	"github.com/rotor-proxy/rotor/config"
 	"github.com/rotor-proxy/rotor/internal/target"
 	"github.com/rotor-proxy/rotor/pool"
 	"github.com/rotor-proxy/rotor/tunnel"
@@ -36,7 +36,7 @@ func startProxy(t *testing.T, dialTimeout time.Duration) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := New(Options{Dialer: pool.NewDialer(p, pool.DialerOptions{Timeout: dialTimeout, Resolver: target.OfflineResolver()}), Credentials: config.NewCredentials(user, pass), Log: zerolog.Nop()})
+	s := New(Options{Dialer: pool.NewDialer(p, pool.DialerOptions{Timeout: dialTimeout, Resolver: target.OfflineResolver()}), Access: auth.Static(auth.SingleUser(user, pass)), Log: zerolog.Nop()})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -73,6 +73,9 @@ func (s *Server) log(r requestInfo, src *pool.Source, status int, up, down int64
 		if name := timeoutName(err, status); name != "" {
 			e = e.Str("timeout", name)
 		}
+		if name := limitName(err); name != "" {
+			e = e.Str("limit", name)
+		}
 	}
 	e.Msg(proto)
 }
@@ -88,10 +91,22 @@ func timeoutName(err error, status int) string {
 	return pool.TimeoutName(err)
 }
 
-// count counts the timeout behind err, if any, once per request.
+// limitName names the limit that refused a request, if one did.
+func limitName(err error) string {
+	if le, ok := errors.AsType[*limitError](err); ok {
+		return le.name
+	}
+	if pool.Classify(err) == pool.ClassRateLimited {
+		return "per-ip-rate"
+	}
+	return ""
+}
+
+// count counts the timeout or limit behind err, if any, once per request.
 func (s *Server) count(err error, status int) {
 	if err != nil {
 		s.opts.Hits.Add(timeoutName(err, status))
+		s.opts.Hits.Add(limitName(err))
 	}
 }
 
@@ -104,6 +119,8 @@ func statusFor(cl pool.Class) int {
 		return http.StatusBadRequest
 	case pool.ClassForbidden:
 		return http.StatusForbidden
+	case pool.ClassRateLimited:
+		return http.StatusTooManyRequests
 	}
 	return http.StatusBadGateway
 }
@@ -131,6 +148,8 @@ func dialMessage(target string, cl pool.Class) string {
 		why = "request canceled"
 	case pool.ClassForbidden:
 		why = "destination not allowed (loopback, private, link-local or rotor itself)"
+	case pool.ClassRateLimited:
+		why = "every source address is at its --per-ip-rate; try again later"
 	default:
 		why = "upstream error"
 	}

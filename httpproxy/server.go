@@ -24,6 +24,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/rotor-proxy/rotor/auth"
 	"github.com/rotor-proxy/rotor/config"
 	"github.com/rotor-proxy/rotor/metrics"
 	"github.com/rotor-proxy/rotor/pool"
@@ -33,8 +34,9 @@ import (
 // Options configure a Server. Dialer is required.
 type Options struct {
 	Dialer *pool.Dialer
-	// Credentials, when set, make Basic proxy auth mandatory.
-	Credentials *config.Credentials
+	// Access holds the users, their pools and the client allowlist; nil
+	// means no authentication and the Dialer's whole pool.
+	Access *auth.Live
 	// HeaderTimeout bounds reading a request head; zero means
 	// config.DefaultHeaderTimeout.
 	HeaderTimeout time.Duration
@@ -65,7 +67,7 @@ type Options struct {
 // Server is an HTTP proxy.
 type Server struct {
 	opts      Options
-	upstreams []*upstreamPool // indexed by pool.Source.Index
+	upstreams *pool.Table[upstreamPool] // idle upstream connections, per source
 	acc       tunnel.Acceptor
 	conns     tunnel.Tracker
 	parker    tunnel.Parker // idle tunnels wait here without goroutines
@@ -94,9 +96,7 @@ func New(o Options) *Server {
 	s := &Server{opts: o, baseCtx: ctx, cancel: cancel, reaper: make(chan struct{}), reaped: make(chan struct{})}
 	s.conns.Limit = o.Limiter
 	s.conns.Hits = o.Hits
-	for range o.Dialer.Pool().Sources() {
-		s.upstreams = append(s.upstreams, newUpstreamPool(o.UpstreamIdleTimeout))
-	}
+	s.upstreams = pool.NewTable(o.Dialer.Pool(), func(*pool.Source) *upstreamPool { return newUpstreamPool(o.UpstreamIdleTimeout) })
 	go s.reap()
 	return s
 }
@@ -135,8 +135,10 @@ func (s *Server) stop() {
 	}
 	<-s.reaped
 	s.parker.Close()
-	for _, u := range s.upstreams {
-		u.closeAll()
+	for _, u := range s.upstreams.All() {
+		if u != nil {
+			u.closeAll()
+		}
 	}
 }
 
@@ -150,8 +152,10 @@ func (s *Server) reap() {
 		case <-s.reaper:
 			return
 		case now := <-t.C:
-			for _, u := range s.upstreams {
-				u.closeIdle(now)
+			for _, u := range s.upstreams.All() {
+				if u != nil {
+					u.closeIdle(now)
+				}
 			}
 		}
 	}

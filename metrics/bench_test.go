@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"github.com/rotor-proxy/rotor/pool"
 	"testing"
 	"time"
 )
@@ -14,7 +15,7 @@ import (
 //	go test -run '^$' -bench . -benchmem ./metrics/
 func BenchmarkRequestMetrics(b *testing.B) {
 	p := testPool(b)
-	m := New(p, "bench")
+	m := New(func() *pool.Pool { return p }, "bench")
 	srcs := p.Sources()
 	record := func(i int) {
 		src := srcs[i&1]

@@ -11,7 +11,7 @@ import (
 
 // sourceState reports each source's rotation state when scraped, from the
 // atomics the pool already keeps: nothing on the request path.
-type sourceState struct{ p *pool.Pool }
+type sourceState struct{ current func() *pool.Pool }
 
 var (
 	upDesc = prometheus.NewDesc("rotor_source_up",
@@ -26,7 +26,7 @@ func (c *sourceState) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *sourceState) Collect(ch chan<- prometheus.Metric) {
-	for _, s := range c.p.Sources() {
+	for _, s := range c.current().Sources() {
 		up := 1.0
 		if s.Down() {
 			up = 0
@@ -68,7 +68,7 @@ var (
 	timeoutDesc = prometheus.NewDesc("rotor_listener_timeouts_total",
 		"Timeouts hit, by the flag that sets them (header-timeout, dial-timeout, idle-timeout...).", []string{"listener", "timeout"}, nil)
 	limitDesc = prometheus.NewDesc("rotor_listener_limit_hits_total",
-		"Limits hit, by the flag that sets them (max-conns, max-header-bytes).", []string{"listener", "limit"}, nil)
+		"Limits hit, by the flag or setting that sets them (max-conns, max-header-bytes, per-ip-rate, user-max-conns, user-rate).", []string{"listener", "limit"}, nil)
 )
 
 func (ls *listeners) add(l *Listener) {

@@ -57,9 +57,14 @@ func resultOf(err error) int {
 // Metrics is rotor's registry and the per-source counters behind it.
 type Metrics struct {
 	reg     *prometheus.Registry
-	sources []*Source // by pool.Source.Index
-	pool    *pool.Pool
+	sources *pool.Table[Source]
+	vecs    []deleter // per-source families, for Prune
 	lis     *listeners
+}
+
+// deleter is a metric vector whose series can be dropped by label.
+type deleter interface {
+	DeletePartialMatch(prometheus.Labels) int
 }
 
 // Source holds one source address's counters.
@@ -78,12 +83,13 @@ type Source struct {
 // to hundreds, and the dial timeout defaults to 10 s.
 var DialBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
 
-// New builds the registry for p's sources. version goes into
+// New builds the registry for the sources of the pool current() returns
+// (the dialer's, which a reload replaces). version goes into
 // rotor_build_info.
-func New(p *pool.Pool, version string) *Metrics {
+func New(current func() *pool.Pool, version string) *Metrics {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m := &Metrics{reg: reg, pool: p, lis: newListeners()}
+	m := &Metrics{reg: reg, lis: newListeners()}
 
 	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "rotor_source_requests_total",
@@ -115,9 +121,12 @@ func New(p *pool.Pool, version string) *Metrics {
 		Help: "Always 1; the version label says which rotor is running.",
 	}, []string{"version"})
 	build.WithLabelValues(version).Set(1)
-	reg.MustRegister(requests, dials, dialTime, bytes, tunnels, probes, build, &sourceState{p: p}, m.lis)
+	reg.MustRegister(requests, dials, dialTime, bytes, tunnels, probes, build, &sourceState{current: current}, m.lis)
+	m.vecs = []deleter{requests, dials, dialTime, bytes, tunnels, probes}
 
-	for _, src := range p.Sources() {
+	// Children are resolved once per source: here for the sources there
+	// are, on first use for a source a reload adds.
+	m.sources = pool.NewTable(current(), func(src *pool.Source) *Source {
 		s := &Source{
 			dialTime: dialTime.WithLabelValues(src.Label),
 			sent:     bytes.WithLabelValues(src.Label, "sent"),
@@ -131,9 +140,22 @@ func New(p *pool.Pool, version string) *Metrics {
 				s.requests[pr][r] = requests.WithLabelValues(src.Label, protoNames[pr], resultName(r))
 			}
 		}
-		m.sources = append(m.sources, s)
-	}
+		return s
+	})
 	return m
+}
+
+// Prune drops the series of sources a reload removed from the pool, so
+// that label values stay those of the pool.
+func (m *Metrics) Prune(removed []*pool.Source) {
+	if m == nil {
+		return
+	}
+	for _, src := range removed {
+		for _, v := range m.vecs {
+			v.DeletePartialMatch(prometheus.Labels{"source": src.Label})
+		}
+	}
 }
 
 // Source returns src's counters; nil when m or src is nil.
@@ -141,7 +163,7 @@ func (m *Metrics) Source(src *pool.Source) *Source {
 	if m == nil || src == nil {
 		return nil
 	}
-	return m.sources[src.Index]
+	return m.sources.Get(src)
 }
 
 // Request counts one request, tunnel or SOCKS5 connection and its result

@@ -33,7 +33,7 @@ func testPool(t testing.TB) *pool.Pool {
 // "off" switch.
 func TestHotPathDoesNotAllocate(t *testing.T) {
 	p := testPool(t)
-	m := New(p, "test")
+	m := New(func() *pool.Pool { return p }, "test")
 	src := p.Sources()[1]
 	refused := &testErr{syscall.ECONNREFUSED}
 	allocs := testing.AllocsPerRun(1000, func() {
@@ -52,7 +52,7 @@ func TestHotPathDoesNotAllocate(t *testing.T) {
 	off.Source(src).Request(SOCKS5, nil)
 	off.Dialed(src, time.Millisecond, nil)
 	off.AddListener("http", func() int { return 0 }, nil).AuthFailed()
-	if got := testutil.ToFloat64(m.sources[1].requests[Connect][1+int(pool.ClassRefused)]); got != 1001 {
+	if got := testutil.ToFloat64(m.sources.Get(p.Sources()[1]).requests[Connect][1+int(pool.ClassRefused)]); got != 1001 {
 		t.Errorf("refused connects = %v, want 1001", got)
 	}
 }
@@ -66,7 +66,7 @@ func (e *testErr) Unwrap() error { return e.err }
 // the registry is consistent (no duplicate or conflicting descriptors).
 func TestExposition(t *testing.T) {
 	p := testPool(t)
-	m := New(p, "v1.2.3")
+	m := New(func() *pool.Pool { return p }, "v1.2.3")
 	var hits tunnel.Hits
 	hits.Add("max-conns")
 	m.AddListener("http", func() int { return 3 }, &hits).AuthFailed()
@@ -99,10 +99,13 @@ func TestExposition(t *testing.T) {
 		}
 	}
 	expected := `
-# HELP rotor_listener_limit_hits_total Limits hit, by the flag that sets them (max-conns, max-header-bytes).
+# HELP rotor_listener_limit_hits_total Limits hit, by the flag or setting that sets them (max-conns, max-header-bytes, per-ip-rate, user-max-conns, user-rate).
 # TYPE rotor_listener_limit_hits_total counter
 rotor_listener_limit_hits_total{limit="max-conns",listener="http"} 1
 rotor_listener_limit_hits_total{limit="max-header-bytes",listener="http"} 0
+rotor_listener_limit_hits_total{limit="per-ip-rate",listener="http"} 0
+rotor_listener_limit_hits_total{limit="user-max-conns",listener="http"} 0
+rotor_listener_limit_hits_total{limit="user-rate",listener="http"} 0
 `
 	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(expected), "rotor_listener_limit_hits_total"); err != nil {
 		t.Error(err)
@@ -113,7 +116,7 @@ rotor_listener_limit_hits_total{limit="max-header-bytes",listener="http"} 0
 // neither drifts from the code.
 func TestDashboardAndREADMEUseRealMetrics(t *testing.T) {
 	p := testPool(t)
-	m := New(p, "test")
+	m := New(func() *pool.Pool { return p }, "test")
 	m.AddListener("http", func() int { return 0 }, nil)
 	fams, err := m.Registry().Gather()
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -25,7 +26,8 @@ var ErrBadTarget = errors.New("bad target address")
 // Dialer opens outbound TCP connections bound to a source of the pool. It
 // is safe for concurrent use; both listeners share one.
 type Dialer struct {
-	pool       *Pool
+	pool       atomic.Pointer[Pool]
+	rateWait   time.Duration
 	timeout    time.Duration
 	dnsTimeout time.Duration
 	resolver   *net.Resolver
@@ -59,12 +61,16 @@ type DialerOptions struct {
 	// Prefer is the family tried first for a host name with addresses in
 	// both, when the pool has both; Any means IPv6.
 	Prefer Family
+	// RateWait bounds how long a request waits for a source under the
+	// pool's rate limit (Pool.SetRate) before ErrRateLimited.
+	RateWait time.Duration
 }
 
 // NewDialer returns a dialer over p.
 func NewDialer(p *Pool, o DialerOptions) *Dialer {
-	d := &Dialer{pool: p, timeout: o.Timeout, dnsTimeout: o.DNSTimeout, resolver: o.Resolver, policy: o.Policy,
+	d := &Dialer{rateWait: o.RateWait, timeout: o.Timeout, dnsTimeout: o.DNSTimeout, resolver: o.Resolver, policy: o.Policy,
 		onChange: o.OnChange, onDial: o.OnDial, prefer: o.Prefer}
+	d.pool.Store(p)
 	if d.prefer == Any {
 		d.prefer = IPv6
 	}
@@ -82,8 +88,12 @@ func NewDialer(p *Pool, o DialerOptions) *Dialer {
 	return d
 }
 
-// Pool returns the pool the dialer picks from.
-func (d *Dialer) Pool() *Pool { return d.pool }
+// Pool returns the pool the dialer picks from when a request names none.
+func (d *Dialer) Pool() *Pool { return d.pool.Load() }
+
+// SetPool replaces that pool (reload); requests that picked from the old
+// one finish with it.
+func (d *Dialer) SetPool(p *Pool) { d.pool.Store(p) }
 
 // bindNoPort sets IP_BIND_ADDRESS_NO_PORT before Go binds the source
 // address. Without it bind(addr, 0) reserves an ephemeral port on that
@@ -102,17 +112,30 @@ func bindNoPort(_, _ string, c syscall.RawConn) error {
 	return serr
 }
 
-// pick returns the next source of family f, or the session's own one.
-func (d *Dialer) pick(f Family, s Session) (*Source, error) {
-	if s.Key != "" {
-		return d.pool.PickSession(f, s, time.Now())
+// pick returns the next source of family f from the session's pool (or
+// the dialer's), or the session's own source; under --per-ip-rate, one
+// with a token (see Pool.admit).
+func (d *Dialer) pick(ctx context.Context, f Family, s Session) (*Source, error) {
+	p := s.Pool
+	if p == nil {
+		p = d.Pool()
 	}
-	return d.pool.Pick(f)
+	var src *Source
+	var err error
+	if s.Key != "" {
+		src, err = p.PickSession(f, s, time.Now())
+	} else {
+		src, err = p.Pick(f)
+	}
+	if err != nil || p.rate == 0 {
+		return src, err
+	}
+	return p.admit(ctx, f, src, s.Key != "", d.rateWait)
 }
 
 // Pick is the source a request of family f and session s leaves from;
-// the zero Session rotates.
-func (d *Dialer) Pick(f Family, s Session) (*Source, error) { return d.pick(f, s) }
+// the zero Session rotates over the dialer's pool.
+func (d *Dialer) Pick(ctx context.Context, f Family, s Session) (*Source, error) { return d.pick(ctx, f, s) }
 
 // Dial connects to target ("host:port") from the next source that can
 // reach it, or the session's own one: see DialAddr and DialName. It
@@ -139,8 +162,8 @@ func (d *Dialer) local(src *Source, s Session) netip.Addr {
 // withRetry dials from a picked source; if that source cannot be bound
 // (the address left the host), it goes out of rotation at once and the
 // dial is tried once more from another source.
-func (d *Dialer) withRetry(f Family, s Session, dial func(*Source) (*net.TCPConn, error)) (*net.TCPConn, *Source, error) {
-	src, err := d.pick(f, s)
+func (d *Dialer) withRetry(ctx context.Context, f Family, s Session, dial func(*Source) (*net.TCPConn, error)) (*net.TCPConn, *Source, error) {
+	src, err := d.pick(ctx, f, s)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -151,7 +174,7 @@ func (d *Dialer) withRetry(f Family, s Session, dial func(*Source) (*net.TCPConn
 	if AddressGone(err) {
 		d.MarkDown(src, err)
 	}
-	next, perr := d.pick(f, s)
+	next, perr := d.pick(ctx, f, s)
 	if perr != nil || next == src {
 		return nil, src, err
 	}
@@ -214,7 +237,7 @@ func (d *Dialer) DialAddr(ctx context.Context, dst netip.AddrPort, s Session) (*
 	if ip.Is4() {
 		f = IPv4
 	}
-	return d.withRetry(f, s, func(src *Source) (*net.TCPConn, error) {
+	return d.withRetry(ctx, f, s, func(src *Source) (*net.TCPConn, error) {
 		return d.dialIP(ctx, src, d.local(src, s), netip.AddrPortFrom(ip, dst.Port()))
 	})
 }
@@ -229,8 +252,12 @@ func (d *Dialer) DialName(ctx context.Context, host string, port uint16, s Sessi
 	if host == "" || port == 0 {
 		return nil, nil, fmt.Errorf("%w %q port %d", ErrBadTarget, host, port)
 	}
-	if !d.pool.Mixed() {
-		return d.withRetry(Any, s, func(src *Source) (*net.TCPConn, error) {
+	p := s.Pool
+	if p == nil {
+		p = d.Pool()
+	}
+	if !p.Mixed() {
+		return d.withRetry(ctx, Any, s, func(src *Source) (*net.TCPConn, error) {
 			return d.dial(ctx, src, d.local(src, s), host, port)
 		})
 	}
@@ -264,7 +291,7 @@ func (d *Dialer) DialName(ctx context.Context, host string, port uint16, s Sessi
 	}
 	attempt := func(f Family) func(context.Context) (*net.TCPConn, *Source, error) {
 		return func(ctx context.Context) (*net.TCPConn, *Source, error) {
-			return d.withRetry(f, s, func(src *Source) (*net.TCPConn, error) {
+			return d.withRetry(ctx, f, s, func(src *Source) (*net.TCPConn, error) {
 				return d.dialAnswers(ctx, src, d.local(src, s), host, byFam[f], port)
 			})
 		}

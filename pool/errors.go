@@ -24,12 +24,13 @@ const (
 	ClassBadTarget             // malformed host:port
 	ClassNoSource              // no pool address of the target's family
 	ClassForbidden             // refused by the destination policy
+	ClassRateLimited           // every usable source at its --per-ip-rate
 )
 
 // NumClasses is the number of Class values, for tables indexed by Class.
-const NumClasses = int(ClassForbidden) + 1
+const NumClasses = int(ClassRateLimited) + 1
 
-var classNames = [...]string{"other", "refused", "net-unreachable", "host-unreachable", "dns", "timeout", "canceled", "bad-target", "no-source", "forbidden"}
+var classNames = [...]string{"other", "refused", "net-unreachable", "host-unreachable", "dns", "timeout", "canceled", "bad-target", "no-source", "forbidden", "rate-limited"}
 
 func (c Class) String() string { return classNames[c] }
 
@@ -43,6 +44,8 @@ func Classify(err error) Class {
 		return ClassOther
 	case errors.Is(err, ErrForbidden):
 		return ClassForbidden
+	case errors.Is(err, ErrRateLimited):
+		return ClassRateLimited
 	case errors.Is(err, ErrBadTarget):
 		return ClassBadTarget
 	case errors.Is(err, ErrNoSource):

@@ -78,12 +78,12 @@ func (d *Dialer) Health(ctx context.Context, o HealthOptions) {
 	if o.Rise <= 0 {
 		o.Rise = DefaultHealthRise
 	}
-	h := &health{d: d, o: o, state: make([]probeState, len(d.pool.sources))}
+	h := &health{d: d, o: o, state: map[*Source]*probeState{}}
 	// Probes connect to an operator-chosen target, which may well be on a
 	// private network: the destination policy is for clients' requests.
-	h.probe = *d
-	h.probe.policy = nil
-	h.probe.onDial = nil
+	// Probes dial from a given source, never picking: the probe dialer
+	// shares only the timeouts and resolver.
+	h.probe = NewDialer(d.Pool(), DialerOptions{Timeout: d.timeout, DNSTimeout: d.dnsTimeout, Resolver: d.resolver})
 	if strings.HasPrefix(o.Target, "http://") || strings.HasPrefix(o.Target, "https://") {
 		h.useHTTP = true
 	}
@@ -101,10 +101,13 @@ func (d *Dialer) Health(ctx context.Context, o HealthOptions) {
 
 type health struct {
 	d       *Dialer
-	probe   Dialer // d without policy or dial hook
+	probe   *Dialer // d without policy or hooks
 	o       HealthOptions
 	useHTTP bool
-	state   []probeState // by Source.Index; only the round's goroutine for that source touches it
+	// state is by source, kept across rounds for the sources of the
+	// current pool; only the round's goroutine for a source touches its
+	// entry.
+	state map[*Source]*probeState
 }
 
 type probeState struct {
@@ -116,27 +119,38 @@ type probeState struct {
 const probeParallel = 32
 
 func (h *health) round(ctx context.Context) {
+	p := h.d.Pool() // a reload may have replaced it since the last round
+	state := make(map[*Source]*probeState, len(p.sources))
+	for _, src := range p.sources {
+		st := h.state[src]
+		if st == nil {
+			st = &probeState{}
+		}
+		state[src] = st
+	}
+	h.state = state
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, probeParallel)
-	for _, src := range h.d.pool.sources {
+	for _, src := range p.sources {
 		if h.o.Target == "" && !src.Down() {
 			continue
 		}
+		st := state[src]
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			h.check(ctx, src)
+			h.check(ctx, src, st)
 		}()
 	}
 	wg.Wait()
-	if ctx.Err() == nil && h.o.OnAllDown != nil && h.allDown() {
+	if ctx.Err() == nil && h.o.OnAllDown != nil && allDown(p) {
 		h.o.OnAllDown()
 	}
 }
 
-func (h *health) allDown() bool {
-	for _, s := range h.d.pool.sources {
+func allDown(p *Pool) bool {
+	for _, s := range p.sources {
 		if !s.Down() {
 			return false
 		}
@@ -145,8 +159,7 @@ func (h *health) allDown() bool {
 }
 
 // check probes one source and applies the fall/rise thresholds.
-func (h *health) check(ctx context.Context, src *Source) {
-	st := &h.state[src.Index]
+func (h *health) check(ctx context.Context, src *Source, st *probeState) {
 	var err error
 	if h.o.Target == "" {
 		// Passive mode: only the address itself is checked.

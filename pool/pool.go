@@ -18,6 +18,8 @@ import (
 	"net/netip"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // Family restricts a pick to the sources that can reach a target.
@@ -68,7 +70,9 @@ type Source struct {
 	// Block is true for a block: connections bind a random address in it
 	// (see Local).
 	Block bool
-	Index int // position in Pool.Sources, for per-source state kept by callers
+	// Index is unique among the sources of a pool and of every pool rebuilt
+	// from it (see Rebuild): callers index per-source tables by it.
+	Index int
 	// Label names the source in metrics and logs: the pool entry as
 	// configured. Precomputed, so no request formats it.
 	Label string
@@ -81,6 +85,9 @@ type Source struct {
 	down atomic.Bool
 	// changed is when down last changed, in unix nanoseconds (0: never).
 	changed atomic.Int64
+	// limiter caps how often the source is used (--per-ip-rate); nil: no
+	// cap.
+	limiter *rate.Limiter
 	// A block's address as two big-endian halves, and the mask of its
 	// host bits (IPv4: the low 32 bits of lo).
 	baseHi, baseLo uint64
@@ -110,6 +117,10 @@ type Pool struct {
 	// round-robin order is strict across address targets and name targets.
 	byFamily [3]*picker
 	strategy Strategy
+	rate     float64 // per source per second (SetRate); 0: no cap
+	burst    int
+	// nextIndex is the Index the next new source gets (see Rebuild).
+	nextIndex int
 }
 
 // New builds a pool of single addresses; see NewPrefixes.
@@ -131,21 +142,46 @@ func Single(a netip.Addr) netip.Prefix {
 // bindable on this host, a block must be routed to it as local (see
 // checkBlock). The first entry that fails is named in the error.
 func NewPrefixes(entries []netip.Prefix, strategy Strategy) (*Pool, error) {
-	return newPool(entries, strategy, true)
+	return newPool(entries, strategy, true, nil)
 }
+
+// Rebuild is a pool of entries that keeps old's Source object for every
+// entry old already had, so that its health state, rate bucket, metrics
+// and pooled upstream connections carry over; only new entries are
+// checked. New sources get indices above any old has used, so per-source
+// tables indexed by Source.Index stay valid for both pools.
+func Rebuild(old *Pool, entries []netip.Prefix) (*Pool, error) {
+	p, err := newPool(entries, old.strategy, true, old)
+	if err != nil {
+		return nil, err
+	}
+	p.SetRate(old.rate, old.burst)
+	return p, nil
+}
+
+// MaxIndex is one more than the largest Source.Index in the pool or any
+// pool it was rebuilt from: the size per-source tables need.
+func (p *Pool) MaxIndex() int { return p.nextIndex }
 
 // NewUnchecked builds a pool without binding or route checks, for
 // measuring picks (rotorbench pick) on hosts where the entries are not
 // configured. Dials from it fail unless the entries are in fact usable.
 func NewUnchecked(entries []netip.Prefix, strategy Strategy) (*Pool, error) {
-	return newPool(entries, strategy, false)
+	return newPool(entries, strategy, false, nil)
 }
 
-func newPool(entries []netip.Prefix, strategy Strategy, check bool) (*Pool, error) {
+func newPool(entries []netip.Prefix, strategy Strategy, check bool, old *Pool) (*Pool, error) {
 	if len(entries) == 0 {
 		return nil, errors.New("pool is empty")
 	}
 	p := &Pool{strategy: strategy}
+	kept := map[netip.Prefix]*Source{}
+	if old != nil {
+		p.nextIndex = old.nextIndex
+		for _, s := range old.sources {
+			kept[s.Prefix] = s
+		}
+	}
 	var v4, v6 []*Source
 	for i, e := range entries {
 		e = netip.PrefixFrom(e.Addr().Unmap(), e.Bits()).Masked()
@@ -157,10 +193,14 @@ func newPool(entries []netip.Prefix, strategy Strategy, check bool) (*Pool, erro
 				return nil, fmt.Errorf("pool entry %s overlaps %s", e, o.Prefix)
 			}
 		}
-		s := newSource(e, i)
-		if check {
-			if err := checkSource(s); err != nil {
-				return nil, err
+		s := kept[e]
+		if s == nil {
+			s = newSource(e, p.nextIndex)
+			p.nextIndex++
+			if check {
+				if err := checkSource(s); err != nil {
+					return nil, err
+				}
 			}
 		}
 		p.sources = append(p.sources, s)
@@ -171,22 +211,28 @@ func newPool(entries []netip.Prefix, strategy Strategy, check bool) (*Pool, erro
 			v6 = append(v6, s)
 		}
 	}
-	var seq atomic.Uint64 // shared by all least-recent pickers of this pool
-	all, err := newPicker(strategy, p.sources, &seq)
-	if err != nil {
+	if _, err := ParseStrategy(string(strategy)); err != nil {
 		return nil, err
 	}
+	p.setPickers(v4, v6)
+	return p, nil
+}
+
+// setPickers builds the per-family pickers of a pool whose sources and
+// (valid) strategy are set.
+func (p *Pool) setPickers(v4, v6 []*Source) {
+	seq := new(atomic.Uint64) // shared by all least-recent pickers of this pool
+	all, _ := newPicker(p.strategy, p.sources, seq)
 	p.byFamily[Any] = all
 	p.byFamily[IPv4], p.byFamily[IPv6] = all, all
 	if len(v4) > 0 && len(v6) > 0 {
-		p.byFamily[IPv4], _ = newPicker(strategy, v4, &seq)
-		p.byFamily[IPv6], _ = newPicker(strategy, v6, &seq)
+		p.byFamily[IPv4], _ = newPicker(p.strategy, v4, seq)
+		p.byFamily[IPv6], _ = newPicker(p.strategy, v6, seq)
 	} else if len(v4) == 0 {
 		p.byFamily[IPv4] = nil
 	} else {
 		p.byFamily[IPv6] = nil
 	}
-	return p, nil
 }
 
 func newSource(e netip.Prefix, index int) *Source {
@@ -246,6 +292,27 @@ func (p *Pool) Pick(f Family) (*Source, error) {
 
 func noSource(f Family) error {
 	return fmt.Errorf("%w: target is %s, pool has none", ErrNoSource, f)
+}
+
+// Subset is a pool over some of p's sources, for a user restricted to
+// them. The sources are shared, not copied: their health state, metrics
+// and upstream connections are the same objects; the subset rotates
+// through them on its own.
+func (p *Pool) Subset(sources []*Source) (*Pool, error) {
+	if len(sources) == 0 {
+		return nil, errors.New("pool is empty")
+	}
+	q := &Pool{strategy: p.strategy, sources: sources, rate: p.rate, burst: p.burst, nextIndex: p.nextIndex}
+	var v4, v6 []*Source
+	for _, s := range sources {
+		if s.Addr.Is4() {
+			v4 = append(v4, s)
+		} else {
+			v6 = append(v6, s)
+		}
+	}
+	q.setPickers(v4, v6)
+	return q, nil
 }
 
 // Mixed reports whether the pool has sources of both families.

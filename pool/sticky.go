@@ -12,6 +12,9 @@ type Session struct {
 	// long; each key's period starts at its own offset, so sessions do not
 	// all move at once.
 	TTL time.Duration
+	// Pool, when set, is the part of the pool the request may leave from
+	// (a user's pool); nil means the dialer's whole pool.
+	Pool *Pool
 }
 
 // PickSession returns the session's source among those of family f, by

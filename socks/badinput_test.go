@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"github.com/rotor-proxy/rotor/auth"
 	"net"
 	"net/netip"
 	"os"
@@ -14,7 +15,6 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/rotor-proxy/rotor/config"
 	"github.com/rotor-proxy/rotor/pool"
 )
 
@@ -35,7 +35,7 @@ func TestBadSOCKSInput(t *testing.T) {
 	}
 	s := New(Options{Dialer: pool.NewDialer(p, pool.DialerOptions{Timeout: 5 * time.Second, Resolver: countingResolver(&queries),
 		Policy: pool.NewPolicy(nil, nil)}),
-		Credentials: config.NewCredentials(user, pass), HandshakeTimeout: 500 * time.Millisecond, Log: zerolog.Nop()})
+		Access: auth.Static(auth.SingleUser(user, pass)), HandshakeTimeout: 500 * time.Millisecond, Log: zerolog.Nop()})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/things-go/go-socks5/statute"
 
+	"github.com/rotor-proxy/rotor/auth"
 	"github.com/rotor-proxy/rotor/config"
 	"github.com/rotor-proxy/rotor/metrics"
 	"github.com/rotor-proxy/rotor/pool"
@@ -34,7 +35,10 @@ var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 512) }
 // session is what one connection's log line reports.
 type session struct {
 	user   string
-	sticky pool.Session     // from the user name's session parameters
+	usr    *auth.User       // nil when no credentials were needed
+	done   func()           // releases the user's max-conns slot
+	sticky pool.Session     // from the user name's session parameters, with the pool to use
+	limit  string           // the limit that refused the connection, if one did
 	dst    statute.AddrSpec // formatted only when logged
 	hasDst bool
 	src    *pool.Source
@@ -79,7 +83,11 @@ func (s *Server) end(c net.Conn, target net.Conn, ss *session, start time.Time) 
 	}
 	s.conns.Remove(c)
 	c.Close()
+	if ss.done != nil {
+		ss.done()
+	}
 	s.opts.Hits.Add(timeoutName(ss))
+	s.opts.Hits.Add(ss.limit)
 	s.logSession(c, ss, time.Since(start))
 }
 
@@ -118,21 +126,44 @@ func (s *Server) handshake(c net.Conn, ss *session) (*net.TCPConn, []byte, error
 	if mr.Ver != statute.VersionSocks5 {
 		return nil, nil, fmt.Errorf("greeting: SOCKS version %d, want 5", mr.Ver)
 	}
-	method := s.chooseMethod(mr.Methods)
+	var st *auth.State
+	if s.opts.Access != nil {
+		st = s.opts.Access.Load()
+	}
+	trusted := s.trusted(c)
+	method := s.chooseMethod(mr.Methods, st, trusted)
 	if _, err := c.Write([]byte{statute.VersionSocks5, method}); err != nil {
 		return nil, nil, fmt.Errorf("greeting reply: %w", err)
 	}
 	if method == statute.MethodNoAcceptable {
-		if s.opts.Credentials != nil {
+		if st != nil {
 			s.opts.Listener.AuthFailed() // no credentials offered
 		}
 		return nil, nil, fmt.Errorf("greeting: %w among %v", errNoMethod, mr.Methods)
 	}
 	if method == statute.MethodUserPassAuth {
-		if err := s.authenticate(c, br, ss); err != nil {
+		if err := s.authenticate(c, br, ss, st); err != nil {
 			return nil, nil, err
 		}
 	}
+	switch {
+	case ss.usr != nil && ss.usr.Pool != nil:
+		ss.sticky.Pool = ss.usr.Pool
+	case st != nil && st.Pool != nil:
+		ss.sticky.Pool = st.Pool
+	default:
+		ss.sticky.Pool = s.opts.Dialer.Pool()
+	}
+	done, why, admitted := ss.usr.Admit()
+	if !admitted {
+		ss.limit = why
+		// The request must be read before a reply can be sent.
+		if _, err := statute.ParseRequest(br); err != nil {
+			return nil, nil, fmt.Errorf("request: %w", err)
+		}
+		return nil, nil, s.fail(c, ss, repGeneralFailure, fmt.Errorf("user %q is over its %s limit", ss.user, why))
+	}
+	ss.done = done
 
 	req, err := statute.ParseRequest(br)
 	if err != nil {
@@ -164,6 +195,9 @@ func (s *Server) handshake(c net.Conn, ss *session) (*net.TCPConn, []byte, error
 	}
 	ss.src = src
 	s.opts.Metrics.Source(src).Request(metrics.SOCKS5, err)
+	if pool.Classify(err) == pool.ClassRateLimited {
+		ss.limit = "per-ip-rate"
+	}
 	if err != nil {
 		return nil, nil, s.fail(c, ss, replyFor(pool.Classify(err)), err)
 	}
@@ -182,16 +216,21 @@ func (s *Server) handshake(c net.Conn, ss *session) (*net.TCPConn, []byte, error
 	return target, early, nil
 }
 
-// chooseMethod applies RFC 1928 method selection. With credentials only
-// username/password is acceptable; without, no-auth is preferred and a
-// client that offers only username/password is let in with any.
-func (s *Server) chooseMethod(offered []byte) byte {
+// chooseMethod applies RFC 1928 method selection. With credentials
+// configured only username/password is acceptable, except for a client
+// from an --allow-clients network offering no-auth; without, no-auth is
+// preferred and a client that offers only username/password is let in
+// with any.
+func (s *Server) chooseMethod(offered []byte, st *auth.State, trusted bool) byte {
 	hasNoAuth := bytes.IndexByte(offered, statute.MethodNoAuth) >= 0
 	hasUserPass := bytes.IndexByte(offered, statute.MethodUserPassAuth) >= 0
+	needAuth := st != nil && (st.Users != nil || s.opts.Access.HasAllowlist())
 	switch {
-	case s.opts.Credentials != nil && hasUserPass:
+	case needAuth && trusted && hasNoAuth:
+		return statute.MethodNoAuth
+	case needAuth && hasUserPass:
 		return statute.MethodUserPassAuth
-	case s.opts.Credentials != nil:
+	case needAuth:
 		return statute.MethodNoAcceptable
 	case hasNoAuth:
 		return statute.MethodNoAuth
@@ -201,19 +240,37 @@ func (s *Server) chooseMethod(offered []byte) byte {
 	return statute.MethodNoAcceptable
 }
 
+// trusted reports whether c comes from an --allow-clients network.
+func (s *Server) trusted(c net.Conn) bool {
+	if s.opts.Access == nil {
+		return false
+	}
+	ta, ok := c.RemoteAddr().(*net.TCPAddr)
+	return ok && s.opts.Access.Trusted(ta.AddrPort().Addr())
+}
+
 var (
 	errAuthFailed = errors.New("authentication failed")
 	errNoMethod   = errors.New("no acceptable auth method")
 )
 
-func (s *Server) authenticate(c net.Conn, br *bufio.Reader, ss *session) error {
+func (s *Server) authenticate(c net.Conn, br *bufio.Reader, ss *session, st *auth.State) error {
 	up, err := statute.ParseUserPassRequest(br)
 	if err != nil {
 		return fmt.Errorf("auth: %w", err)
 	}
 	user, sticky, perr := config.ParseUser(string(up.User))
 	ss.user, ss.sticky = user, sticky
-	ok := perr == nil && (s.opts.Credentials == nil || s.opts.Credentials.Check([]byte(user), up.Pass))
+	ok := perr == nil
+	var cerr error
+	if ok && st != nil && st.Users != nil {
+		ss.usr, cerr = st.Users.Check([]byte(user), up.Pass)
+		ok = cerr == nil
+	} else if ok && st != nil && !s.trusted(c) {
+		// An allowlist and no users: only its clients get in, whatever
+		// they send.
+		ok = false
+	}
 	clear(up.Pass)
 	status := statute.AuthSuccess
 	if !ok {
@@ -298,6 +355,9 @@ func (s *Server) logSession(c net.Conn, ss *session, d time.Duration) {
 	e = e.Int64("up", ss.stats.Up).Int64("down", ss.stats.Down).Dur("dur_ms", d)
 	if name := timeoutName(ss); name != "" {
 		e = e.Str("timeout", name)
+	}
+	if ss.limit != "" {
+		e = e.Str("limit", ss.limit)
 	}
 	if ss.err != nil && !isQuietClose(ss.err) {
 		e = e.Err(ss.err)

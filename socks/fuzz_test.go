@@ -2,6 +2,7 @@ package socks
 
 import (
 	"bytes"
+	"github.com/rotor-proxy/rotor/auth"
 	"net"
 	"net/netip"
 	"testing"
@@ -9,7 +10,6 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/rotor-proxy/rotor/config"
 	"github.com/rotor-proxy/rotor/pool"
 )
 
@@ -35,14 +35,14 @@ func (c *memConn) SetWriteDeadline(time.Time) error { return nil }
 //
 //	go test -run '^$' -fuzz FuzzHandshake -fuzztime 20s ./socks/
 func FuzzHandshake(f *testing.F) {
-	auth := append([]byte{5, 1, 2}, authMsg(user, pass)...)
+	hello := append([]byte{5, 1, 2}, authMsg(user, pass)...)
 	for _, seed := range [][]byte{
 		{5, 1, 0},
-		auth,
-		append(append([]byte{}, auth...), 5, 1, 0, 1, 93, 184, 216, 34, 0, 80),
-		append(append([]byte{}, auth...), 5, 1, 0, 3, 11, 'e', 'x', 'a', 'm', 'p', 'l', 'e', '.', 'c', 'o', 'm', 1, 187),
-		append(append([]byte{}, auth...), 5, 1, 0, 4, 0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 80),
-		append(append([]byte{}, auth...), 5, 2, 0, 1, 1, 2, 3, 4, 0, 80),
+		hello,
+		append(append([]byte{}, hello...), 5, 1, 0, 1, 93, 184, 216, 34, 0, 80),
+		append(append([]byte{}, hello...), 5, 1, 0, 3, 11, 'e', 'x', 'a', 'm', 'p', 'l', 'e', '.', 'c', 'o', 'm', 1, 187),
+		append(append([]byte{}, hello...), 5, 1, 0, 4, 0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 80),
+		append(append([]byte{}, hello...), 5, 2, 0, 1, 1, 2, 3, 4, 0, 80),
 		{4, 1, 0, 80, 1, 2, 3, 4, 0},
 	} {
 		f.Add(seed)
@@ -52,7 +52,7 @@ func FuzzHandshake(f *testing.F) {
 		f.Fatal(err)
 	}
 	s := New(Options{Dialer: pool.NewDialer(p, pool.DialerOptions{Timeout: time.Second, Resolver: failingResolver(), Policy: pool.DenyAll()}),
-		Credentials: config.NewCredentials(user, pass), Log: zerolog.Nop()})
+		Access: auth.Static(auth.SingleUser(user, pass)), Log: zerolog.Nop()})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c := &memConn{in: bytes.NewReader(data)}
 		target, _, err := s.handshake(c, &session{reply: noReply})

@@ -16,6 +16,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/rotor-proxy/rotor/auth"
 	"github.com/rotor-proxy/rotor/config"
 	"github.com/rotor-proxy/rotor/metrics"
 	"github.com/rotor-proxy/rotor/pool"
@@ -25,8 +26,9 @@ import (
 // Options configure a Server. Dialer is required.
 type Options struct {
 	Dialer *pool.Dialer
-	// Credentials, when set, make RFC 1929 auth mandatory.
-	Credentials *config.Credentials
+	// Access holds the users, their pools and the client allowlist; nil
+	// means no authentication and the Dialer's whole pool.
+	Access *auth.Live
 	// HandshakeTimeout bounds greeting, auth, request and dial together.
 	// Zero means config.DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"github.com/rotor-proxy/rotor/auth"
 	"io"
 	"net"
 	"net/netip"
@@ -14,7 +15,6 @@ import (
 	"go.uber.org/goleak"
 	"golang.org/x/net/proxy"
 
-	"github.com/rotor-proxy/rotor/config"
 	"github.com/rotor-proxy/rotor/internal/target"
 	"github.com/rotor-proxy/rotor/pool"
 )
@@ -23,13 +23,13 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const user, pass = "alice", "wonderland"
 
-func startServer(t *testing.T, creds *config.Credentials, handshake time.Duration) (*Server, string) {
+func startServer(t *testing.T, creds *auth.Live, handshake time.Duration) (*Server, string) {
 	t.Helper()
 	p, err := pool.New([]netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")}, pool.RoundRobin)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := New(Options{Dialer: pool.NewDialer(p, pool.DialerOptions{Timeout: 5 * time.Second, Resolver: target.OfflineResolver()}), Credentials: creds, HandshakeTimeout: handshake, Log: zerolog.Nop()})
+	s := New(Options{Dialer: pool.NewDialer(p, pool.DialerOptions{Timeout: 5 * time.Second, Resolver: target.OfflineResolver()}), Access: creds, HandshakeTimeout: handshake, Log: zerolog.Nop()})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -83,7 +83,7 @@ func connectIPv4(ap netip.AddrPort, cmd byte) []byte {
 }
 
 func TestProtocol(t *testing.T) {
-	_, addr := startServer(t, config.NewCredentials(user, pass), 5*time.Second)
+	_, addr := startServer(t, auth.Static(auth.SingleUser(user, pass)), 5*time.Second)
 	target := peerServer(t)
 	greetAuth := append([]byte{5, 1, 2}, authMsg(user, pass)...)
 	for _, tc := range []struct {
@@ -139,7 +139,7 @@ func TestNoCredentials(t *testing.T) {
 // A client that stops mid-handshake is closed at the deadline, and other
 // clients are served meanwhile.
 func TestHandshakeDeadline(t *testing.T) {
-	s, addr := startServer(t, config.NewCredentials(user, pass), 300*time.Millisecond)
+	s, addr := startServer(t, auth.Static(auth.SingleUser(user, pass)), 300*time.Millisecond)
 	target := peerServer(t)
 	for _, partial := range [][]byte{{}, {5}, {5, 1, 2}, {5, 1, 2, 1, 5, 'a'}, append([]byte{5, 1, 2}, authMsg(user, pass)...)} {
 		c, err := net.Dial("tcp", addr)

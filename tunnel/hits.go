@@ -18,6 +18,9 @@ type Hits struct {
 	KeepAliveTimeout atomic.Int64 // idle keep-alive HTTP client closed
 	MaxHeaderBytes   atomic.Int64 // request head too large (431)
 	MaxConns         atomic.Int64 // client refused at the connection cap
+	UserMaxConns     atomic.Int64 // request over its user's max-conns (429 / 0x01)
+	UserRate         atomic.Int64 // request over its user's rate
+	PerIPRate        atomic.Int64 // no source address had a token in time
 }
 
 // Add counts a hit by its flag name; unknown names are ignored.
@@ -50,6 +53,12 @@ func (h *Hits) counter(name string) *atomic.Int64 {
 		return &h.MaxHeaderBytes
 	case "max-conns":
 		return &h.MaxConns
+	case "user-max-conns":
+		return &h.UserMaxConns
+	case "user-rate":
+		return &h.UserRate
+	case "per-ip-rate":
+		return &h.PerIPRate
 	}
 	return nil
 }
@@ -60,6 +69,7 @@ var hitNames = [...]struct{ name, kind string }{
 	{"header-timeout", "timeout"}, {"handshake-timeout", "timeout"}, {"dial-timeout", "timeout"},
 	{"dns-timeout", "timeout"}, {"response-timeout", "timeout"}, {"idle-timeout", "timeout"},
 	{"keepalive-timeout", "timeout"}, {"max-header-bytes", "limit"}, {"max-conns", "limit"},
+	{"user-max-conns", "limit"}, {"user-rate", "limit"}, {"per-ip-rate", "limit"},
 }
 
 // Each calls f for every name with its kind ("timeout" or "limit") and

@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/net/proxy"
 
+	"github.com/rotor-proxy/rotor/auth"
 	"github.com/rotor-proxy/rotor/config"
 	"github.com/rotor-proxy/rotor/internal/target"
 	"github.com/rotor-proxy/rotor/pool"
@@ -42,7 +43,7 @@ func demo(ctx context.Context, out io.Writer) error {
 		Pool: []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32"), netip.MustParsePrefix("127.0.0.3/32"),
 			netip.MustParsePrefix("127.0.0.4/32"), netip.MustParsePrefix("127.0.0.5/32")},
 		Strategy: pool.RoundRobin, HTTPListen: "127.0.0.1:0", SOCKSListen: "127.0.0.1:0",
-		Credentials: config.NewCredentials(user, pass),
+		Users: []auth.UserSpec{auth.PlainUser(user, pass)},
 		// The demo's targets are on loopback, which rotor refuses by default.
 		AllowDest:   []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
 		DialTimeout: 5 * time.Second, HandshakeTimeout: 5 * time.Second, HeaderTimeout: 5 * time.Second,
@@ -57,7 +58,7 @@ func demo(ctx context.Context, out io.Writer) error {
 		_ = in.shutdown(sctx)
 	}()
 
-	fmt.Fprintf(out, "rotor demo: pool %s, strategy %s, user %q\n", strings.Join(addrStrings(in), ", "), cfg.Strategy, user)
+	fmt.Fprintf(out, "rotor demo: pool %s, strategy %s, user %q\n", strings.Join(labels(in.dialer.Pool()), ", "), cfg.Strategy, user)
 	fmt.Fprintf(out, "  HTTP proxy   %s\n  SOCKS5 proxy %s\n  target       %s (HTTP) and %s (raw TCP), both report the peer address\n\n",
 		in.httpAddr, in.socksAddr, httpTarget.Addr, tcpTarget.Addr)
 	fmt.Fprintf(out, "%-38s %s\n", "request", "target saw")
@@ -88,7 +89,7 @@ func demo(ctx context.Context, out io.Writer) error {
 		}
 	}
 	fmt.Fprintln(out)
-	for _, a := range addrStrings(in) {
+	for _, a := range labels(in.dialer.Pool()) {
 		fmt.Fprintf(out, "%-10s used %d times\n", a, seen[a])
 		if seen[a] != 5 {
 			return errors.New("addresses were not used in turn: rotation is broken")

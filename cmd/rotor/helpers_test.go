@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"github.com/rotor-proxy/rotor/auth"
 	"net"
 	"net/netip"
 	"os"
@@ -103,7 +104,7 @@ func startRotorResolver(t *testing.T, res *net.Resolver, mutate ...func(*config.
 	t.Helper()
 	cfg := config.Config{
 		Strategy: pool.RoundRobin, HTTPListen: "127.0.0.1:0", SOCKSListen: "127.0.0.1:0",
-		Credentials: config.NewCredentials(testUser, testPass),
+		Users:       []auth.UserSpec{auth.PlainUser(testUser, testPass)},
 		DialTimeout: 5 * time.Second, HandshakeTimeout: 5 * time.Second, HeaderTimeout: 5 * time.Second,
 		// The test targets live on loopback, which the policy refuses.
 		AllowDest: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},

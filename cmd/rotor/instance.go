@@ -13,6 +13,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/rotor-proxy/rotor/auth"
 	"github.com/rotor-proxy/rotor/config"
 	"github.com/rotor-proxy/rotor/httpproxy"
 	"github.com/rotor-proxy/rotor/metrics"
@@ -27,7 +28,11 @@ var errConfig = errors.New("configuration error")
 // instance is one running rotor: a pool, its dialer and the listeners
 // that share them.
 type instance struct {
-	pool       *pool.Pool
+	cfg        config.Config // as last loaded (reload replaces its pool and users)
+	dialer     *pool.Dialer
+	access     *auth.Live // users and pool, swapped whole by reload
+	reloadMu   sync.Mutex
+	log        zerolog.Logger
 	http       *httpproxy.Server
 	socks      *socks.Server
 	httpAddr   net.Addr // nil when disabled
@@ -66,9 +71,13 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errConfig, err)
 	}
-	in := &instance{pool: p, serveErr: make(chan error, 3)}
+	p.SetRate(cfg.PerIPRate, cfg.PerIPBurst)
+	st, err := buildState(cfg, p)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errConfig, err)
+	}
+	in := &instance{cfg: cfg, log: log, access: auth.NewLive(st, cfg.AllowClients), serveErr: make(chan error, 3)}
 	if cfg.MetricsListen != "" {
-		in.metrics = metrics.New(p, version)
 		if in.metricsLn, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
 			return nil, fmt.Errorf("metrics listener: %w", err)
 		}
@@ -105,7 +114,7 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 			self = append(self, l.Addr().(*net.TCPAddr).AddrPort())
 		}
 	}
-	dopts := pool.DialerOptions{Prefer: cfg.Prefer, Timeout: cfg.DialTimeout, DNSTimeout: cfg.DNSTimeout, Resolver: resolver,
+	dopts := pool.DialerOptions{Prefer: cfg.Prefer, RateWait: cfg.PerIPWait, Timeout: cfg.DialTimeout, DNSTimeout: cfg.DNSTimeout, Resolver: resolver,
 		Policy: pool.NewPolicy(cfg.AllowDest, self),
 		OnChange: func(src *pool.Source, up bool, err error) {
 			if up {
@@ -114,17 +123,21 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 			}
 			log.Warn().Str("src", src.Label).Err(err).Msg("source address out of rotation")
 		}}
-	if in.metrics != nil {
-		dopts.OnDial = in.metrics.Dialed
+	if in.metricsLn != nil {
+		dopts.OnDial = func(src *pool.Source, took time.Duration, err error) { in.metrics.Dialed(src, took, err) }
 	}
 	d := pool.NewDialer(p, dopts)
+	in.dialer = d
+	if in.metricsLn != nil {
+		in.metrics = metrics.New(d.Pool, version)
+	}
 	limit := tunnel.NewLimiter(cfg.MaxConns, log)
 	if hl != nil {
 		hl = &onceCloseListener{Listener: hl}
 		in.listeners = append(in.listeners, hl)
 		in.httpAddr = hl.Addr()
 		in.http = httpproxy.New(httpproxy.Options{
-			Dialer: d, Credentials: cfg.Credentials, HeaderTimeout: cfg.HeaderTimeout, TunnelIdleTimeout: cfg.IdleTimeout,
+			Dialer: d, Access: in.access, HeaderTimeout: cfg.HeaderTimeout, TunnelIdleTimeout: cfg.IdleTimeout,
 			IdleTimeout: cfg.KeepAliveTimeout, Limiter: limit, MaxHeaderBytes: cfg.MaxHeaderBytes, Hits: &in.httpHits,
 			Log: log.With().Str("listener", "http").Logger(), Metrics: in.metrics,
 			Listener: in.metrics.AddListener("http", func() int { return in.http.Active() }, &in.httpHits),
@@ -136,7 +149,7 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 		in.listeners = append(in.listeners, sl)
 		in.socksAddr = sl.Addr()
 		in.socks = socks.New(socks.Options{
-			Dialer: d, Credentials: cfg.Credentials, HandshakeTimeout: cfg.HandshakeTimeout, IdleTimeout: cfg.IdleTimeout,
+			Dialer: d, Access: in.access, HandshakeTimeout: cfg.HandshakeTimeout, IdleTimeout: cfg.IdleTimeout,
 			Limiter: limit, Hits: &in.socksHits,
 			Log: log.With().Str("listener", "socks5").Logger(), Metrics: in.metrics,
 			Listener: in.metrics.AddListener("socks5", func() int { return in.socks.Active() }, &in.socksHits),
@@ -148,7 +161,7 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 	in.stopHealth = cancel
 	hopts := pool.HealthOptions{Target: cfg.HealthTarget, Interval: cfg.HealthInterval, Fall: cfg.HealthFall, Rise: cfg.HealthRise,
 		OnAllDown: func() {
-			log.Error().Int("sources", len(p.Sources())).
+			log.Error().Int("sources", len(d.Pool().Sources())).
 				Msg("every source address is down; still rotating through all of them")
 		}}
 	if in.metrics != nil {
@@ -169,12 +182,76 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 	return in, nil
 }
 
+// buildState resolves cfg's users against p.
+func buildState(cfg config.Config, p *pool.Pool) (*auth.State, error) {
+	st := &auth.State{Pool: p}
+	if len(cfg.Users) > 0 {
+		users, err := auth.Build(cfg.Users, p, cfg.PoolTags)
+		if err != nil {
+			return nil, fmt.Errorf("users file %s: %w", cfg.UsersFile, err)
+		}
+		st.Users = users
+	}
+	return st, nil
+}
+
+// reload re-reads the pool file and the users file (flags and environment
+// stay) and, once everything is built and checked, publishes the new pool
+// and users in one atomic swap. On any error the old configuration stays
+// and the error, naming the file and line, is returned. Requests and
+// tunnels already running keep what they started with.
+func (in *instance) reload() error {
+	in.reloadMu.Lock()
+	defer in.reloadMu.Unlock()
+	cfg, err := config.Reload(in.cfg)
+	if err != nil {
+		return err
+	}
+	old := in.dialer.Pool()
+	p, err := pool.Rebuild(old, cfg.Pool)
+	if err != nil {
+		return err
+	}
+	st, err := buildState(cfg, p)
+	if err != nil {
+		return err
+	}
+	in.dialer.SetPool(p) // health checks and picks that name no pool
+	in.access.Store(st)  // what every new request and connection loads
+	in.cfg = cfg
+	kept := map[*pool.Source]bool{}
+	for _, s := range p.Sources() {
+		kept[s] = true
+	}
+	var removed []*pool.Source
+	for _, s := range old.Sources() {
+		if !kept[s] {
+			removed = append(removed, s)
+		}
+	}
+	in.metrics.Prune(removed)
+	users := 0
+	if st.Users != nil {
+		users = st.Users.Len()
+	}
+	in.log.Info().Strs("pool", labels(p)).Int("removed", len(removed)).Int("users", users).Msg("configuration reloaded")
+	return nil
+}
+
+func labels(p *pool.Pool) []string {
+	var s []string
+	for _, src := range p.Sources() {
+		s = append(s, src.Label)
+	}
+	return s
+}
+
 // ready is /readyz: serving, and at least one source in rotation.
 func (in *instance) ready() error {
 	if in.draining.Load() {
 		return errors.New("shutting down")
 	}
-	for _, s := range in.pool.Sources() {
+	for _, s := range in.dialer.Pool().Sources() {
 		if !s.Down() {
 			return nil
 		}

@@ -86,8 +86,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	if in.metricsLn != nil {
 		log.Info().Stringer("addr", in.metricsLn.Addr()).Msg("serving /metrics, /healthz and /readyz")
 	}
-	ev := log.Info().Str("version", version).Strs("pool", addrStrings(in)).Str("strategy", string(cfg.Strategy)).
-		Bool("auth", cfg.Credentials != nil).Int64("max_conns", cfg.MaxConns).
+	ev := log.Info().Str("version", version).Strs("pool", labels(in.dialer.Pool())).Str("strategy", string(cfg.Strategy)).
+		Int("users", len(cfg.Users)).Int("allow_clients", len(cfg.AllowClients)).Int64("max_conns", cfg.MaxConns).
 		Str("health_target", cfg.HealthTarget).Stringer("health_interval", cfg.HealthInterval)
 	if in.httpAddr != nil {
 		ev = ev.Stringer("http", in.httpAddr)
@@ -97,12 +97,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	}
 	ev.Msg("rotor started")
 
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	code := 0
-	select {
-	case <-ctx.Done():
-	case err := <-in.serveErr:
-		log.Error().Err(err).Msg("listener failed")
-		code = 1
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			break wait
+		case <-hup:
+			if err := in.reload(); err != nil {
+				log.Error().Err(err).Msg("reload failed; the previous configuration stays")
+			}
+		case err := <-in.serveErr:
+			log.Error().Err(err).Msg("listener failed")
+			code = 1
+			break wait
+		}
 	}
 	in.stopAccepting()
 	log.Info().Stringer("timeout", cfg.ShutdownTimeout).Msg("shutting down: listeners closed, draining")
@@ -113,14 +125,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	}
 	log.Info().Msg("rotor stopped")
 	return code
-}
-
-func addrStrings(in *instance) []string {
-	var s []string
-	for _, src := range in.pool.Sources() {
-		s = append(s, src.Label)
-	}
-	return s
 }
 
 func newLogger(cfg config.Config, w io.Writer) zerolog.Logger {

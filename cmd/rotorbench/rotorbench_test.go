@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"github.com/rotor-proxy/rotor/auth"
 	"net"
 	"net/netip"
 	"os"
@@ -11,7 +12,6 @@ import (
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
-	"github.com/rotor-proxy/rotor/config"
 	"github.com/rotor-proxy/rotor/httpproxy"
 	"github.com/rotor-proxy/rotor/internal/target"
 	"github.com/rotor-proxy/rotor/pool"
@@ -64,9 +64,9 @@ func inProcessRotor(t *testing.T) (httpAddr, socksAddr string) {
 		t.Fatal(err)
 	}
 	d := pool.NewDialer(p, pool.DialerOptions{Timeout: 5 * time.Second, Resolver: target.OfflineResolver()})
-	creds := config.NewCredentials(benchUser, benchPass)
-	hs := httpproxy.New(httpproxy.Options{Dialer: d, Credentials: creds, Log: zerolog.Nop()})
-	ss := socks.New(socks.Options{Dialer: d, Credentials: creds, Log: zerolog.Nop()})
+	creds := auth.Static(auth.SingleUser(benchUser, benchPass))
+	hs := httpproxy.New(httpproxy.Options{Dialer: d, Access: creds, Log: zerolog.Nop()})
+	ss := socks.New(socks.Options{Dialer: d, Access: creds, Log: zerolog.Nop()})
 	hl, _ := net.Listen("tcp", "127.0.0.1:0")
 	sl, _ := net.Listen("tcp", "127.0.0.1:0")
 	done := make(chan struct{}, 2)

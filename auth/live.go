@@ -1,0 +1,67 @@
+package auth
+
+import (
+	"net/netip"
+	"sync/atomic"
+
+	"github.com/rotor-proxy/rotor/pool"
+)
+
+// State is one consistent configuration: the pool and the users whose
+// pools are parts of it. It is never changed once published.
+type State struct {
+	Pool *pool.Pool
+	// Users is nil when no credentials are configured: everyone may use
+	// the whole pool (rotor then listens on loopback only, unless told).
+	Users *Users
+}
+
+// Live holds the current State and the client allowlist (fixed at
+// start-up). Load is one atomic load; Store replaces everything at once.
+type Live struct {
+	state   atomic.Pointer[State]
+	clients []netip.Prefix
+}
+
+// NewLive publishes s. clients are networks whose clients need no
+// credentials.
+func NewLive(s *State, clients []netip.Prefix) *Live {
+	l := &Live{clients: clients}
+	l.state.Store(s)
+	return l
+}
+
+// Load returns the current state.
+func (l *Live) Load() *State { return l.state.Load() }
+
+// Store replaces the state; requests that loaded the old one finish with
+// it.
+func (l *Live) Store(s *State) { l.state.Store(s) }
+
+// Trusted reports whether a client at addr needs no credentials
+// (--allow-clients).
+func (l *Live) Trusted(addr netip.Addr) bool {
+	addr = addr.Unmap()
+	for _, p := range l.clients {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// HasAllowlist reports whether --allow-clients was given.
+func (l *Live) HasAllowlist() bool { return len(l.clients) > 0 }
+
+// Open reports whether no credentials are configured at all.
+func (s *State) Open() bool { return s.Users == nil }
+
+// Static is a Live that never changes: users (nil for none) over the
+// pool of whoever dials, without an allowlist. For tests and embedding.
+func Static(users *Users) *Live { return NewLive(&State{Users: users}, nil) }
+
+// SingleUser is a Users of one user with no limits.
+func SingleUser(name, pass string) *Users {
+	u, _ := Build([]UserSpec{PlainUser(name, pass)}, nil, nil)
+	return u
+}

@@ -1,0 +1,354 @@
+// Package auth decides who may use rotor and from which addresses: the
+// users (from a users file and/or PROXY_USER), their pools and limits,
+// the client networks that need no credentials, and the live snapshot of
+// all that (with the pool) that SIGHUP replaces in one atomic swap.
+//
+//	users file ─ParseUsers─▶ []UserSpec ─Build(pool, tags)─▶ *Users ─┐
+//	pool file / --pool ─▶ *pool.Pool ──────────────────────────────────┴─▶ State ─▶ Live (atomic)
+//
+// Listeners load the State once per request or connection; a reload never
+// touches a request or tunnel already running.
+package auth
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync/atomic"
+
+	"golang.org/x/crypto/bcrypt"
+	"golang.org/x/time/rate"
+
+	"github.com/rotor-proxy/rotor/pool"
+)
+
+// secretKind is how a user's password is stored.
+type secretKind uint8
+
+const (
+	secretSHA256 secretKind = iota // {SHA256}: digest; PROXY_PASS and {PLAIN} are kept as digests too
+	secretBcrypt                   // $2a$, $2b$, $2y$
+)
+
+// UserSpec is one user as written: its secret and settings, before its
+// pool is resolved against a pool.
+type UserSpec struct {
+	Line     int // in the users file; 0 for PROXY_USER
+	Name     string
+	kind     secretKind
+	secret   []byte   // bcrypt hash, or SHA-256 digest
+	PoolRefs []string // pool entries or pool-file tags; empty: the whole pool
+	MaxConns int64    // concurrent requests and tunnels; 0: no cap
+	Rate     float64  // requests and connections per second; 0: no cap
+	Burst    int
+}
+
+// String never shows the secret: a spec may end up in a log field.
+func (s UserSpec) String() string { return "user " + strconv.Quote(s.Name) }
+
+// PlainUser is the PROXY_USER/PROXY_PASS shortcut: one user, no limits.
+func PlainUser(name, pass string) UserSpec {
+	d := sha256.Sum256([]byte(pass))
+	return UserSpec{Name: name, kind: secretSHA256, secret: d[:]}
+}
+
+// ParseUsers reads a users file: one user per line, htpasswd-compatible
+//
+//	name:$2y$10$...                 bcrypt (htpasswd -B, rotor passwd)
+//	name:{SHA256}BASE64-OR-HEX      SHA-256 of the password
+//	name:{PLAIN}password            plain text, only with this prefix
+//
+// optionally followed, after white space, by settings:
+//
+//	pool=TAG|ENTRY[,...]   addresses the user's requests may leave from:
+//	                       pool entries (203.0.113.7, 2001:db8:1::/64) or
+//	                       tags from the pool file; default the whole pool
+//	max-conns=N            concurrent requests and tunnels
+//	rate=N[/s]             requests and connections per second (burst=N)
+//
+// Blank lines and lines starting with # are ignored. Errors name the line.
+func ParseUsers(r io.Reader) ([]UserSpec, error) {
+	var out []UserSpec
+	seen := map[string]int{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 4096), 64<<10)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		s, err := parseUserLine(line)
+		if err != nil {
+			return nil, fmt.Errorf("line %d: %w", n, err)
+		}
+		s.Line = n
+		if prev, ok := seen[s.Name]; ok {
+			return nil, fmt.Errorf("line %d: user %q already defined on line %d", n, s.Name, prev)
+		}
+		seen[s.Name] = n
+		out = append(out, s)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no users")
+	}
+	return out, nil
+}
+
+func parseUserLine(line string) (UserSpec, error) {
+	fields := strings.Fields(line)
+	name, secret, ok := strings.Cut(fields[0], ":")
+	var s UserSpec
+	if !ok || name == "" {
+		return s, errors.New("want name:secret")
+	}
+	if err := ValidName(name); err != nil {
+		return s, err
+	}
+	s.Name = name
+	switch {
+	case strings.HasPrefix(secret, "$2a$") || strings.HasPrefix(secret, "$2b$") || strings.HasPrefix(secret, "$2y$"):
+		if _, err := bcrypt.Cost([]byte(secret)); err != nil {
+			return s, fmt.Errorf("user %q: bad bcrypt hash: %w", name, err)
+		}
+		s.kind, s.secret = secretBcrypt, []byte(secret)
+	case strings.HasPrefix(secret, "{SHA256}"):
+		v := secret[len("{SHA256}"):]
+		d, err := base64.StdEncoding.DecodeString(v)
+		if err != nil || len(d) != sha256.Size {
+			if d, err = hex.DecodeString(v); err != nil || len(d) != sha256.Size {
+				return s, fmt.Errorf("user %q: {SHA256} wants the base64 or hex of a 32-byte digest", name)
+			}
+		}
+		s.kind, s.secret = secretSHA256, d
+	case strings.HasPrefix(secret, "{PLAIN}"):
+		p := secret[len("{PLAIN}"):]
+		if p == "" {
+			return s, fmt.Errorf("user %q: empty password", name)
+		}
+		d := sha256.Sum256([]byte(p))
+		s.kind, s.secret = secretSHA256, d[:]
+	case strings.HasPrefix(secret, "{SHA}") || strings.HasPrefix(secret, "$apr1$") || strings.HasPrefix(secret, "$1$"):
+		return s, fmt.Errorf("user %q: SHA-1 and MD5 hashes are not accepted: use bcrypt (rotor passwd %s)", name, name)
+	default:
+		return s, fmt.Errorf("user %q: unknown password format (want $2y$ bcrypt, {SHA256} or {PLAIN})", name)
+	}
+	for _, f := range fields[1:] {
+		k, v, ok := strings.Cut(f, "=")
+		if !ok || v == "" {
+			return s, fmt.Errorf("user %q: setting %q: want key=value", name, f)
+		}
+		switch k {
+		case "pool":
+			for _, ref := range strings.Split(v, ",") {
+				if ref = strings.TrimSpace(ref); ref != "" {
+					s.PoolRefs = append(s.PoolRefs, ref)
+				}
+			}
+		case "max-conns":
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < 1 {
+				return s, fmt.Errorf("user %q: max-conns %q: want a positive integer", name, v)
+			}
+			s.MaxConns = n
+		case "rate":
+			r, err := strconv.ParseFloat(strings.TrimSuffix(v, "/s"), 64)
+			if err != nil || r <= 0 {
+				return s, fmt.Errorf("user %q: rate %q: want requests per second, e.g. 20/s", name, v)
+			}
+			s.Rate = r
+		case "burst":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				return s, fmt.Errorf("user %q: burst %q: want a positive integer", name, v)
+			}
+			s.Burst = n
+		default:
+			return s, fmt.Errorf("user %q: unknown setting %q (want pool, max-conns, rate or burst)", name, k)
+		}
+	}
+	if s.Burst > 0 && s.Rate == 0 {
+		return s, fmt.Errorf("user %q: burst without rate", name)
+	}
+	return s, nil
+}
+
+// ValidName checks a user name: what SOCKS5 and HTTP Basic can carry.
+func ValidName(name string) error {
+	switch {
+	case name == "" || len(name) > 255:
+		return fmt.Errorf("user %q: a user name must be 1-255 bytes (SOCKS5 limit)", name)
+	case strings.ContainsAny(name, ": \t"):
+		return fmt.Errorf("user %q: a user name cannot contain ':' or white space", name)
+	case strings.Contains(name, "-session-"):
+		return fmt.Errorf("user %q: '-session-' starts session parameters and cannot be part of a user name", name)
+	}
+	return nil
+}
+
+// User is a configured user with its pool and limits resolved.
+type User struct {
+	Name     string
+	kind     secretKind
+	secret   []byte
+	Pool     *pool.Pool // nil: the whole pool
+	maxConns int64
+	conns    atomic.Int64
+	limiter  *rate.Limiter
+}
+
+// Users is an immutable set of users and a cache of verified bcrypt
+// credentials, which a reload drops with the set.
+type Users struct {
+	byName map[string]*User
+	cache  *verified
+}
+
+// Build resolves each spec's pool against p: a reference is a tag of the
+// pool file (tags) or an entry of p. The error names the users file line.
+func Build(specs []UserSpec, p *pool.Pool, tags map[string][]netip.Prefix) (*Users, error) {
+	u := &Users{byName: make(map[string]*User, len(specs)), cache: newVerified(verifiedMax)}
+	for _, s := range specs {
+		if _, dup := u.byName[s.Name]; dup {
+			return nil, fmt.Errorf("%s is defined twice (users file and PROXY_USER?)", s)
+		}
+		usr := &User{Name: s.Name, kind: s.kind, secret: s.secret, maxConns: s.MaxConns}
+		if s.Rate > 0 {
+			burst := s.Burst
+			if burst == 0 {
+				burst = max(1, int(s.Rate))
+			}
+			usr.limiter = rate.NewLimiter(rate.Limit(s.Rate), burst)
+		}
+		if len(s.PoolRefs) > 0 {
+			sub, err := subPool(p, s.PoolRefs, tags)
+			if err != nil {
+				if s.Line > 0 {
+					return nil, fmt.Errorf("line %d: %s: %w", s.Line, s, err)
+				}
+				return nil, fmt.Errorf("%s: %w", s, err)
+			}
+			usr.Pool = sub
+		}
+		u.byName[s.Name] = usr
+	}
+	return u, nil
+}
+
+// subPool is the part of p that refs name.
+func subPool(p *pool.Pool, refs []string, tags map[string][]netip.Prefix) (*pool.Pool, error) {
+	byPrefix := map[netip.Prefix]*pool.Source{}
+	for _, s := range p.Sources() {
+		byPrefix[s.Prefix] = s
+	}
+	var picked []*pool.Source
+	have := map[*pool.Source]bool{}
+	add := func(pr netip.Prefix, ref string) error {
+		s := byPrefix[pr]
+		if s == nil {
+			return fmt.Errorf("pool %q: %s is not an entry of the pool", ref, pr)
+		}
+		if !have[s] {
+			have[s] = true
+			picked = append(picked, s)
+		}
+		return nil
+	}
+	for _, ref := range refs {
+		if entries, ok := tags[ref]; ok {
+			for _, e := range entries {
+				if err := add(e, ref); err != nil {
+					return nil, err
+				}
+			}
+			continue
+		}
+		pr, err := netip.ParsePrefix(ref)
+		if err != nil {
+			a, aerr := netip.ParseAddr(ref)
+			if aerr != nil {
+				return nil, fmt.Errorf("pool %q is neither a tag of the pool file nor an address or block", ref)
+			}
+			pr = pool.Single(a)
+		}
+		if err := add(pr, ref); err != nil {
+			return nil, err
+		}
+	}
+	return p.Subset(picked)
+}
+
+// Len is the number of users.
+func (u *Users) Len() int { return len(u.byName) }
+
+// errBadCredentials is every failed check: which part was wrong is not
+// told to the client, nor logged with the password.
+var errBadCredentials = errors.New("wrong user name or password")
+
+// Check verifies name and pass. A bcrypt user's verified credentials are
+// cached (by a hash of both), so a keep-alive client or a new tunnel does
+// not pay bcrypt each time; a failure is never cached. The comparison of
+// a SHA-256 secret runs in constant time; an unknown name costs the same
+// as a wrong password for a SHA-256 user.
+func (u *Users) Check(name, pass []byte) (*User, error) {
+	usr := u.byName[string(name)]
+	if usr == nil {
+		d := sha256.Sum256(pass)
+		subtle.ConstantTimeCompare(d[:], dummyDigest[:])
+		return nil, errBadCredentials
+	}
+	switch usr.kind {
+	case secretBcrypt:
+		key := credentialKey(name, pass)
+		if u.cache.has(key, usr) {
+			return usr, nil
+		}
+		if err := bcryptCompare(usr.secret, pass); err != nil {
+			return nil, errBadCredentials
+		}
+		u.cache.add(key, usr)
+		return usr, nil
+	default:
+		d := sha256.Sum256(pass)
+		if subtle.ConstantTimeCompare(d[:], usr.secret) != 1 {
+			return nil, errBadCredentials
+		}
+		return usr, nil
+	}
+}
+
+var dummyDigest = sha256.Sum256([]byte("rotor: no such user"))
+
+// Admit applies the user's limits to one request or connection: ok false
+// means refuse it (429 / SOCKS5 0x01), with which limit in why. When ok,
+// done must be called when the request or tunnel ends.
+func (usr *User) Admit() (done func(), why string, ok bool) {
+	if usr == nil {
+		return noop, "", true
+	}
+	if usr.limiter != nil && !usr.limiter.Allow() {
+		return nil, "user-rate", false
+	}
+	if usr.maxConns > 0 {
+		if usr.conns.Add(1) > usr.maxConns {
+			usr.conns.Add(-1)
+			return nil, "user-max-conns", false
+		}
+		return usr.release, "", true
+	}
+	return noop, "", true
+}
+
+func (usr *User) release() { usr.conns.Add(-1) }
+
+func noop() {}

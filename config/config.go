@@ -124,6 +124,12 @@ func envNames() map[string]string {
 		"strategy":      "ROTATION_STRATEGY",
 		"prefer-family": "PREFER_FAMILY",
 		"allow-dest":    "ALLOW_DEST",
+		"users-file":    "USERS_FILE",
+		"pool-file":     "POOL_FILE",
+		"allow-clients": "ALLOW_CLIENTS",
+		"per-ip-rate":   "PER_IP_RATE",
+		"per-ip-burst":  "PER_IP_BURST",
+		"per-ip-wait":   "PER_IP_WAIT",
 
 		"dial-timeout":      "DIAL_TIMEOUT",
 		"dns-timeout":       "DNS_TIMEOUT",

@@ -3,6 +3,8 @@ package config
 import (
 	"errors"
 	"github.com/rotor-proxy/rotor/auth"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -194,5 +196,58 @@ func TestParsePoolBlocks(t *testing.T) {
 	}
 	if _, err := Parse([]string{"--pool", "127.0.0.2"}, env(map[string]string{"PREFER_FAMILY": "ipv5"})); err == nil || !strings.Contains(err.Error(), "ipv5") {
 		t.Errorf("PREFER_FAMILY=ipv5: %v", err)
+	}
+}
+
+func TestFilesAndLimits(t *testing.T) {
+	dir := t.TempDir()
+	pf, uf := filepath.Join(dir, "pool"), filepath.Join(dir, "users")
+	os.WriteFile(pf, []byte("# pool\n127.0.0.2 team-a\n127.0.0.3   team-a team-b\n\n2001:db8:1::/64 team-b\n"), 0o600)
+	os.WriteFile(uf, []byte("alice:{PLAIN}x pool=team-a\n"), 0o600)
+	c, err := Parse([]string{"--pool-file", pf, "--users-file", uf, "--per-ip-rate", "5/s", "--allow-clients", "10.0.0.0/8"},
+		env(map[string]string{"PROXY_USER": "bob", "PROXY_PASS": "y", "PER_IP_BURST": "3"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Pool) != 3 || len(c.PoolTags["team-a"]) != 2 || len(c.PoolTags["team-b"]) != 2 || c.PoolTags["team-b"][1].String() != "2001:db8:1::/64" {
+		t.Errorf("pool %v tags %v", c.Pool, c.PoolTags)
+	}
+	if len(c.Users) != 2 || c.Users[0].Name != "alice" || c.Users[1].Name != "bob" {
+		t.Errorf("users %v", c.Users)
+	}
+	if c.PerIPRate != 5 || c.PerIPBurst != 3 || c.PerIPWait != time.Second || len(c.AllowClients) != 1 {
+		t.Errorf("limits %v %v %v %v", c.PerIPRate, c.PerIPBurst, c.PerIPWait, c.AllowClients)
+	}
+	// An allowlist alone is access control enough for a public listener.
+	if _, err := Parse([]string{"--pool", "127.0.0.2", "--http-listen", "0.0.0.0:7777", "--allow-clients", "10.0.0.0/8"}, nil); err != nil {
+		t.Errorf("public listener with --allow-clients: %v", err)
+	}
+
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(content), 0o600)
+		return p
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--pool-file", pf, "--pool", "127.0.0.2"}, "both set"},
+		{[]string{"--pool-file", write("p1", "127.0.0.2\nbanana\n")}, "line 2"},
+		{[]string{"--pool-file", write("p2", "127.0.0.0/24\n127.0.0.5\n")}, "line 2: 127.0.0.5/32 overlaps 127.0.0.0/24"},
+		{[]string{"--pool-file", write("p3", "127.0.0.2 127.0.0.3\n")}, "one entry per line"},
+		{[]string{"--pool-file", write("p4", "# nothing\n")}, "no entries"},
+		{[]string{"--pool-file", filepath.Join(dir, "missing")}, "missing"},
+		{[]string{"--pool", "127.0.0.2", "--users-file", write("u1", "alice:{PLAIN}x\nbob:secret\n")}, "line 2"},
+		{[]string{"--pool", "127.0.0.2", "--users-file", write("u2", "bob:{PLAIN}x\n"), "--user", "bob", "--pass", "y"}, "also PROXY_USER"},
+		{[]string{"--pool", "127.0.0.2", "--per-ip-rate", "lots"}, `"lots"`},
+		{[]string{"--pool", "127.0.0.2", "--allow-clients", "intranet"}, `--allow-clients: entry "intranet"`},
+	} {
+		if _, err := Parse(tc.args, nil); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v, want an error with %q", tc.args, err, tc.want)
+		}
+	}
+	if _, err := Parse([]string{"--pool", "127.0.0.2", "--users-file", write("u3", "bob:secret-in-file\n")}, nil); err == nil || strings.Contains(err.Error(), "secret-in-file") {
+		t.Errorf("users file error shows the secret: %v", err)
 	}
 }

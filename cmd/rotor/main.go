@@ -5,6 +5,7 @@
 //	rotor --pool 203.0.113.7,203.0.113.8     serve
 //	rotor demo                                see it work on loopback
 //	rotor check --pool ... --url URL          what does the remote see from each address?
+//	rotor passwd NAME                         a users-file line (password from stdin)
 package main
 
 import (
@@ -38,6 +39,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	if len(args) > 0 && args[0] == "demo" {
 		if err := demo(ctx, stdout); err != nil {
 			fmt.Fprintf(stderr, "rotor demo: %v\n", err)
+			return 1
+		}
+		return 0
+	}
+	if len(args) > 0 && args[0] == "passwd" {
+		if err := passwd(args[1:], os.Stdin, stdout, stderr); err != nil {
+			fmt.Fprintf(stderr, "rotor passwd: %v\n", err)
+			if errors.Is(err, errConfig) {
+				return 2
+			}
 			return 1
 		}
 		return 0
@@ -142,6 +153,9 @@ Usage:
   rotor demo                         run a self-contained demo on loopback
   rotor check --pool IP[,IP...] --url URL
                                      fetch URL once from every address and show what the remote saw
+  rotor passwd [--cost N] NAME       print a users-file line with a bcrypt hash of the password
+                                     read from stdin (or asked for on a terminal)
+  kill -HUP PID                      re-read --pool-file and --users-file
 
 Flags:
 %s`, config.NewFlagSet("rotor").FlagUsages())

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -82,8 +83,12 @@ func startProcess(t *testing.T, args ...string) *rotorProcess {
 // and args.
 func startProcessWith(t *testing.T, prefix []string, args ...string) *rotorProcess {
 	t.Helper()
-	argv := append(append(prefix[1:len(prefix):len(prefix)], "--pool", "127.0.0.2,127.0.0.3",
-		"--http-listen", "127.0.0.1:0", "--socks-listen", "127.0.0.1:0", "--allow-dest", "127.0.0.0/8"), args...)
+	argv := append(prefix[1:len(prefix):len(prefix)], "--http-listen", "127.0.0.1:0", "--socks-listen", "127.0.0.1:0",
+		"--allow-dest", "127.0.0.0/8")
+	if !slices.Contains(args, "--pool-file") {
+		argv = append(argv, "--pool", "127.0.0.2,127.0.0.3")
+	}
+	argv = append(argv, args...)
 	cmd := exec.Command(prefix[0], argv...)
 	cmd.Env = []string{"PROXY_USER=" + testUser, "PROXY_PASS=" + testPass}
 	stderr, err := cmd.StderrPipe()

@@ -1,0 +1,342 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+	"golang.org/x/net/proxy"
+
+	"github.com/rotor-proxy/rotor/config"
+	"github.com/rotor-proxy/rotor/internal/target"
+)
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	// Write then rename, as an operator's editor or config tool would:
+	// a reload never reads half a file.
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func bcryptEntry(t *testing.T, name, pass string) string {
+	t.Helper()
+	h, err := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return name + ":" + string(h)
+}
+
+// startWithFiles starts rotor in process on a pool file and a users file
+// written from the given contents.
+func startWithFiles(t *testing.T, poolFile, usersFile string, mutate ...func(*config.Config)) *rotor {
+	t.Helper()
+	dir := t.TempDir()
+	pf, uf := filepath.Join(dir, "pool"), filepath.Join(dir, "users")
+	writeFile(t, pf, poolFile)
+	writeFile(t, uf, usersFile)
+	cfg := func(c *config.Config) {
+		var err error
+		c.PoolFile, c.UsersFile, c.Shortcut = pf, uf, nil
+		if c.Pool, c.PoolTags, err = config.ReadPoolFile(pf); err != nil {
+			t.Fatal(err)
+		}
+		if c.Users, err = config.ReadUsers(*c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return startRotor(t, append([]func(*config.Config){cfg}, mutate...)...)
+}
+
+// rotor passwd prints a line that, in a users file, lets that password in
+// over HTTP and SOCKS5, and no other.
+func TestPasswdAndUsersFile(t *testing.T) {
+	cmd := exec.Command(rotorBinary(t), "passwd", "--cost", "4", "alice")
+	cmd.Stdin = strings.NewReader("correct horse battery\n")
+	out, err := cmd.Output()
+	if err != nil || !strings.HasPrefix(string(out), "alice:$2y$04$") {
+		t.Fatalf("rotor passwd: %q, %v", out, err)
+	}
+	if err := exec.Command(rotorBinary(t), "passwd", "alice", "extra").Run(); err == nil {
+		t.Fatal("rotor passwd took a second argument (a password on the command line?)")
+	}
+	peer := tcpTarget(t, target.WritePeer)
+	r := startWithFiles(t, "127.0.0.2\n127.0.0.3\n", "# users\n"+string(out))
+	ctx := context.Background()
+	if _, err := socksVia(ctx, r.sock, "alice", "correct horse battery", peer.Addr); err != nil {
+		t.Errorf("SOCKS5 with the password: %v", err)
+	}
+	if _, err := connectVia(ctx, r.http, "alice", "correct horse battery", peer.Addr); err != nil {
+		t.Errorf("CONNECT with the password: %v", err)
+	}
+	if _, err := connectVia(ctx, r.http, "alice", "correct horse", peer.Addr); err == nil || !strings.Contains(err.Error(), "407") {
+		t.Errorf("CONNECT with a wrong password: %v, want 407", err)
+	}
+	if _, err := socksVia(ctx, r.sock, testUser, testPass, peer.Addr); err == nil {
+		t.Error("a user not in the file got in")
+	}
+}
+
+// Each user's requests leave only from its pool: a tag of the pool file,
+// an entry, or (no pool=) the whole pool.
+func TestUserPools(t *testing.T) {
+	peer := tcpTarget(t, target.WritePeer)
+	ht := httpTarget(t)
+	r := startWithFiles(t,
+		"127.0.0.2 team-a\n127.0.0.3 team-a team-b\n127.0.0.4\n127.0.0.5 team-b\n",
+		"alice:{PLAIN}pa pool=team-a\nbob:{PLAIN}pb pool=team-b,127.0.0.4\ncarol:{PLAIN}pc\n")
+	ctx := context.Background()
+	for user, want := range map[string][]string{
+		"alice": {"127.0.0.2", "127.0.0.3"},
+		"bob":   {"127.0.0.3", "127.0.0.4", "127.0.0.5"},
+		"carol": {"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"},
+	} {
+		pass := "p" + user[:1]
+		client := proxyClient("http://"+user+":"+pass+"@"+r.http, 1)
+		seen := map[string]int{}
+		for i := 0; i < 12; i++ {
+			for _, do := range []func() (string, error){
+				func() (string, error) { return socksVia(ctx, r.sock, user, pass, peer.Addr) },
+				func() (string, error) { return connectVia(ctx, r.http, user, pass, peer.Addr) },
+				func() (string, error) { return getVia(ctx, client, "http://"+ht.Addr+"/ip") },
+			} {
+				got, err := do()
+				if err != nil {
+					t.Fatalf("%s: %v", user, err)
+				}
+				seen[got]++
+			}
+		}
+		client.CloseIdleConnections()
+		if len(seen) != len(want) {
+			t.Errorf("%s left from %v, want exactly %v", user, seen, want)
+		}
+		for _, a := range want {
+			if seen[a] != 36/len(want) {
+				t.Errorf("%s: %s used %d times of 36, want %d (all: %v)", user, a, seen[a], 36/len(want), seen)
+			}
+		}
+	}
+}
+
+// max-conns caps a user's concurrent tunnels and requests (429 / SOCKS5
+// 0x01 beyond), and rate= its requests per second; other users are not
+// affected.
+func TestUserLimits(t *testing.T) {
+	echo := tcpTarget(t, target.Echo)
+	peer := tcpTarget(t, target.WritePeer)
+	r := startWithFiles(t, "127.0.0.2\n127.0.0.3\n",
+		"alice:{PLAIN}pa max-conns=2\nbob:{PLAIN}pb rate=0.5/s burst=2\ncarol:{PLAIN}pc\n")
+	ctx := context.Background()
+	tunnel := func(user, pass string) (net.Conn, error) {
+		d, _ := proxy.SOCKS5("tcp", r.sock, &proxy.Auth{User: user, Password: pass}, proxy.Direct)
+		return d.Dial("tcp", echo.Addr)
+	}
+	a1, err := tunnel("alice", "pa")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a2, err := connectRaw(r.http, "alice", "pa", echo.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tunnel("alice", "pa"); err == nil || !strings.Contains(err.Error(), "general SOCKS server failure") {
+		t.Errorf("third SOCKS5 tunnel: %v, want reply 0x01", err)
+	}
+	if _, err := connectVia(ctx, r.http, "alice", "pa", peer.Addr); err == nil || !strings.Contains(err.Error(), "429") {
+		t.Errorf("third CONNECT: %v, want 429", err)
+	}
+	if _, err := socksVia(ctx, r.sock, "carol", "pc", peer.Addr); err != nil {
+		t.Errorf("another user at alice's cap: %v", err)
+	}
+	a1.Close()
+	if n := waitCount(func() int64 {
+		c, err := tunnel("alice", "pa")
+		if err != nil {
+			return 0
+		}
+		c.Close()
+		return 1
+	}, 1); n != 1 {
+		t.Error("a closed tunnel did not give its slot back")
+	}
+	a2.Close()
+
+	ok, limited := 0, 0
+	for i := 0; i < 5; i++ {
+		_, err := connectVia(ctx, r.http, "bob", "pb", peer.Addr)
+		switch {
+		case err == nil:
+			ok++
+		case strings.Contains(err.Error(), "429"):
+			limited++
+		default:
+			t.Fatal(err)
+		}
+	}
+	// A burst of 2, then one every 2 s: 5 requests at once get 2 through
+	// (3 if this machine took over 2 s for them).
+	if ok < 2 || ok > 3 || limited != 5-ok {
+		t.Errorf("rate 0.5/s burst 2: %d ok, %d got 429; want 2 ok", ok, limited)
+	}
+	if !strings.Contains(r.waitLog(`"limit":"user-rate"`, `"limit":"user-max-conns"`), `"limit":"user-rate"`) {
+		t.Error("user limits not logged")
+	}
+}
+
+// connectRaw opens a CONNECT tunnel and returns it open.
+func connectRaw(proxyAddr, user, pass, addr string) (net.Conn, error) {
+	c, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeConnect(c, user, pass, addr, ""); err != nil {
+		c.Close()
+		return nil, err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: http.MethodConnect})
+	if err != nil || resp.StatusCode != http.StatusOK {
+		c.Close()
+		return nil, fmt.Errorf("CONNECT: %v %v", resp, err)
+	}
+	return c, nil
+}
+
+// dialFrom returns a dialer whose connections come from local (a
+// loopback address), to play a client on another network.
+func dialFrom(local string) *net.Dialer {
+	return &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}, Timeout: 5 * time.Second}
+}
+
+// Clients from --allow-clients networks need no credentials: SOCKS5
+// method 0x00 and HTTP without Proxy-Authorization. Everyone else still
+// authenticates.
+func TestAllowClients(t *testing.T) {
+	peer := tcpTarget(t, target.WritePeer)
+	ht := httpTarget(t)
+	r := startRotor(t, func(c *config.Config) {
+		c.AllowClients = []netip.Prefix{netip.MustParsePrefix("127.0.0.9/32")}
+	})
+	for _, tc := range []struct {
+		from  string
+		allow bool
+	}{{"127.0.0.9", true}, {"127.0.0.10", false}} {
+		// SOCKS5 offering only "no authentication".
+		d, _ := proxy.SOCKS5("tcp", r.sock, nil, dialFrom(tc.from))
+		c, err := d.Dial("tcp", peer.Addr)
+		if tc.allow && err != nil {
+			t.Errorf("SOCKS5 without credentials from %s: %v", tc.from, err)
+		}
+		if !tc.allow && err == nil {
+			t.Errorf("SOCKS5 without credentials from %s got in", tc.from)
+		}
+		if c != nil {
+			c.Close()
+		}
+		// HTTP without credentials.
+		pu, _ := url.Parse("http://" + r.http)
+		tr := &http.Transport{Proxy: http.ProxyURL(pu), DialContext: dialFrom(tc.from).DialContext}
+		resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("http://" + ht.Addr + "/ip")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		want := http.StatusOK
+		if !tc.allow {
+			want = http.StatusProxyAuthRequired
+		}
+		if resp.StatusCode != want {
+			t.Errorf("HTTP without credentials from %s: %s, want %d", tc.from, resp.Status, want)
+		}
+		tr.CloseIdleConnections()
+		// With credentials, both get in.
+		d, _ = proxy.SOCKS5("tcp", r.sock, &proxy.Auth{User: testUser, Password: testPass}, dialFrom(tc.from))
+		if c, err := d.Dial("tcp", peer.Addr); err != nil {
+			t.Errorf("SOCKS5 with credentials from %s: %v", tc.from, err)
+		} else {
+			c.Close()
+		}
+	}
+}
+
+// --per-ip-rate: no source address is used more often than its rate
+// allows; a source without a token is skipped for one with a token; with
+// none within --per-ip-wait, 429 / SOCKS5 0x01.
+func TestPerIPRate(t *testing.T) {
+	var mu sync.Mutex
+	uses := map[string][]time.Time{}
+	peer := tcpTarget(t, func(c *net.TCPConn) {
+		ip := target.PeerIP(c.RemoteAddr().String())
+		mu.Lock()
+		uses[ip] = append(uses[ip], time.Now())
+		mu.Unlock()
+		target.WritePeer(c)
+	})
+	ctx := context.Background()
+	// 0.5/s, burst 1: every address once, then nothing for 2 s.
+	r := startRotor(t, func(c *config.Config) {
+		c.PerIPRate, c.PerIPBurst, c.PerIPWait = 0.5, 1, 100*time.Millisecond
+	})
+	seen := map[string]bool{}
+	for i := 0; i < 4; i++ {
+		got, err := socksVia(ctx, r.sock, testUser, testPass, peer.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[got] = true
+	}
+	if len(seen) != 4 {
+		t.Errorf("4 requests used %v, want each address once", seen)
+	}
+	if _, err := socksVia(ctx, r.sock, testUser, testPass, peer.Addr); err == nil || !strings.Contains(err.Error(), "general SOCKS server failure") {
+		t.Errorf("5th SOCKS5 request: %v, want 0x01", err)
+	}
+	if _, err := connectVia(ctx, r.http, testUser, testPass, peer.Addr); err == nil || !strings.Contains(err.Error(), "429") {
+		t.Errorf("5th CONNECT: %v, want 429", err)
+	}
+	r.waitLog(`"limit":"per-ip-rate"`)
+
+	// 2/s, burst 1, a generous wait: 12 requests all go through, and no
+	// address serves two within less than its 500 ms interval.
+	mu.Lock()
+	clear(uses)
+	mu.Unlock()
+	r = startRotor(t, func(c *config.Config) { c.PerIPRate, c.PerIPBurst, c.PerIPWait = 2, 1, 5*time.Second })
+	for i := 0; i < 12; i++ {
+		if _, err := socksVia(ctx, r.sock, testUser, testPass, peer.Addr); err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for ip, ts := range uses {
+		if len(ts) != 3 {
+			t.Errorf("%s used %d times of 12, want 3", ip, len(ts))
+		}
+		for i := 1; i < len(ts); i++ {
+			// The target sees the connection a little after rotor took
+			// the token; allow 50 ms of that jitter.
+			if gap := ts[i].Sub(ts[i-1]); gap < 450*time.Millisecond {
+				t.Errorf("%s used twice within %s, want >= 500 ms apart", ip, gap)
+			}
+		}
+	}
+}

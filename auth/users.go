@@ -247,6 +247,9 @@ func Build(specs []UserSpec, p *pool.Pool, tags map[string][]netip.Prefix) (*Use
 
 // subPool is the part of p that refs name.
 func subPool(p *pool.Pool, refs []string, tags map[string][]netip.Prefix) (*pool.Pool, error) {
+	if p == nil {
+		return nil, errors.New("pool= needs a pool to choose from")
+	}
 	byPrefix := map[netip.Prefix]*pool.Source{}
 	for _, s := range p.Sources() {
 		byPrefix[s.Prefix] = s

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 
@@ -201,5 +202,38 @@ func TestAdmit(t *testing.T) {
 	var none *User
 	if _, _, ok := none.Admit(); !ok {
 		t.Fatal("no user: no limits")
+	}
+}
+
+// The users file shown in README parses, and its passwords are the ones
+// it was made from (alice-password, bob-password, correct-horse).
+func TestREADMEUsersFile(t *testing.T) {
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(b), "# name:secret [settings]\n")
+	if !ok {
+		t.Fatal("README has no users file example")
+	}
+	block, _, _ := strings.Cut(rest, "```")
+	specs, err := ParseUsers(strings.NewReader(block))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Build(specs, nil, nil); err == nil || !strings.Contains(err.Error(), "pool") {
+		t.Fatalf("want the pool= settings to need a pool: %v", err)
+	}
+	for i := range specs {
+		specs[i].PoolRefs = nil
+	}
+	u, err := Build(specs, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, pass := range map[string]string{"alice": "alice-password", "bob": "bob-password", "carol": "correct-horse"} {
+		if _, err := u.Check([]byte(name), []byte(pass)); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
 	}
 }

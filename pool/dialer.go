@@ -135,7 +135,9 @@ func (d *Dialer) pick(ctx context.Context, f Family, s Session) (*Source, error)
 
 // Pick is the source a request of family f and session s leaves from;
 // the zero Session rotates over the dialer's pool.
-func (d *Dialer) Pick(ctx context.Context, f Family, s Session) (*Source, error) { return d.pick(ctx, f, s) }
+func (d *Dialer) Pick(ctx context.Context, f Family, s Session) (*Source, error) {
+	return d.pick(ctx, f, s)
+}
 
 // Dial connects to target ("host:port") from the next source that can
 // reach it, or the session's own one: see DialAddr and DialName. It

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotor-proxy/rotor/config"
 	"github.com/rotor-proxy/rotor/internal/target"
 )
 
@@ -173,5 +174,50 @@ func TestReloadUnderLoad(t *testing.T) {
 	}
 	if _, err := socksVia(ctx, p.socks, "alice", "pw-new", peer.Addr); err == nil {
 		t.Error("the refused file's password works")
+	}
+}
+
+// After a reload, /metrics shows the new pool: a removed address's series
+// are gone, an added one's appear, a kept one's counts carry on.
+func TestReloadMetrics(t *testing.T) {
+	peer := tcpTarget(t, target.WritePeer)
+	r := startWithFiles(t, "127.0.0.2\n127.0.0.3\n", "alice:{PLAIN}pa\n", func(c *config.Config) { c.MetricsListen = "127.0.0.1:0" })
+	maddr := r.metricsLn.Addr().String()
+	ctx := context.Background()
+	for i := 0; i < 4; i++ {
+		if _, err := socksVia(ctx, r.sock, "alice", "pa", peer.Addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeFile(t, r.cfg.PoolFile, "127.0.0.2\n127.0.0.6\n")
+	if err := r.reload(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 4; i++ {
+		if _, err := socksVia(ctx, r.sock, "alice", "pa", peer.Addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitMetric(t, maddr, 2, "rotor_source_requests_total", "source", "127.0.0.6", "protocol", "socks5", "result", "ok")
+	fams := scrape(t, maddr)
+	if got, _ := value(fams, "rotor_source_requests_total", "source", "127.0.0.2", "protocol", "socks5", "result", "ok"); got != 4 {
+		t.Errorf("kept 127.0.0.2: %v requests, want 2 before and 2 after", got)
+	}
+	for name, f := range fams {
+		for _, m := range f.Metric {
+			for _, l := range m.Label {
+				if l.GetName() == "source" && l.GetValue() == "127.0.0.3" {
+					t.Errorf("%s still has source=127.0.0.3 after its removal", name)
+				}
+			}
+		}
+	}
+	// A bad pool file is refused with its line; the pool stays.
+	writeFile(t, r.cfg.PoolFile, "127.0.0.2\n127.0.0.300\n")
+	if err := r.reload(); err == nil || !strings.Contains(err.Error(), "line 2") {
+		t.Errorf("bad pool file: %v, want an error naming line 2", err)
+	}
+	if got := labels(r.dialer.Pool()); strings.Join(got, ",") != "127.0.0.2,127.0.0.6" {
+		t.Errorf("pool after a refused reload: %v", got)
 	}
 }

@@ -85,14 +85,7 @@ func TestExposition(t *testing.T) {
 	if n == 0 {
 		t.Fatal("nothing gathered")
 	}
-	fams, err := m.Registry().Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	have := map[string]bool{}
-	for _, f := range fams {
-		have[f.GetName()] = true
-	}
+	have := exported(t, m)
 	for _, w := range want {
 		if !have[w] {
 			t.Errorf("%s not exported", w)
@@ -118,14 +111,7 @@ func TestDashboardAndREADMEUseRealMetrics(t *testing.T) {
 	p := testPool(t)
 	m := New(func() *pool.Pool { return p }, "test")
 	m.AddListener("http", func() int { return 0 }, nil)
-	fams, err := m.Registry().Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	have := map[string]bool{}
-	for _, f := range fams {
-		have[f.GetName()] = true
-	}
+	have := exported(t, m)
 	name := regexp.MustCompile(`rotor_[a-z_]+`)
 	for _, file := range []string{"../deploy/grafana-dashboard.json", "../README.md"} {
 		b, err := os.ReadFile(file)
@@ -147,4 +133,18 @@ func TestDashboardAndREADMEUseRealMetrics(t *testing.T) {
 			t.Errorf("%s names only %d rotor metrics", file, found)
 		}
 	}
+}
+
+// exported is the set of family names m's registry gathers.
+func exported(t *testing.T, m *Metrics) map[string]bool {
+	t.Helper()
+	fams, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, f := range fams {
+		have[f.GetName()] = true
+	}
+	return have
 }

@@ -39,13 +39,14 @@ func scrape(t *testing.T, addr string) map[string]*dto.MetricFamily {
 	return fams
 }
 
-// value is the sample of family name whose labels include all of want
-// (pairs); a counter, gauge or histogram's count. ok is false when none.
-func value(fams map[string]*dto.MetricFamily, name string, want ...string) (float64, bool) {
+// matching is the samples of family name whose labels include all of
+// want (name, value pairs).
+func matching(fams map[string]*dto.MetricFamily, name string, want ...string) []*dto.Metric {
 	f := fams[name]
 	if f == nil {
-		return 0, false
+		return nil
 	}
+	var out []*dto.Metric
 next:
 	for _, m := range f.Metric {
 		have := map[string]string{}
@@ -57,6 +58,15 @@ next:
 				continue next
 			}
 		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// value is the first matching sample's value: a counter, gauge or
+// histogram's count. ok is false when none matches.
+func value(fams map[string]*dto.MetricFamily, name string, want ...string) (float64, bool) {
+	for _, m := range matching(fams, name, want...) {
 		switch {
 		case m.Counter != nil:
 			return m.Counter.GetValue(), true
@@ -69,24 +79,10 @@ next:
 	return 0, false
 }
 
-// sum adds every sample of name whose labels include want.
+// sum adds the counter or gauge values of every matching sample.
 func sum(fams map[string]*dto.MetricFamily, name string, want ...string) float64 {
-	f := fams[name]
-	if f == nil {
-		return 0
-	}
 	var total float64
-next:
-	for _, m := range f.Metric {
-		have := map[string]string{}
-		for _, l := range m.Label {
-			have[l.GetName()] = l.GetValue()
-		}
-		for i := 0; i+1 < len(want); i += 2 {
-			if have[want[i]] != want[i+1] {
-				continue next
-			}
-		}
+	for _, m := range matching(fams, name, want...) {
 		total += m.GetCounter().GetValue() + m.GetGauge().GetValue()
 	}
 	return total

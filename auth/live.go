@@ -53,8 +53,18 @@ func (l *Live) Trusted(addr netip.Addr) bool {
 // HasAllowlist reports whether --allow-clients was given.
 func (l *Live) HasAllowlist() bool { return len(l.clients) > 0 }
 
-// Open reports whether no credentials are configured at all.
-func (s *State) Open() bool { return s.Users == nil }
+// PoolFor is the pool a request of usr (nil: no user) may leave from:
+// the user's own, or the whole pool of this state. nil means the caller's
+// default (pool.Session.Pool nil: the dialer's); s may be nil.
+func (s *State) PoolFor(usr *User) *pool.Pool {
+	switch {
+	case usr != nil && usr.Pool != nil:
+		return usr.Pool
+	case s != nil:
+		return s.Pool
+	}
+	return nil
+}
 
 // Static is a Live that never changes: users (nil for none) over the
 // pool of whoever dials, without an allowlist. For tests and embedding.

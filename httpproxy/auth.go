@@ -69,13 +69,6 @@ func (s *Server) authorize(r *http.Request, client netip.Addr) (usr *auth.User, 
 			return nil, "", pool.Session{}, false, err
 		}
 	}
-	switch {
-	case usr != nil && usr.Pool != nil:
-		sess.Pool = usr.Pool
-	case st != nil && st.Pool != nil:
-		sess.Pool = st.Pool
-	default:
-		sess.Pool = s.opts.Dialer.Pool()
-	}
+	sess.Pool = st.PoolFor(usr)
 	return usr, name, sess, true, nil
 }

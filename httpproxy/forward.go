@@ -51,7 +51,7 @@ func (cc *clientConn) forward(req *http.Request, user string, sess pool.Session,
 	// so does a block source, which binds a new random address each time.
 	var src *pool.Source
 	fam := pool.FamilyOf(host)
-	if fam != pool.Any || !sess.Pool.Mixed() {
+	if fam != pool.Any || !s.opts.Dialer.PoolFor(sess).Mixed() {
 		var err error
 		if src, err = s.opts.Dialer.Pick(s.baseCtx, fam, sess); err != nil {
 			cl := pool.Classify(err)

@@ -116,10 +116,7 @@ func bindNoPort(_, _ string, c syscall.RawConn) error {
 // the dialer's), or the session's own source; under --per-ip-rate, one
 // with a token (see Pool.admit).
 func (d *Dialer) pick(ctx context.Context, f Family, s Session) (*Source, error) {
-	p := s.Pool
-	if p == nil {
-		p = d.Pool()
-	}
+	p := d.PoolFor(s)
 	var src *Source
 	var err error
 	if s.Key != "" {
@@ -131,6 +128,15 @@ func (d *Dialer) pick(ctx context.Context, f Family, s Session) (*Source, error)
 		return src, err
 	}
 	return p.admit(ctx, f, src, s.Key != "", d.rateWait)
+}
+
+// PoolFor is the pool a request of session s picks from: its own (a
+// user's) or the dialer's.
+func (d *Dialer) PoolFor(s Session) *Pool {
+	if s.Pool != nil {
+		return s.Pool
+	}
+	return d.Pool()
 }
 
 // Pick is the source a request of family f and session s leaves from;
@@ -161,9 +167,9 @@ func (d *Dialer) local(src *Source, s Session) netip.Addr {
 	return src.Local()
 }
 
-// withRetry dials from a picked source; if that source cannot be bound
-// (the address left the host), it goes out of rotation at once and the
-// dial is tried once more from another source.
+// withRetry dials from a picked source; if the dial fails on rotor's side
+// (IsLocal), it is tried once more from another source, and if the
+// address itself is gone (AddressGone) it leaves rotation at once.
 func (d *Dialer) withRetry(ctx context.Context, f Family, s Session, dial func(*Source) (*net.TCPConn, error)) (*net.TCPConn, *Source, error) {
 	src, err := d.pick(ctx, f, s)
 	if err != nil {
@@ -254,11 +260,7 @@ func (d *Dialer) DialName(ctx context.Context, host string, port uint16, s Sessi
 	if host == "" || port == 0 {
 		return nil, nil, fmt.Errorf("%w %q port %d", ErrBadTarget, host, port)
 	}
-	p := s.Pool
-	if p == nil {
-		p = d.Pool()
-	}
-	if !p.Mixed() {
+	if !d.PoolFor(s).Mixed() {
 		return d.withRetry(ctx, Any, s, func(src *Source) (*net.TCPConn, error) {
 			return d.dial(ctx, src, d.local(src, s), host, port)
 		})

@@ -142,18 +142,11 @@ func (s *Server) handshake(c net.Conn, ss *session) (*net.TCPConn, []byte, error
 		return nil, nil, fmt.Errorf("greeting: %w among %v", errNoMethod, mr.Methods)
 	}
 	if method == statute.MethodUserPassAuth {
-		if err := s.authenticate(c, br, ss, st); err != nil {
+		if err := s.authenticate(c, br, ss, st, trusted); err != nil {
 			return nil, nil, err
 		}
 	}
-	switch {
-	case ss.usr != nil && ss.usr.Pool != nil:
-		ss.sticky.Pool = ss.usr.Pool
-	case st != nil && st.Pool != nil:
-		ss.sticky.Pool = st.Pool
-	default:
-		ss.sticky.Pool = s.opts.Dialer.Pool()
-	}
+	ss.sticky.Pool = st.PoolFor(ss.usr)
 	done, why, admitted := ss.usr.Admit()
 	if !admitted {
 		ss.limit = why
@@ -254,7 +247,7 @@ var (
 	errNoMethod   = errors.New("no acceptable auth method")
 )
 
-func (s *Server) authenticate(c net.Conn, br *bufio.Reader, ss *session, st *auth.State) error {
+func (s *Server) authenticate(c net.Conn, br *bufio.Reader, ss *session, st *auth.State, trusted bool) error {
 	up, err := statute.ParseUserPassRequest(br)
 	if err != nil {
 		return fmt.Errorf("auth: %w", err)
@@ -266,7 +259,7 @@ func (s *Server) authenticate(c net.Conn, br *bufio.Reader, ss *session, st *aut
 	if ok && st != nil && st.Users != nil {
 		ss.usr, cerr = st.Users.Check([]byte(user), up.Pass)
 		ok = cerr == nil
-	} else if ok && st != nil && !s.trusted(c) {
+	} else if ok && st != nil && !trusted {
 		// An allowlist and no users: only its clients get in, whatever
 		// they send.
 		ok = false

@@ -225,13 +225,19 @@ func compare(o compareOpts, log io.Writer) error {
 		return fmt.Errorf("pool benchmark: %v\n%s", err, poolOut)
 	}
 
+	fmt.Fprintln(log, "rotorbench pick")
+	picks, err := measurePicks()
+	if err != nil {
+		return err
+	}
+
 	findings, _ := os.ReadFile(filepath.Join(repo, "cmd", "rotorbench", "findings.md"))
 	commit := "unknown"
 	if out, err := exec.Command("git", "-C", repo, "describe", "--always", "--dirty").Output(); err == nil {
 		commit = "`" + strings.TrimSpace(string(out)) + "`"
 	}
 	rep := report{opts: o, cases: cs, medians: map[string][]result{}, all: all, sustained: sustained,
-		poolBench: string(poolOut), missing: missing, findings: string(findings), commit: commit}
+		poolBench: string(poolOut), picks: picks, missing: missing, findings: string(findings), commit: commit}
 	for _, c := range cs {
 		rep.medians[c.key()] = medians(all[c.key()], c)
 	}

@@ -17,6 +17,7 @@ type report struct {
 	all       map[string][]result
 	sustained []result
 	poolBench string
+	picks     []pickResult // fixed addresses vs CIDR blocks
 	missing   []string
 	findings  string // cmd/rotorbench/findings.md, appended as written
 	commit    string
@@ -101,6 +102,12 @@ func (rp *report) write(w io.Writer) {
 		fmt.Fprintln(w)
 	}
 	fmt.Fprintf(w, "## Pool selection\n\n`go test -run '^$' -bench . -benchmem -cpu 1,2 ./pool/`:\n\n```\n%s```\n", rp.poolBench)
+	if len(rp.picks) > 0 {
+		fmt.Fprintf(w, "\nPick cost, fixed addresses next to CIDR blocks (round-robin pick plus the address bound; "+
+			"`go run ./cmd/rotorbench pick` prints the same alone):\n\n```\n")
+		writePicks(w, rp.picks)
+		fmt.Fprintf(w, "```\n")
+	}
 	if rp.findings != "" {
 		fmt.Fprintf(w, "\n%s", rp.findings)
 	}

@@ -327,9 +327,13 @@ func TestPerIPRate(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
+	total := 0
 	for ip, ts := range uses {
-		if len(ts) != 3 {
-			t.Errorf("%s used %d times of 12, want 3", ip, len(ts))
+		total += len(ts)
+		// 3 each when the 12 take about a second; a slow machine may let
+		// one address earn a 4th token before another's 3rd.
+		if len(ts) < 2 || len(ts) > 4 {
+			t.Errorf("%s used %d times of 12, want about 3", ip, len(ts))
 		}
 		for i := 1; i < len(ts); i++ {
 			// The target sees the connection a little after rotor took
@@ -338,5 +342,8 @@ func TestPerIPRate(t *testing.T) {
 				t.Errorf("%s used twice within %s, want >= 500 ms apart", ip, gap)
 			}
 		}
+	}
+	if total != 12 || len(uses) != 4 {
+		t.Errorf("%d uses over %d addresses, want 12 over 4", total, len(uses))
 	}
 }

@@ -74,6 +74,33 @@ func listenInNS(t *testing.T, ns, addr string) net.Listener {
 	return r.ln
 }
 
+// serveConns runs handle on each connection ln accepts, then closes it;
+// at cleanup the listener closes and every handler has returned.
+func serveConns(t *testing.T, ln net.Listener, handle func(net.Conn)) {
+	var wg sync.WaitGroup
+	accepting := make(chan struct{})
+	go func() {
+		defer close(accepting)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1) // before Wait can start: Wait follows <-accepting
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-accepting
+		wg.Wait()
+	})
+}
+
 // serveInNS serves a peer-reporting HTTP target (GET /ip) and a raw
 // target.WritePeer on listeners opened in ns.
 func serveInNS(t *testing.T, ns, httpAddr, tcpAddr string) (httpA, tcpA string) {
@@ -86,22 +113,7 @@ func serveInNS(t *testing.T, ns, httpAddr, tcpAddr string) (httpA, tcpA string) 
 	t.Cleanup(func() { srv.Close() })
 
 	tl := listenInNS(t, ns, tcpAddr)
-	var wg sync.WaitGroup
-	go func() {
-		for {
-			c, err := tl.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				io.WriteString(c, unmapPeer(c.RemoteAddr().String())+"\n")
-				c.Close()
-			}()
-		}
-	}()
-	t.Cleanup(func() { tl.Close(); wg.Wait() })
+	serveConns(t, tl, func(c net.Conn) { io.WriteString(c, unmapPeer(c.RemoteAddr().String())+"\n") })
 	return hl.Addr().String(), tl.Addr().String()
 }
 
@@ -261,22 +273,7 @@ func TestSubnetDualStack(t *testing.T) {
 func TestSubnetBurst50k(t *testing.T) {
 	p := subnetNS(t, "b")
 	ln := listenInNS(t, p.ns, "[2001:db8:ff::2]:0")
-	var wg sync.WaitGroup
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				_, _ = io.Copy(io.Discard, c) // until rotor's side closes
-				c.Close()
-			}()
-		}
-	}()
-	defer func() { ln.Close(); wg.Wait() }()
+	serveConns(t, ln, func(c net.Conn) { _, _ = io.Copy(io.Discard, c) }) // until rotor's side closes
 	dst := ln.Addr().(*net.TCPAddr).AddrPort()
 
 	entries := map[string]netip.Prefix{"block": subnetBlock}

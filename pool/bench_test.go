@@ -3,7 +3,6 @@ package pool
 import (
 	"context"
 	"math/rand/v2"
-	"net"
 	"net/netip"
 	"sync/atomic"
 	"testing"
@@ -52,22 +51,8 @@ func BenchmarkFloor(b *testing.B) {
 // Per-connection cost of the bound dial (socket, IP_BIND_ADDRESS_NO_PORT,
 // bind, connect on loopback, close), with allocations.
 func BenchmarkDialAddr(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
 	d := NewDialer(loopbackPool(b, RoundRobin), DialerOptions{Timeout: 5 * time.Second})
-	dst := netip.MustParseAddrPort(ln.Addr().String())
+	dst := netip.MustParseAddrPort(closingListener(b))
 	ctx := context.Background()
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {

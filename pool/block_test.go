@@ -110,24 +110,11 @@ func TestBlockStartupCheck(t *testing.T) {
 		t.Fatalf("127.0.1.0/24: %v", err)
 	}
 	src := p.Sources()[0]
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	target := closingListener(t)
 	d := NewDialer(p, DialerOptions{})
 	seen := map[netip.Addr]bool{}
 	for i := 0; i < 20; i++ {
-		c, err := d.DialFrom(context.Background(), src, ln.Addr().String(), Session{})
+		c, err := d.DialFrom(context.Background(), src, target, Session{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -46,6 +46,30 @@ func acceptPeers(t *testing.T) (string, <-chan netip.AddrPort) {
 	return ln.Addr().String(), peers
 }
 
+// closingListener accepts on 127.0.0.1 and closes every connection at
+// once: a target for dials that need only connect. It returns the address;
+// the listener closes, and its goroutine ends, at cleanup.
+func closingListener(tb testing.TB) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	tb.Cleanup(func() { ln.Close(); <-done })
+	return ln.Addr().String()
+}
+
 func TestDialBindsSourceInOrder(t *testing.T) {
 	addr, peers := acceptPeers(t)
 	d := NewDialer(loopbackPool(t, RoundRobin), DialerOptions{Timeout: 5 * time.Second, Resolver: offline})

@@ -120,24 +120,9 @@ func TestActiveHealthFallRise(t *testing.T) {
 					probes <- err
 				}
 			}}
-		var tcp net.Listener
 		if target == "tcp" {
 			// A TCP target every source reaches: a connect is a pass.
-			var err error
-			tcp, err = net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			o.Target = tcp.Addr().String()
-			go func() {
-				for {
-					c, err := tcp.Accept()
-					if err != nil {
-						return
-					}
-					c.Close()
-				}
-			}()
+			o.Target = closingListener(t)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
@@ -176,9 +161,6 @@ func TestActiveHealthFallRise(t *testing.T) {
 		}
 		cancel()
 		<-done
-		if tcp != nil {
-			tcp.Close()
-		}
 		select {
 		case c := <-changes:
 			if target == "tcp" {

@@ -143,10 +143,13 @@ func parseUserLine(line string) (UserSpec, error) {
 	default:
 		return s, fmt.Errorf("user %q: unknown password format (want $2y$ bcrypt, {SHA256} or {PLAIN})", name)
 	}
-	for _, f := range fields[1:] {
+	// A setting that does not parse is named by its position, never its
+	// text: with white space in a {PLAIN} password, that text would be
+	// part of the password, and errors go to the log.
+	for i, f := range fields[1:] {
 		k, v, ok := strings.Cut(f, "=")
 		if !ok || v == "" {
-			return s, fmt.Errorf("user %q: setting %q: want key=value", name, f)
+			return s, fmt.Errorf("user %q: setting %d after the password is not key=value (a {PLAIN} password cannot contain white space)", name, i+1)
 		}
 		switch k {
 		case "pool":
@@ -158,23 +161,23 @@ func parseUserLine(line string) (UserSpec, error) {
 		case "max-conns":
 			n, err := strconv.ParseInt(v, 10, 64)
 			if err != nil || n < 1 {
-				return s, fmt.Errorf("user %q: max-conns %q: want a positive integer", name, v)
+				return s, fmt.Errorf("user %q: max-conns: want a positive integer", name)
 			}
 			s.MaxConns = n
 		case "rate":
 			r, err := strconv.ParseFloat(strings.TrimSuffix(v, "/s"), 64)
 			if err != nil || r <= 0 {
-				return s, fmt.Errorf("user %q: rate %q: want requests per second, e.g. 20/s", name, v)
+				return s, fmt.Errorf("user %q: rate: want requests per second, e.g. 20/s", name)
 			}
 			s.Rate = r
 		case "burst":
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 1 {
-				return s, fmt.Errorf("user %q: burst %q: want a positive integer", name, v)
+				return s, fmt.Errorf("user %q: burst: want a positive integer", name)
 			}
 			s.Burst = n
 		default:
-			return s, fmt.Errorf("user %q: unknown setting %q (want pool, max-conns, rate or burst)", name, k)
+			return s, fmt.Errorf("user %q: setting %d after the password is unknown (want pool, max-conns, rate or burst)", name, i+1)
 		}
 	}
 	if s.Burst > 0 && s.Rate == 0 {

@@ -140,10 +140,11 @@ func TestParseUsersErrors(t *testing.T) {
 		"alice:$2y$10$tooshort":                   "bad bcrypt hash",
 		"alice:{SHA256}abc":                       "32-byte digest",
 		"alice:{PLAIN}":                           "empty password",
-		"alice:{PLAIN}x pool":                     `setting "pool"`,
-		"alice:{PLAIN}x colour=red":               `unknown setting "colour"`,
+		"alice:{PLAIN}x pool":                     "setting 1 after the password is not key=value",
+		"alice:{PLAIN}my secret-part2":            "setting 1 after the password is not key=value",
+		"alice:{PLAIN}x max-conns=1 colour=red":   "setting 2 after the password is unknown",
 		"alice:{PLAIN}x max-conns=0":              "max-conns",
-		"alice:{PLAIN}x rate=fast":                `rate "fast"`,
+		"alice:{PLAIN}x rate=fast":                "rate: want requests per second",
 		"alice:{PLAIN}x burst=3":                  "burst without rate",
 		"a:b:{PLAIN}x":                            "unknown password format",
 		"al-session-x:{PLAIN}x":                   "'-session-'",
@@ -159,6 +160,10 @@ func TestParseUsersErrors(t *testing.T) {
 				t.Errorf("%q: error shows the secret: %v", file, err)
 			}
 		}
+	}
+	// Part of a {PLAIN} password after white space must not be echoed.
+	if _, err := ParseUsers(strings.NewReader("alice:{PLAIN}my secret-part2")); err == nil || strings.Contains(err.Error(), "secret-part2") {
+		t.Errorf("password with a space: %v", err)
 	}
 	p := testPool(t)
 	specs, _ := ParseUsers(strings.NewReader("alice:{PLAIN}x\nbob:{PLAIN}y pool=team-z"))

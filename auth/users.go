@@ -215,6 +215,11 @@ type User struct {
 type Users struct {
 	byName map[string]*User
 	cache  *verified
+	// dummy is a bcrypt hash at the highest cost any user has, checked
+	// for unknown names, so that a wrong name takes as long as a wrong
+	// password and answer times do not tell which names exist. nil when
+	// no user has a bcrypt hash.
+	dummy []byte
 }
 
 // Build resolves each spec's pool against p: a reference is a tag of the
@@ -244,6 +249,19 @@ func Build(specs []UserSpec, p *pool.Pool, tags map[string][]netip.Prefix) (*Use
 			usr.Pool = sub
 		}
 		u.byName[s.Name] = usr
+	}
+	cost := 0
+	for _, s := range specs {
+		if s.kind == secretBcrypt {
+			c, _ := bcrypt.Cost(s.secret)
+			cost = max(cost, c)
+		}
+	}
+	if cost > 0 {
+		var err error
+		if u.dummy, err = bcrypt.GenerateFromPassword([]byte("rotor: no such user"), cost); err != nil {
+			return nil, err
+		}
 	}
 	return u, nil
 }
@@ -304,13 +322,18 @@ var errBadCredentials = errors.New("wrong user name or password")
 // Check verifies name and pass. A bcrypt user's verified credentials are
 // cached (by a hash of both), so a keep-alive client or a new tunnel does
 // not pay bcrypt each time; a failure is never cached. The comparison of
-// a SHA-256 secret runs in constant time; an unknown name costs the same
-// as a wrong password for a SHA-256 user.
+// a SHA-256 secret runs in constant time. An unknown name costs what a
+// wrong password costs: a bcrypt check at the highest cost in use, or a
+// SHA-256 comparison when no user has a bcrypt hash.
 func (u *Users) Check(name, pass []byte) (*User, error) {
 	usr := u.byName[string(name)]
 	if usr == nil {
-		d := sha256.Sum256(pass)
-		subtle.ConstantTimeCompare(d[:], dummyDigest[:])
+		if u.dummy != nil {
+			_ = bcryptCompare(u.dummy, pass)
+		} else {
+			d := sha256.Sum256(pass)
+			subtle.ConstantTimeCompare(d[:], dummyDigest[:])
+		}
 		return nil, errBadCredentials
 	}
 	switch usr.kind {

@@ -242,3 +242,28 @@ func TestREADMEUsersFile(t *testing.T) {
 		}
 	}
 }
+
+// With bcrypt users, an unknown name is checked against a bcrypt hash of
+// the highest cost in use, so that it costs what a wrong password costs;
+// without, no bcrypt work is done for it.
+func TestUnknownNameCostsAWrongPassword(t *testing.T) {
+	specs, err := ParseUsers(strings.NewReader(bcryptLine(t, "alice", "x") + "\n" +
+		"bob:$2y$05$" + strings.Repeat("a", 53) + "\ncarol:{PLAIN}y"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := Build(specs, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err := bcrypt.Cost(u.dummy); err != nil || c != 5 {
+		t.Fatalf("dummy hash cost %d, %v; want 5, the highest in the file", c, err)
+	}
+	if _, err := u.Check([]byte("mallory"), []byte("x")); err == nil {
+		t.Fatal("unknown user accepted")
+	}
+	sha := SingleUser("carol", "y")
+	if sha.dummy != nil {
+		t.Fatal("no bcrypt users, yet a dummy bcrypt hash")
+	}
+}

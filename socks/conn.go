@@ -188,11 +188,12 @@ func (s *Server) handshake(c net.Conn, ss *session) (*net.TCPConn, []byte, error
 	}
 	ss.src = src
 	s.opts.Metrics.Source(src).Request(metrics.SOCKS5, err)
-	if pool.Classify(err) == pool.ClassRateLimited {
-		ss.limit = "per-ip-rate"
-	}
 	if err != nil {
-		return nil, nil, s.fail(c, ss, replyFor(pool.Classify(err)), err)
+		cl := pool.Classify(err)
+		if cl == pool.ClassRateLimited {
+			ss.limit = "per-ip-rate"
+		}
+		return nil, nil, s.fail(c, ss, replyFor(cl), err)
 	}
 	if err := writeReply(c, statute.RepSuccess, target.LocalAddr()); err != nil {
 		target.Close()

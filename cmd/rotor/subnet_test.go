@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -74,57 +73,16 @@ func listenInNS(t *testing.T, ns, addr string) net.Listener {
 	return r.ln
 }
 
-// serveConns runs handle on each connection ln accepts, then closes it;
-// at cleanup the listener closes and every handler has returned.
-func serveConns(t *testing.T, ln net.Listener, handle func(net.Conn)) {
-	var wg sync.WaitGroup
-	accepting := make(chan struct{})
-	go func() {
-		defer close(accepting)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1) // before Wait can start: Wait follows <-accepting
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				handle(c)
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-accepting
-		wg.Wait()
-	})
-}
-
-// serveInNS serves a peer-reporting HTTP target (GET /ip) and a raw
-// target.WritePeer on listeners opened in ns.
+// serveInNS serves target.HTTP (GET /ip) and target.WritePeer on
+// listeners opened in ns. A dual-stack listener's IPv4 peers report as
+// IPv4: net prints IPv4-mapped addresses in dotted form.
 func serveInNS(t *testing.T, ns, httpAddr, tcpAddr string) (httpA, tcpA string) {
 	t.Helper()
-	hl := listenInNS(t, ns, httpAddr)
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, unmapPeer(r.RemoteAddr)+"\n")
-	}), ReadHeaderTimeout: 5 * time.Second}
-	go srv.Serve(hl)
-	t.Cleanup(func() { srv.Close() })
-
-	tl := listenInNS(t, ns, tcpAddr)
-	serveConns(t, tl, func(c net.Conn) { io.WriteString(c, unmapPeer(c.RemoteAddr().String())+"\n") })
-	return hl.Addr().String(), tl.Addr().String()
-}
-
-// unmapPeer is the peer's IP, IPv4-mapped addresses (a dual-stack
-// listener's IPv4 peers) as IPv4.
-func unmapPeer(remote string) string {
-	ap, err := netip.ParseAddrPort(remote)
-	if err != nil {
-		return target.PeerIP(remote)
-	}
-	return ap.Addr().Unmap().String()
+	h := target.ServeHTTP(listenInNS(t, ns, httpAddr))
+	t.Cleanup(func() { h.Close() })
+	w := target.Serve(listenInNS(t, ns, tcpAddr), target.WritePeer)
+	t.Cleanup(func() { w.Close() })
+	return h.Addr, w.Addr
 }
 
 // subnetNS builds the routed-/64 set-up README documents, between this
@@ -272,9 +230,11 @@ func TestSubnetDualStack(t *testing.T) {
 // out of the 28k ephemeral ports: ROTOR_BURST_SINGLE=1 runs that too.)
 func TestSubnetBurst50k(t *testing.T) {
 	p := subnetNS(t, "b")
-	ln := listenInNS(t, p.ns, "[2001:db8:ff::2]:0")
-	serveConns(t, ln, func(c net.Conn) { _, _ = io.Copy(io.Discard, c) }) // until rotor's side closes
-	dst := ln.Addr().(*net.TCPAddr).AddrPort()
+	sink := target.Serve(listenInNS(t, p.ns, "[2001:db8:ff::2]:0"), func(c *net.TCPConn) {
+		_, _ = io.Copy(io.Discard, c) // until rotor's side closes
+	})
+	t.Cleanup(func() { sink.Close() })
+	dst := netip.MustParseAddrPort(sink.Addr)
 
 	entries := map[string]netip.Prefix{"block": subnetBlock}
 	if os.Getenv("ROTOR_BURST_SINGLE") != "" {

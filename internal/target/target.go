@@ -49,6 +49,12 @@ func HTTP(addr string) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	return ServeHTTP(ln), nil
+}
+
+// ServeHTTP is HTTP on a listener the caller opened (in another network
+// namespace, say). Close closes ln.
+func ServeHTTP(ln net.Listener) *Server {
 	s := &Server{Addr: ln.Addr().String(), ln: ln}
 	s.http = &http.Server{
 		Handler:           http.HandlerFunc(serveHTTP),
@@ -64,7 +70,7 @@ func HTTP(addr string) (*Server, error) {
 		defer s.wg.Done()
 		_ = s.http.Serve(ln)
 	}()
-	return s, nil
+	return s
 }
 
 func serveHTTP(w http.ResponseWriter, r *http.Request) {
@@ -110,6 +116,12 @@ func TCP(addr string, handle func(*net.TCPConn)) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	return Serve(ln, handle), nil
+}
+
+// Serve is TCP on a listener the caller opened (in another network
+// namespace, say). Close closes ln.
+func Serve(ln net.Listener, handle func(*net.TCPConn)) *Server {
 	s := &Server{Addr: ln.Addr().String(), ln: ln, open: map[net.Conn]struct{}{}}
 	s.wg.Add(1)
 	go func() {
@@ -134,7 +146,7 @@ func TCP(addr string, handle func(*net.TCPConn)) (*Server, error) {
 			}()
 		}
 	}()
-	return s, nil
+	return s
 }
 
 // WritePeer writes the peer IP and "\n", then closes: the simplest way to

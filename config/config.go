@@ -82,6 +82,7 @@ type Config struct {
 	// are re-checked, each interval.
 	HealthTarget   string
 	HealthInterval time.Duration
+	HealthTimeout  time.Duration // one probe; zero: the smaller of the interval and 10s
 	HealthFall     int
 	HealthRise     int
 
@@ -142,6 +143,7 @@ func envNames() map[string]string {
 		"max-header-bytes":  "MAX_HEADER_BYTES",
 		"health-target":     "HEALTH_TARGET",
 		"health-interval":   "HEALTH_INTERVAL",
+		"health-timeout":    "HEALTH_TIMEOUT",
 		"metrics-listen":    "METRICS_ADDR",
 		"log-level":         "LOG_LEVEL",
 		"log-format":        "LOG_FORMAT",
@@ -178,6 +180,7 @@ func NewFlagSet(name string) *pflag.FlagSet {
 	fs.Duration("shutdown-timeout", DefaultShutdownTimeout, "how long live requests and tunnels may drain on SIGTERM")
 	fs.String("health-target", "", "host:port or http(s) URL probed from every source address each --health-interval; empty: no active probes (env HEALTH_TARGET)")
 	fs.Duration("health-interval", pool.DefaultHealthInterval, "how often sources are probed, and addresses that could not be bound re-checked (env HEALTH_INTERVAL)")
+	fs.Duration("health-timeout", 0, "bound on one probe; 0: the smaller of --health-interval and 10s (env HEALTH_TIMEOUT)")
 	fs.Int("health-fall", pool.DefaultHealthFall, "consecutive failed probes that take a source out of rotation")
 	fs.Int("health-rise", pool.DefaultHealthRise, "consecutive passed probes that bring a source back")
 	fs.String("metrics-listen", "", "serve Prometheus /metrics, /healthz and /readyz on this address; empty disables (env METRICS_ADDR)")
@@ -337,6 +340,9 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	}
 	if c.HealthInterval = dur("health-interval"); c.HealthInterval < 100*time.Millisecond {
 		return Config{}, fmt.Errorf("--health-interval %s: want at least 100ms", c.HealthInterval)
+	}
+	if c.HealthTimeout = dur("health-timeout"); c.HealthTimeout < 0 {
+		return Config{}, fmt.Errorf("--health-timeout %s: want 0 (automatic) or more", c.HealthTimeout)
 	}
 	c.HealthFall, _ = fs.GetInt("health-fall")
 	c.HealthRise, _ = fs.GetInt("health-rise")

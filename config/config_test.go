@@ -83,6 +83,7 @@ func TestErrorsNameTheValue(t *testing.T) {
 		{"health target", append(base, "--health-target", "example.com"), nil, `"example.com"`},
 		{"health interval", append(base, "--health-interval", "1ms"), nil, "1ms"},
 		{"health fall", append(base, "--health-fall", "0"), nil, "health-fall 0"},
+		{"health timeout", append(base, "--health-timeout", "-1s"), nil, "-1s"},
 		{"metrics listen", append(base, "--metrics-listen", "metrics:9100"), nil, `"metrics"`},
 		{"env metrics", base, map[string]string{"METRICS_ADDR": "9100"}, `"9100"`},
 		{"same address", append(base, "--http-listen", "127.0.0.1:5000", "--socks-listen", "127.0.0.1:5000"), nil, "127.0.0.1:5000"},
@@ -157,11 +158,11 @@ func TestAllowDest(t *testing.T) {
 
 func TestHealthAndMetricsFromEnv(t *testing.T) {
 	c, err := Parse([]string{"--pool", "127.0.0.2"}, env(map[string]string{
-		"HEALTH_TARGET": "http://127.0.0.1:9/h", "HEALTH_INTERVAL": "5s", "METRICS_ADDR": "127.0.0.1:9100"}))
+		"HEALTH_TARGET": "http://127.0.0.1:9/h", "HEALTH_INTERVAL": "5s", "HEALTH_TIMEOUT": "2s", "METRICS_ADDR": "127.0.0.1:9100"}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.HealthTarget != "http://127.0.0.1:9/h" || c.HealthInterval != 5*time.Second || c.MetricsListen != "127.0.0.1:9100" ||
+	if c.HealthTarget != "http://127.0.0.1:9/h" || c.HealthInterval != 5*time.Second || c.HealthTimeout != 2*time.Second || c.MetricsListen != "127.0.0.1:9100" ||
 		c.HealthFall != 3 || c.HealthRise != 2 {
 		t.Fatalf("got %+v", c)
 	}

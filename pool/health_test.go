@@ -101,6 +101,10 @@ func (pt *probeTarget) count(ip string) int {
 	return pt.n[ip]
 }
 
+// probeTimeout is far above the tests' intervals: a probe that passes
+// must never time out on a loaded CI machine (a 20 ms bound did, once).
+const probeTimeout = 10 * time.Second
+
 // Fall consecutive failed probes take a source out; Rise successes bring
 // it back; the other sources are never touched.
 func TestActiveHealthFallRise(t *testing.T) {
@@ -114,7 +118,7 @@ func TestActiveHealthFallRise(t *testing.T) {
 		changes := make(chan change, 16)
 		d := NewDialer(p, DialerOptions{OnChange: func(s *Source, up bool, _ error) { changes <- change{s.Addr.String(), up} }})
 		probes := make(chan error, 1024)
-		o := HealthOptions{Target: pt.url, Interval: 20 * time.Millisecond, Fall: 3, Rise: 2,
+		o := HealthOptions{Target: pt.url, Interval: 20 * time.Millisecond, Timeout: probeTimeout, Fall: 3, Rise: 2,
 			OnProbe: func(s *Source, err error) {
 				if s.Addr.String() == "127.0.0.3" {
 					probes <- err
@@ -184,7 +188,7 @@ func TestHealthAllDown(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		d.Health(ctx, HealthOptions{Target: pt.url, Interval: 10 * time.Millisecond, Fall: 1, Rise: 1,
+		d.Health(ctx, HealthOptions{Target: pt.url, Interval: 10 * time.Millisecond, Timeout: probeTimeout, Fall: 1, Rise: 1,
 			OnAllDown: func() { alerts <- struct{}{} }})
 	}()
 	for i := 0; i < 3; i++ {

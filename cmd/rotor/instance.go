@@ -159,7 +159,7 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 
 	hctx, cancel := context.WithCancel(context.Background())
 	in.stopHealth = cancel
-	hopts := pool.HealthOptions{Target: cfg.HealthTarget, Interval: cfg.HealthInterval, Fall: cfg.HealthFall, Rise: cfg.HealthRise,
+	hopts := pool.HealthOptions{Target: cfg.HealthTarget, Interval: cfg.HealthInterval, Timeout: cfg.HealthTimeout, Fall: cfg.HealthFall, Rise: cfg.HealthRise,
 		OnAllDown: func() {
 			log.Error().Int("sources", len(d.Pool().Sources())).
 				Msg("every source address is down; still rotating through all of them")

@@ -284,6 +284,7 @@ func TestActiveHealth(t *testing.T) {
 		c.MetricsListen = "127.0.0.1:0"
 		c.HealthTarget = "http://" + ln.Addr().String() + "/health"
 		c.HealthInterval, c.HealthFall, c.HealthRise = 100*time.Millisecond, 2, 2
+		c.HealthTimeout = 10 * time.Second // a passing probe must not time out on a loaded machine
 	})
 	maddr := r.metricsLn.Addr().String()
 	ctx := context.Background()

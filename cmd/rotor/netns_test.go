@@ -117,6 +117,7 @@ func TestRemovedAddressLeavesRotation(t *testing.T) {
 			r := startRotor(t, func(c *config.Config) {
 				c.Pool = []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32"), netip.MustParsePrefix("198.18.9.1/32")}
 				c.HealthInterval, c.HealthFall, c.HealthRise = interval, 3, 1
+				c.HealthTimeout = 10 * time.Second // a passing probe must not time out on a loaded machine
 				if mode == "active" {
 					c.HealthTarget = peer.Addr
 				}

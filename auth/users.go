@@ -118,8 +118,12 @@ func parseUserLine(line string) (UserSpec, error) {
 	s.Name = name
 	switch {
 	case strings.HasPrefix(secret, "$2a$") || strings.HasPrefix(secret, "$2b$") || strings.HasPrefix(secret, "$2y$"):
-		if _, err := bcrypt.Cost([]byte(secret)); err != nil {
+		cost, err := bcrypt.Cost([]byte(secret))
+		if err != nil {
 			return s, fmt.Errorf("user %q: bad bcrypt hash: %w", name, err)
+		}
+		if cost > MaxBcryptCost {
+			return s, fmt.Errorf("user %q: bcrypt cost %d: want at most %d (each step doubles the time of every check; rotor passwd --cost)", name, cost, MaxBcryptCost)
 		}
 		s.kind, s.secret = secretBcrypt, []byte(secret)
 	case strings.HasPrefix(secret, "{SHA256}"):
@@ -258,12 +262,25 @@ func Build(specs []UserSpec, p *pool.Pool, tags map[string][]netip.Prefix) (*Use
 		}
 	}
 	if cost > 0 {
-		var err error
-		if u.dummy, err = bcrypt.GenerateFromPassword([]byte("rotor: no such user"), cost); err != nil {
-			return nil, err
-		}
+		u.dummy = dummyHash(cost)
 	}
 	return u, nil
+}
+
+// MaxBcryptCost bounds the cost a users file may use. A check at cost 10
+// takes about 75 ms on a small server and each step doubles it: at 16 it
+// is several seconds, and a cost of 30 (valid bcrypt) would hold a core
+// for most of a day on every wrong password.
+const MaxBcryptCost = 16
+
+// dummyHash is a well-formed bcrypt hash at cost that no password
+// matches. A comparison against it runs the whole key schedule at that
+// cost before it fails, which is all an unknown name needs; building it
+// costs nothing, unlike generating one, which would put a full bcrypt run
+// into every start-up and reload.
+func dummyHash(cost int) []byte {
+	const tail = "$8Kv/tUyNAjXMmKj5qcnO7etQ1lVcPKH3PLTx7K2M4FVVv9geO2O2." // salt and digest of an unrelated hash
+	return fmt.Appendf(nil, "$2a$%02d%s", cost, tail)
 }
 
 // subPool is the part of p that refs name.

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"net/netip"
 	"os"
 	"strings"
@@ -138,6 +139,8 @@ func TestParseUsersErrors(t *testing.T) {
 		"alice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=": "SHA-1 and MD5",
 		"alice:$apr1$abc$def":                     "SHA-1 and MD5",
 		"alice:$2y$10$tooshort":                   "bad bcrypt hash",
+		"alice:$2y$17$" + strings.Repeat("a", 53): "bcrypt cost 17: want at most 16",
+		"alice:$2a$30$" + strings.Repeat("a", 53): "bcrypt cost 30: want at most 16",
 		"alice:{SHA256}abc":                       "32-byte digest",
 		"alice:{PLAIN}":                           "empty password",
 		"alice:{PLAIN}x pool":                     "setting 1 after the password is not key=value",
@@ -258,6 +261,18 @@ func TestUnknownNameCostsAWrongPassword(t *testing.T) {
 	}
 	if c, err := bcrypt.Cost(u.dummy); err != nil || c != 5 {
 		t.Fatalf("dummy hash cost %d, %v; want 5, the highest in the file", c, err)
+	}
+	// A mismatch (not a format error) means the whole key schedule ran.
+	for _, c := range []int{bcrypt.MinCost, 5, 10, MaxBcryptCost} {
+		d := dummyHash(c)
+		if got, err := bcrypt.Cost(d); err != nil || got != c {
+			t.Fatalf("dummyHash(%d): cost %d, %v", c, got, err)
+		}
+		if c <= 5 {
+			if err := bcrypt.CompareHashAndPassword(d, []byte("rotor: no such user")); !errors.Is(err, bcrypt.ErrMismatchedHashAndPassword) {
+				t.Fatalf("dummyHash(%d) compare: %v, want a mismatch", c, err)
+			}
+		}
 	}
 	if _, err := u.Check([]byte("mallory"), []byte("x")); err == nil {
 		t.Fatal("unknown user accepted")

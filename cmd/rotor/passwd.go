@@ -25,7 +25,7 @@ import (
 func passwd(args []string, stdin *os.File, stdout, stderr io.Writer) error {
 	fs := pflag.NewFlagSet("rotor passwd", pflag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	cost := fs.Int("cost", bcrypt.DefaultCost, "bcrypt cost (4-31): each step doubles the time a check takes")
+	cost := fs.Int("cost", bcrypt.DefaultCost, fmt.Sprintf("bcrypt cost (%d-%d): each step doubles the time a check takes", bcrypt.MinCost, auth.MaxBcryptCost))
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: %w", errConfig, err)
 	}
@@ -36,8 +36,8 @@ func passwd(args []string, stdin *os.File, stdout, stderr io.Writer) error {
 	if err := auth.ValidName(name); err != nil {
 		return fmt.Errorf("%w: %w", errConfig, err)
 	}
-	if *cost < bcrypt.MinCost || *cost > bcrypt.MaxCost {
-		return fmt.Errorf("%w: --cost %d: want %d to %d", errConfig, *cost, bcrypt.MinCost, bcrypt.MaxCost)
+	if *cost < bcrypt.MinCost || *cost > auth.MaxBcryptCost {
+		return fmt.Errorf("%w: --cost %d: want %d to %d", errConfig, *cost, bcrypt.MinCost, auth.MaxBcryptCost)
 	}
 	var pass []byte
 	if fd := int(stdin.Fd()); term.IsTerminal(fd) {

@@ -78,6 +78,12 @@ func TestPasswdAndUsersFile(t *testing.T) {
 	if err := exec.Command(rotorBinary(t), "passwd", "alice", "extra").Run(); err == nil {
 		t.Fatal("rotor passwd took a second argument (a password on the command line?)")
 	}
+	// A cost the users file would refuse is refused here first.
+	high := exec.Command(rotorBinary(t), "passwd", "--cost", "17", "alice")
+	high.Stdin = strings.NewReader("x\n")
+	if msg, err := high.CombinedOutput(); err == nil || !strings.Contains(string(msg), "--cost 17: want 4 to 16") {
+		t.Fatalf("rotor passwd --cost 17: %q, %v", msg, err)
+	}
 	peer := tcpTarget(t, target.WritePeer)
 	r := startWithFiles(t, "127.0.0.2\n127.0.0.3\n", "# users\n"+string(out))
 	ctx := context.Background()

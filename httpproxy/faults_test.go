@@ -11,30 +11,19 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/rotor-proxy/rotor/internal/target"
 )
 
 // rawOrigin serves each connection with handle on 127.0.0.1.
-func rawOrigin(t *testing.T, handle func(net.Conn)) (addr string, conns *atomic.Int64) {
+func rawOrigin(t *testing.T, handle func(*net.TCPConn)) (addr string, conns *atomic.Int64) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	s, err := target.TCP("127.0.0.1:0", handle)
 	if err != nil {
 		t.Fatal(err)
 	}
-	conns = new(atomic.Int64)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conns.Add(1)
-			go func() { defer c.Close(); handle(c) }()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); <-done })
-	return ln.Addr().String(), conns
+	t.Cleanup(func() { s.Close() })
+	return s.Addr, &s.Conns
 }
 
 var authHeader = "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass)) + "\r\n"
@@ -43,7 +32,7 @@ var authHeader = "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToStri
 // (short body, then a closed connection), never a clean end, and the next
 // request does not reuse the broken upstream connection.
 func TestOriginResetMidBody(t *testing.T) {
-	o, conns := rawOrigin(t, func(c net.Conn) {
+	o, conns := rawOrigin(t, func(c *net.TCPConn) {
 		br := bufio.NewReader(c)
 		for {
 			req, err := http.ReadRequest(br)
@@ -53,7 +42,7 @@ func TestOriginResetMidBody(t *testing.T) {
 			if req.URL.Path == "/cut" {
 				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
 				_, _ = c.Write(make([]byte, 30000))
-				_ = c.(*net.TCPConn).SetLinger(0)
+				_ = c.SetLinger(0)
 				return // RST
 			}
 			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
@@ -97,7 +86,7 @@ func TestOriginResetMidBody(t *testing.T) {
 // once, not left waiting for the rest of the body.
 func TestClientAbortsUpload(t *testing.T) {
 	gotEOF := make(chan int64, 1)
-	o, _ := rawOrigin(t, func(c net.Conn) {
+	o, _ := rawOrigin(t, func(c *net.TCPConn) {
 		br := bufio.NewReader(c)
 		if _, err := http.ReadRequest(br); err != nil {
 			return

@@ -21,53 +21,31 @@ var offline = &net.Resolver{PreferGo: true, Dial: func(context.Context, string, 
 	return nil, errors.New("no DNS in tests")
 }}
 
-// acceptPeers returns a listener on 127.0.0.1 that reports the peer of
+// acceptPeers returns a target on 127.0.0.1 that reports the peer of
 // each accepted connection on the channel.
 func acceptPeers(t *testing.T) (string, <-chan netip.AddrPort) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	peers := make(chan netip.AddrPort, 16)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			peers <- netip.MustParseAddrPort(c.RemoteAddr().String())
-			c.Close()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); <-done })
-	return ln.Addr().String(), peers
+	return startTarget(t, func(c *net.TCPConn) { peers <- netip.MustParseAddrPort(c.RemoteAddr().String()) }), peers
 }
 
 // closingListener accepts on 127.0.0.1 and closes every connection at
-// once: a target for dials that need only connect. It returns the address;
-// the listener closes, and its goroutine ends, at cleanup.
+// once: a target for dials that need only connect.
 func closingListener(tb testing.TB) string {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return startTarget(tb, func(*net.TCPConn) {})
+}
+
+// startTarget serves handle on 127.0.0.1 until cleanup and returns the
+// address.
+func startTarget(tb testing.TB, handle func(*net.TCPConn)) string {
+	tb.Helper()
+	s, err := target.TCP("127.0.0.1:0", handle)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	tb.Cleanup(func() { ln.Close(); <-done })
-	return ln.Addr().String()
+	tb.Cleanup(func() { s.Close() })
+	return s.Addr
 }
 
 func TestDialBindsSourceInOrder(t *testing.T) {

@@ -36,14 +36,7 @@ func TestBadSOCKSInput(t *testing.T) {
 	s := New(Options{Dialer: pool.NewDialer(p, pool.DialerOptions{Timeout: 5 * time.Second, Resolver: countingResolver(&queries),
 		Policy: pool.NewPolicy(nil, nil)}),
 		Access: auth.Static(auth.SingleUser(user, pass)), HandshakeTimeout: 500 * time.Millisecond, Log: zerolog.Nop()})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = s.Serve(ln) }()
-	t.Cleanup(func() { s.Close(); <-done })
-	addr := ln.Addr().String()
+	addr := serve(t, s)
 
 	auth := append([]byte{5, 1, 2}, authMsg(user, pass)...)
 	domain := func(name string) []byte {

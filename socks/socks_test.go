@@ -30,6 +30,12 @@ func startServer(t *testing.T, creds *auth.Live, handshake time.Duration) (*Serv
 		t.Fatal(err)
 	}
 	s := New(Options{Dialer: pool.NewDialer(p, pool.DialerOptions{Timeout: 5 * time.Second, Resolver: target.OfflineResolver()}), Access: creds, HandshakeTimeout: handshake, Log: zerolog.Nop()})
+	return s, serve(t, s)
+}
+
+// serve runs s on 127.0.0.1 until cleanup and returns its address.
+func serve(t *testing.T, s *Server) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -37,7 +43,7 @@ func startServer(t *testing.T, creds *auth.Live, handshake time.Duration) (*Serv
 	done := make(chan struct{})
 	go func() { defer close(done); _ = s.Serve(ln) }()
 	t.Cleanup(func() { s.Close(); <-done })
-	return s, ln.Addr().String()
+	return ln.Addr().String()
 }
 
 // peerServer accepts connections and writes the peer's ip:port back.

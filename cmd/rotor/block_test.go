@@ -61,11 +61,7 @@ func TestBlockPoolRotation(t *testing.T) {
 	defer sc.CloseIdleConnections()
 	seen := map[string]bool{}
 	for i := 0; i < 4; i++ {
-		for _, do := range []func() (string, error){
-			func() (string, error) { return getVia(ctx, sc, "http://"+ht.Addr+"/ip") },
-			func() (string, error) { return connectVia(ctx, r.http, user, testPass, peer.Addr) },
-			func() (string, error) { return socksVia(ctx, r.sock, user, testPass, peer.Addr) },
-		} {
+		for _, do := range r.paths(ctx, sc, user, testPass, "http://"+ht.Addr+"/ip", peer.Addr) {
 			got, err := do()
 			if err != nil {
 				t.Fatal(err)

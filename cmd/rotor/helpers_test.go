@@ -5,8 +5,8 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"github.com/rotor-proxy/rotor/auth"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -19,6 +19,7 @@ import (
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
+	"github.com/rotor-proxy/rotor/auth"
 	"github.com/rotor-proxy/rotor/config"
 	"github.com/rotor-proxy/rotor/internal/target"
 	"github.com/rotor-proxy/rotor/pool"
@@ -92,6 +93,17 @@ type rotor struct {
 	log  *syncBuffer
 	http string // proxy addresses
 	sock string
+}
+
+// paths is one request over each of rotor's paths (plain HTTP through c,
+// which must carry user's credentials; CONNECT; SOCKS5), each returning the
+// source address its target saw.
+func (r *rotor) paths(ctx context.Context, c *http.Client, user, pass, httpURL, peerAddr string) []func() (string, error) {
+	return []func() (string, error){
+		func() (string, error) { return getVia(ctx, c, httpURL) },
+		func() (string, error) { return connectVia(ctx, r.http, user, pass, peerAddr) },
+		func() (string, error) { return socksVia(ctx, r.sock, user, pass, peerAddr) },
+	}
 }
 
 func startRotor(t *testing.T, mutate ...func(*config.Config)) *rotor {

@@ -30,11 +30,7 @@ func TestStickySessions(t *testing.T) {
 		c := proxyClient("http://"+user+":"+testPass+"@"+r.http, 2)
 		seen := map[string]bool{}
 		for i := 0; i < 4; i++ {
-			for _, do := range []func() (string, error){
-				func() (string, error) { return getVia(ctx, c, "http://"+ht.Addr+"/ip") },
-				func() (string, error) { return connectVia(ctx, r.http, user, testPass, peer.Addr) },
-				func() (string, error) { return socksVia(ctx, r.sock, user, testPass, peer.Addr) },
-			} {
+			for _, do := range r.paths(ctx, c, user, testPass, "http://"+ht.Addr+"/ip", peer.Addr) {
 				got, err := do()
 				if err != nil {
 					t.Fatalf("session key%d: %v", k, err)

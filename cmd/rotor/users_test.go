@@ -119,11 +119,7 @@ func TestUserPools(t *testing.T) {
 		client := proxyClient("http://"+user+":"+pass+"@"+r.http, 1)
 		seen := map[string]int{}
 		for i := 0; i < 12; i++ {
-			for _, do := range []func() (string, error){
-				func() (string, error) { return socksVia(ctx, r.sock, user, pass, peer.Addr) },
-				func() (string, error) { return connectVia(ctx, r.http, user, pass, peer.Addr) },
-				func() (string, error) { return getVia(ctx, client, "http://"+ht.Addr+"/ip") },
-			} {
+			for _, do := range r.paths(ctx, client, user, pass, "http://"+ht.Addr+"/ip", peer.Addr) {
 				got, err := do()
 				if err != nil {
 					t.Fatalf("%s: %v", user, err)

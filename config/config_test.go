@@ -2,7 +2,6 @@ package config
 
 import (
 	"errors"
-	"github.com/rotor-proxy/rotor/auth"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/rotor-proxy/rotor/auth"
 	"github.com/rotor-proxy/rotor/pool"
 )
 

@@ -1,9 +1,10 @@
 package metrics
 
 import (
-	"github.com/rotor-proxy/rotor/pool"
 	"testing"
 	"time"
+
+	"github.com/rotor-proxy/rotor/pool"
 )
 
 // What metrics add to one request: the counters a CONNECT or SOCKS5

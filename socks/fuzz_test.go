@@ -2,7 +2,6 @@ package socks
 
 import (
 	"bytes"
-	"github.com/rotor-proxy/rotor/auth"
 	"net"
 	"net/netip"
 	"testing"
@@ -10,6 +9,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/rotor-proxy/rotor/auth"
 	"github.com/rotor-proxy/rotor/pool"
 )
 

@@ -2,9 +2,9 @@ package httpproxy
 
 import (
 	"encoding/base64"
-	"net/http"
-	"net/netip"
+		"net/netip"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/rotor-proxy/rotor/auth"
 	"github.com/rotor-proxy/rotor/config"
@@ -22,6 +22,12 @@ func parseBasic(h string) (user, pass string, ok bool) {
 	if err != nil {
 		return "", "", false
 	}
+	if !utf8.Valid(raw) {
+		// Not UTF-8: python-requests and others encode a non-ASCII name
+		// or password as ISO-8859-1 (RFC 7617 leaves the charset open),
+		// whose bytes are the first 256 code points.
+		raw = latin1ToUTF8(raw)
+	}
 	user, pass, ok = strings.Cut(string(raw), ":")
 	if !ok {
 		return "", "", false
@@ -29,22 +35,30 @@ func parseBasic(h string) (user, pass string, ok bool) {
 	return user, pass, true
 }
 
+func latin1ToUTF8(b []byte) []byte {
+	out := make([]byte, 0, 2*len(b))
+	for _, c := range b {
+		out = utf8.AppendRune(out, rune(c))
+	}
+	return out
+}
+
 // authorize checks Proxy-Authorization: Basic, whose user name may carry
 // session parameters (config.ParseUser); a client that cannot change its
-// user name may send X-Rotor-Session: KEY instead, which is removed here
-// so that it never reaches the origin. A client from an --allow-clients
+// user name may send X-Rotor-Session: KEY instead, which is never forwarded (see
+// writeRequestHead). A client from an --allow-clients
 // network needs no credentials (any it sends are still checked). It
 // returns the user (nil when none), the name for the log, and the session
 // with the pool the request may leave from; err says why a session
 // parameter was refused.
-func (s *Server) authorize(r *http.Request, client netip.Addr) (usr *auth.User, name string, sess pool.Session, ok bool, err error) {
-	header := r.Header.Get("X-Rotor-Session")
-	delete(r.Header, "X-Rotor-Session")
+func (s *Server) authorize(r *request, client netip.Addr) (usr *auth.User, name string, sess pool.Session, ok bool, err error) {
+	header, _ := r.fields.get("X-Rotor-Session")
 	var st *auth.State
 	if s.opts.Access != nil {
 		st = s.opts.Access.Load()
 	}
-	basic, pass, has := parseBasic(r.Header.Get("Proxy-Authorization"))
+	creds, _ := r.fields.get("Proxy-Authorization")
+	basic, pass, has := parseBasic(creds)
 	if has {
 		if name, sess, err = config.ParseUser(basic); err != nil {
 			return nil, "", pool.Session{}, false, err

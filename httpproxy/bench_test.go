@@ -99,11 +99,13 @@ func BenchmarkReadRequest(b *testing.B) {
 		"Accept: */*\r\nProxy-Authorization: Basic dTpw\r\n\r\n"
 	r := strings.NewReader(head)
 	br := bufio.NewReader(r)
+	var buf headBuf
+	lim := bodyLimits{trailer: headLimits{64 << 10, maxHeaderFields}}
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
 		r.Reset(head)
 		br.Reset(r)
-		if _, err := readRequest(br); err != nil {
+		if _, err := readRequest(br, 64<<10, &buf, lim); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"errors"
 	"io"
-	"math"
 	"net"
 	"net/http"
 	"net/netip"
@@ -20,28 +19,10 @@ import (
 type clientConn struct {
 	s      *Server
 	c      net.Conn
-	client netip.Addr // for --allow-clients
-	lr     headLimit
+	client netip.Addr // for --allow-clients, and the idle-pool key of anonymous clients
 	br     *bufio.Reader
 	bw     *bufio.Writer
-}
-
-// headLimit caps how much a request head may read from the connection.
-type headLimit struct {
-	r net.Conn
-	n int64
-}
-
-func (l *headLimit) Read(p []byte) (int, error) {
-	if l.n <= 0 {
-		return 0, errHeadTooLarge
-	}
-	if int64(len(p)) > l.n {
-		p = p[:l.n]
-	}
-	n, err := l.r.Read(p)
-	l.n -= int64(n)
-	return n, err
+	buf    headBuf // request heads are read into this
 }
 
 // Connection buffers are pooled: allocating 8 KiB per connection was most
@@ -66,9 +47,8 @@ func (s *Server) serveConn(c net.Conn) {
 	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 		cc.client = ta.AddrPort().Addr()
 	}
-	cc.lr.r = c
 	cc.br = readers.Get().(*bufio.Reader)
-	cc.br.Reset(&cc.lr)
+	cc.br.Reset(c)
 	cc.bw = writers.Get().(*bufio.Writer)
 	cc.bw.Reset(c)
 	handedOff := cc.serve()
@@ -88,18 +68,21 @@ func (s *Server) serveConn(c net.Conn) {
 func (cc *clientConn) serve() (handedOff bool) {
 	s := cc.s
 	wait := s.opts.HeaderTimeout // for the first request: the client connected to send one
-	for {
-		cc.lr.n = int64(s.opts.MaxHeaderBytes)
+	for first := true; ; first = false {
 		if err := cc.c.SetReadDeadline(time.Now().Add(wait)); err != nil {
 			return false
 		}
-		if _, err := cc.br.Peek(1); err != nil {
+		b, err := cc.br.Peek(1)
+		if err != nil {
 			// Idle keep-alive timeout, client gone, or closed by shutdown.
 			if wait == s.opts.IdleTimeout && errors.Is(err, os.ErrDeadlineExceeded) {
 				s.opts.Hits.Add("keepalive-timeout")
 				s.opts.Log.Debug().Str("proto", "http").Str("client", cc.c.RemoteAddr().String()).
 					Str("timeout", "keepalive-timeout").Msg("idle keep-alive connection closed")
 			}
+			return false
+		}
+		if first && cc.wrongProtocol(b[0]) {
 			return false
 		}
 		if wait != s.opts.HeaderTimeout {
@@ -109,13 +92,12 @@ func (cc *clientConn) serve() (handedOff bool) {
 			_ = cc.c.SetReadDeadline(time.Now().Add(s.opts.HeaderTimeout))
 		}
 		start := time.Now()
-		req, err := readRequest(cc.br)
+		req, err := readRequest(cc.br, s.opts.MaxHeaderBytes, &cc.buf, s.bodyLimits())
 		if err != nil {
 			cc.rejectHead(err, start)
 			return false
 		}
-		cc.lr.n = math.MaxInt64
-		req.RemoteAddr = cc.c.RemoteAddr().String()
+		req.remote = cc.c.RemoteAddr().String()
 		if err := cc.c.SetReadDeadline(time.Time{}); err != nil {
 			return false
 		}
@@ -138,7 +120,7 @@ func (cc *clientConn) rejectHead(err error, start time.Time) {
 	switch {
 	case errors.As(err, &br):
 		status = br.status
-	case errors.Is(err, errHeadTooLarge):
+	case errors.Is(err, errHeadTooLarge) || errors.Is(err, bufio.ErrBufferFull):
 		status, name = http.StatusRequestHeaderFieldsTooLarge, "max-header-bytes"
 		br = &badRequest{status, "request head larger than " + strconv.Itoa(cc.s.opts.MaxHeaderBytes) + " bytes"}
 	case errors.Is(err, os.ErrDeadlineExceeded):
@@ -168,32 +150,30 @@ func (cc *clientConn) rejectHead(err error, start time.Time) {
 
 // handle answers one request. keep reports whether the connection may
 // carry another request; handedOff that a tunnel now owns it.
-func (cc *clientConn) handle(req *http.Request, start time.Time) (keep, handedOff bool) {
+func (cc *clientConn) handle(req *request, start time.Time) (keep, handedOff bool) {
 	usr, user, sess, ok, serr := cc.s.authorize(req, cc.client)
 	if !ok {
 		cc.s.opts.Listener.AuthFailed()
 		// Whatever a refused CONNECT pipelined is tunnel payload, never
 		// a request: close after answering.
-		closeAfter := req.Method == http.MethodConnect || !cc.drain(req)
+		closeAfter := req.method == http.MethodConnect || !cc.drain(req)
 		cc.writeError(http.StatusProxyAuthRequired, "proxy authentication required", closeAfter,
 			[]string{"Proxy-Authenticate", `Basic realm="rotor"`})
-		cc.s.logRequest(req, "", nil, http.StatusProxyAuthRequired, 0, 0, start, serr)
+		cc.s.logRequest(req, "", nil, netip.Addr{}, http.StatusProxyAuthRequired, 0, 0, start, serr)
 		return !closeAfter, false
 	}
 	done, why, admitted := usr.Admit()
 	if !admitted {
-		closeAfter := req.Method == http.MethodConnect || !cc.drain(req)
+		closeAfter := req.method == http.MethodConnect || !cc.drain(req)
 		cc.writeError(http.StatusTooManyRequests, "user "+quote(user)+" is over its "+why+" limit", closeAfter,
 			[]string{"Retry-After", "1"})
-		cc.s.logRequest(req, user, nil, http.StatusTooManyRequests, 0, 0, start, &limitError{why})
+		cc.s.logRequest(req, user, nil, netip.Addr{}, http.StatusTooManyRequests, 0, 0, start, &limitError{why})
 		return !closeAfter, false
 	}
-	if req.Method == http.MethodConnect {
+	if req.method == http.MethodConnect {
 		return cc.connect(req, user, sess, start, done)
 	}
-	keep = cc.forward(req, user, sess, start)
-	done()
-	return keep, false
+	return cc.forward(req, user, sess, start, done)
 }
 
 // limitError is a request refused by a per-user limit, named as in the
@@ -203,17 +183,24 @@ type limitError struct{ name string }
 func (e *limitError) Error() string { return "over the " + e.name + " limit" }
 
 // drain reads what is left of a request body that will not be forwarded,
-// up to 256 KiB, so the connection can carry the next request. It reports
-// false when the connection must close instead.
-func (cc *clientConn) drain(req *http.Request) bool {
-	if req.Close {
+// up to 256 KiB within the header timeout, so the connection can carry the
+// next request. It reports false when the connection must close instead:
+// the client asked to, or it waits for a 100 Continue before sending a
+// body, which must then not be read at all.
+func (cc *clientConn) drain(req *request) bool {
+	if req.close {
 		return false
 	}
-	if bodyDone(req.Body) {
+	if req.bodyDone() {
 		return true
 	}
-	_, _ = io.CopyN(io.Discard, req.Body, 256<<10)
-	return bodyDone(req.Body)
+	if req.expect100 {
+		return false
+	}
+	_ = cc.c.SetReadDeadline(time.Now().Add(cc.s.opts.HeaderTimeout))
+	_, _ = io.CopyN(io.Discard, req.body, 256<<10)
+	_ = cc.c.SetReadDeadline(time.Time{})
+	return req.bodyDone()
 }
 
 // writeError writes a status with a one-line plain-text body and flushes.

@@ -3,6 +3,7 @@ package httpproxy
 import (
 	"net"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/rotor-proxy/rotor/metrics"
@@ -13,20 +14,15 @@ import (
 // connect serves CONNECT host:port: dial first (so failures get a real
 // status), then answer 200 and hand the connection to a tunnel.
 // done is called when the tunnel ends, or at once if none starts.
-func (cc *clientConn) connect(req *http.Request, user string, sess pool.Session, start time.Time, done func()) (keep, handedOff bool) {
+func (cc *clientConn) connect(req *request, user string, sess pool.Session, start time.Time, done func()) (keep, handedOff bool) {
 	s := cc.s
-	target := req.URL.Host
+	target := req.authority
 	handed := false
 	defer func() {
 		if !handed {
 			done()
 		}
 	}()
-	if _, _, err := net.SplitHostPort(target); err != nil {
-		cc.writeError(http.StatusBadRequest, "CONNECT needs host:port, got "+quote(target), true, nil)
-		s.logRequest(req, user, nil, http.StatusBadRequest, 0, 0, start, err)
-		return false, false
-	}
 	up, src, err := s.opts.Dialer.Dial(s.baseCtx, target, sess)
 	m := s.opts.Metrics.Source(src)
 	m.Request(metrics.Connect, err)
@@ -34,16 +30,17 @@ func (cc *clientConn) connect(req *http.Request, user string, sess pool.Session,
 		cl := pool.Classify(err)
 		status := statusFor(cl)
 		cc.writeError(status, dialMessage(target, cl), true, nil)
-		s.logRequest(req, user, src, status, 0, 0, start, err)
+		s.logRequest(req, user, src, netip.Addr{}, status, 0, 0, start, err)
 		return false, false
 	}
+	local := localAddr(up)
 	_, err = cc.bw.Write(established)
 	if err == nil {
 		err = cc.bw.Flush()
 	}
 	if err != nil {
 		up.Close()
-		s.logRequest(req, user, src, http.StatusOK, 0, 0, start, err)
+		s.logRequest(req, user, src, local, http.StatusOK, 0, 0, start, err)
 		return false, false
 	}
 	// Bytes sent right behind the CONNECT head (a TLS ClientHello from an
@@ -68,7 +65,7 @@ func (cc *clientConn) connect(req *http.Request, user string, sess pool.Session,
 			up.Close()
 			s.conns.Remove(c)
 			c.Close()
-			s.log(info, src, http.StatusOK, st.Up, st.Down, start, err)
+			s.log(info, src, local, http.StatusOK, st.Up, st.Down, start, err)
 		})
 	s.conns.SetCloser(c, t.Close)
 	handed = true
@@ -76,3 +73,12 @@ func (cc *clientConn) connect(req *http.Request, user string, sess pool.Session,
 }
 
 var established = []byte("HTTP/1.1 200 Connection established\r\n\r\n")
+
+// localAddr is the address a connection was bound to: for a block entry,
+// the one drawn from it, which the log names (metrics name the block).
+func localAddr(c net.Conn) netip.Addr {
+	if a, ok := c.LocalAddr().(*net.TCPAddr); ok {
+		return a.AddrPort().Addr().Unmap()
+	}
+	return netip.Addr{}
+}

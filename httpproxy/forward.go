@@ -9,201 +9,304 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httputil"
-	"strconv"
+	"net/netip"
+	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	"golang.org/x/net/http/httpguts"
-
 	"github.com/rotor-proxy/rotor/pool"
 )
 
+// exchange is one absolute-form request forwarded to its origin: the
+// request, the source it leaves from, and the upstream connection.
+type exchange struct {
+	cc    *clientConn
+	r     *request
+	user  string
+	sess  pool.Session
+	start time.Time
+
+	src    *pool.Source
+	fam    pool.Family
+	ip     netip.Addr // the target, when an address literal
+	reuse  bool       // the connection may come from and go back to the idle pool
+	uc     *upConn
+	reused bool // uc came from the idle pool
+
+	continued bool // 100 Continue sent to the client
+	cut       bool // the origin answered before taking the whole body
+}
+
 // forward sends an absolute-form request to its origin from the next
 // source address and copies the response back. It reports whether the
-// client connection may carry another request.
-func (cc *clientConn) forward(req *http.Request, user string, sess pool.Session, start time.Time) bool {
+// client connection may carry another request, and whether a tunnel (a
+// WebSocket upgrade) now owns it; done is called when the request, or
+// that tunnel, ends.
+func (cc *clientConn) forward(r *request, user string, sess pool.Session, start time.Time, done func()) (keep, handedOff bool) {
 	s := cc.s
-	if req.URL.Scheme == "" || req.URL.Host == "" {
-		cc.writeError(http.StatusBadRequest, "origin-form request "+quote(req.RequestURI)+
-			"; this is a proxy: send absolute-form (GET http://host/path) or CONNECT", !cc.drain(req), nil)
-		s.logRequest(req, user, nil, http.StatusBadRequest, 0, 0, start, nil)
-		return !req.Close && bodyDone(req.Body)
-	}
-	scheme := req.URL.Scheme
-	if scheme != "http" && scheme != "https" {
-		cc.writeError(http.StatusBadRequest, "unsupported scheme "+quote(scheme), true, nil)
-		s.logRequest(req, user, nil, http.StatusBadRequest, 0, 0, start, nil)
-		return false
-	}
-	host, port := req.URL.Hostname(), req.URL.Port()
-	if port == "" {
-		port = "80"
-		if scheme == "https" {
-			port = "443"
+	defer func() {
+		if !handedOff {
+			done()
 		}
+	}()
+	if r.scheme == "" {
+		closeAfter := !cc.drain(r)
+		cc.writeError(http.StatusBadRequest, "origin-form request "+quote(r.target)+
+			"; this is a proxy: send absolute-form (GET http://host/path) or CONNECT", closeAfter, nil)
+		s.logRequest(r, user, nil, netip.Addr{}, http.StatusBadRequest, 0, 0, start, nil)
+		return !closeAfter, false
 	}
-	hostport := net.JoinHostPort(host, port)
+	if r.scheme != "http" && r.scheme != "https" {
+		cc.writeError(http.StatusBadRequest, "unsupported scheme "+quote(r.scheme), true, nil)
+		s.logRequest(r, user, nil, netip.Addr{}, http.StatusBadRequest, 0, 0, start, nil)
+		return false, false
+	}
+	x := &exchange{cc: cc, r: r, user: user, sess: sess, start: start, fam: pool.Any}
+	if ip, ok := pool.ParseHost(r.host); ok {
+		x.ip = ip
+		x.fam = pool.FamilyOf(r.host)
+	}
 	// Reusing an upstream connection needs the source chosen before any
 	// dial. A name in a pool with both families is resolved first to
 	// choose the family (see pool.Dialer.DialName), so it dials afresh;
 	// so does a block source, which binds a new random address each time.
-	var src *pool.Source
-	fam := pool.FamilyOf(host)
-	if fam != pool.Any || !s.opts.Dialer.PoolFor(sess).Mixed() {
-		var err error
-		if src, err = s.opts.Dialer.Pick(s.baseCtx, fam, sess); err != nil {
-			cl := pool.Classify(err)
-			status := statusFor(cl)
-			cc.writeError(status, dialMessage(hostport, cl), true, nil)
-			s.logRequest(req, user, nil, status, 0, 0, start, err)
-			return false
+	if x.fam != pool.Any || !s.opts.Dialer.PoolFor(sess).Mixed() {
+		src, err := s.opts.Dialer.Pick(s.baseCtx, x.fam, sess)
+		if err != nil {
+			return x.fail(err), false
 		}
+		x.src = src
 	}
-	reuse := src != nil && !src.Block
-
-	out := outgoing(req)
-	if httpguts.HeaderValuesContainsToken(req.Header["Expect"], "100-continue") {
-		// Answer 100 ourselves and send the body along: the origin may not
-		// speak HTTP/1.1 continue, and rotor reads the body anyway.
-		delete(out.Header, "Expect")
-		if !bodyDone(req.Body) {
-			cc.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
-			if err := cc.bw.Flush(); err != nil {
-				return false
-			}
-		}
-	}
-
-	key := scheme + "://" + hostport
-	var (
-		resp *http.Response
-		uc   *upConn
-		err  error
-	)
+	x.reuse = x.src != nil && !x.src.Block && r.upgrade == "" && !r.bodyIgnorable()
 	for attempt := 0; ; attempt++ {
-		reused := false
-		if attempt == 0 && reuse {
-			uc = s.upstreams.Get(src).take(key)
-			reused = uc != nil
+		if err := x.open(attempt == 0); err != nil {
+			return x.fail(err), false
 		}
-		if uc == nil {
-			var used *pool.Source
-			uc, used, err = s.dialUpstream(src, sess, scheme, host, hostport, key)
-			if err != nil && src != nil && pool.IsLocal(err) {
-				// The source left the host: DialFrom took it out of
-				// rotation; try once from another.
-				if next, perr := s.opts.Dialer.Pick(s.baseCtx, fam, sess); perr == nil && next != src {
-					src = next
-					uc, used, err = s.dialUpstream(src, sess, scheme, host, hostport, key)
-				}
-			}
-			if used != nil {
-				src = used
-			}
-			if err != nil {
-				cl := pool.Classify(err)
-				status := statusFor(cl)
-				keep := cc.drain(req)
-				cc.writeError(status, dialMessage(hostport, cl), !keep, nil)
-				s.logRequest(req, user, src, status, bodyRead(req.Body), 0, start, err)
-				return keep
-			}
-		}
-		resp, err = roundTrip(cc, uc, out, s.opts.HeaderTimeout)
+		resp, err := x.roundTrip()
 		if err == nil {
-			break
+			if resp.status == http.StatusSwitchingProtocols {
+				return x.upgrade(resp, done)
+			}
+			return x.respond(resp), false
 		}
-		uc.close()
-		uc = nil
-		// A pooled connection the origin closed just as we wrote to it:
-		// nothing was sent or received, so a bodiless request is safe to
-		// send again on a new connection, as http.Transport does.
-		if reused && out.Body == http.NoBody && retryable(err) {
+		x.uc.close()
+		if attempt == 0 && x.retry(err) {
 			continue
 		}
-		keep := bodyDone(req.Body) && !req.Close
-		status, msg := http.StatusBadGateway, "upstream error from "+quote(hostport)
-		if pool.Classify(err) == pool.ClassTimeout {
-			status, msg = http.StatusGatewayTimeout, quote(hostport)+" sent no response head in time"
-			err = fmt.Errorf("%w: %w", errResponseTimeout, err)
+		return x.fail(err), false
+	}
+}
+
+// open takes an idle connection to the origin, when it may, or dials one.
+func (x *exchange) open(mayReuse bool) error {
+	s := x.cc.s
+	x.uc, x.reused = nil, false
+	if mayReuse && x.reuse {
+		if uc := s.idle.take(x.src, x.key(x.src.Addr)); uc != nil {
+			x.uc, x.reused = uc, true
+			return nil
 		}
-		cc.writeError(status, msg, !keep, nil)
-		s.logRequest(req, user, src, status, bodyRead(req.Body), 0, start, err)
-		return keep
 	}
+	uc, used, err := s.dialUpstream(x.src, x.sess, x.r)
+	if err != nil && x.src != nil && pool.IsLocal(err) {
+		// The source left the host: DialFrom took it out of rotation;
+		// try once from another.
+		if next, perr := s.opts.Dialer.Pick(s.baseCtx, x.fam, x.sess); perr == nil && next != x.src {
+			uc, used, err = s.dialUpstream(next, x.sess, x.r)
+		}
+	}
+	if used != nil {
+		x.src = used
+	}
+	if err != nil {
+		return err
+	}
+	uc.key = x.key(uc.local)
+	x.uc = uc
+	return nil
+}
 
-	down, keep, reusable, err := cc.writeResponse(req, resp, uc)
-	if reusable && reuse && !src.Block {
-		s.upstreams.Get(src).put(uc)
+// key is the idle-pool key of this request from local.
+func (x *exchange) key(local netip.Addr) upKey {
+	k := upKey{user: x.user, local: local, tls: x.r.scheme == "https", ip: x.ip, port: x.r.port}
+	if !x.ip.IsValid() {
+		k.name = lower(x.r.host)
+	}
+	if x.user == "" {
+		k.client = x.cc.client
+	}
+	return k
+}
+
+// lower is strings.ToLower without an allocation for names already in
+// lower case, as nearly all are.
+func lower(s string) string {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= 'A' && c <= 'Z' {
+			return strings.ToLower(s)
+		}
+	}
+	return s
+}
+
+// retry reports whether a request that failed on a reused connection may
+// be sent again on a new one: the origin closed the idle connection as it
+// was written to (a stale keep-alive), no byte of a response came, nothing
+// of a body was taken from the client, and sending twice is safe.
+func (x *exchange) retry(err error) bool {
+	if !x.reused || x.uc.nread > 0 || x.r.body != nil || !x.r.retrySafe() {
+		return false
+	}
+	if _, ok := errors.AsType[*clientError](err); ok {
+		return false
+	}
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// clientError is a failure on the client's side while its body was
+// forwarded: framing (400), a stall (idle timeout), or the client gone.
+type clientError struct{ err error }
+
+func (e *clientError) Error() string { return "reading request body: " + e.err.Error() }
+func (e *clientError) Unwrap() error { return e.err }
+
+// roundTrip writes the request head and body upstream and reads the
+// response head, passing 1xx interim responses on.
+func (x *exchange) roundTrip() (*response, error) {
+	uc, r := x.uc, x.r
+	x.cut = false
+	uc.nread = 0
+	writeRequestHead(uc.bw, r)
+	var err error
+	if r.body != nil {
+		x.sendContinue()
+		err = x.sendBody()
 	} else {
-		uc.close()
+		x.deadline(uc.c, false)
+		err = uc.bw.Flush()
 	}
-	s.logRequest(req, user, src, resp.StatusCode, bodyRead(req.Body), down, start, err)
-	return keep
+	if err != nil {
+		if _, ok := errors.AsType[*clientError](err); ok || uc.nread == 0 && !x.readable() {
+			return nil, err
+		}
+		// The origin stopped taking the body and may have answered
+		// already (a 413, a 401): forward what it said, then close.
+		resp, rerr := x.readFinal()
+		if rerr != nil {
+			return nil, err
+		}
+		x.cut = true
+		return resp, nil
+	}
+	return x.readFinal()
 }
 
-// outgoing is the request sent upstream: the client's, less hop-by-hop
-// fields. rotor adds nothing that names the client (no Via, no
-// X-Forwarded-For) and passes the client's own forwarding headers on.
-func outgoing(req *http.Request) *http.Request {
-	h := req.Header
-	teTrailers := httpguts.HeaderValuesContainsToken(h["Te"], "trailers")
-	removeHopByHop(h)
-	if teTrailers {
-		h["Te"] = []string{"trailers"}
-	}
-	if _, ok := h["User-Agent"]; !ok {
-		h["User-Agent"] = []string{""} // or Request.Write adds Go's own
-	}
-	out := &http.Request{
-		Method: req.Method, URL: req.URL, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header: h, Body: req.Body, ContentLength: req.ContentLength, TransferEncoding: req.TransferEncoding,
-		Host: req.Host,
-	}
-	if cb, ok := req.Body.(*chunkedBody); ok {
-		// Request.Write sends the trailer map's contents after the last
-		// chunk; the chunked reader fills it when it reaches the end.
-		out.Trailer = http.Header{}
-		cb.trailer = out.Trailer
-	}
-	return out
+// readable reports whether the origin has sent anything yet.
+func (x *exchange) readable() bool {
+	return x.uc.br.Buffered() > 0 || !alive(x.uc.raw)
 }
 
-// roundTrip writes out on uc and reads the response head, passing 1xx
-// interim responses on to the client. An origin that sends no response
-// head within headTimeout of the request being written is a timeout (504):
-// one that accepts and never answers must not hold the client forever.
-func roundTrip(cc *clientConn, uc *upConn, out *http.Request, headTimeout time.Duration) (*http.Response, error) {
-	if err := out.Write(uc.bw); err != nil {
-		return nil, err
+// sendContinue answers Expect: 100-continue once a connection to the
+// origin is open: rotor reads the body anyway, and the origin may not
+// speak HTTP/1.1 continue. A refusal before this point (407, 403, a failed
+// dial) reaches the client before it sends any body byte.
+func (x *exchange) sendContinue() {
+	if !x.r.expect100 || x.continued || x.r.bodyDone() || x.r.minor == 0 {
+		return
 	}
-	if err := uc.bw.Flush(); err != nil {
-		return nil, err
-	}
-	if err := uc.c.SetReadDeadline(time.Now().Add(headTimeout)); err != nil {
-		return nil, err
-	}
-	defer uc.c.SetReadDeadline(time.Time{})
+	x.continued = true
+	x.cc.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+	x.deadline(x.cc.c, false)
+	_ = x.cc.bw.Flush()
+}
+
+// sendBody streams the request body upstream, framed as it came (length
+// or chunked, with the trailer fields that may pass), flushing whenever
+// the client has nothing more buffered.
+func (x *exchange) sendBody() error {
+	uc, r, cc := x.uc, x.r, x.cc
+	bp := bodyBufs.Get().(*[]byte)
+	defer bodyBufs.Put(bp)
+	buf := *bp
 	for {
-		resp, err := http.ReadResponse(uc.br, out)
+		x.deadline(cc.c, true)
+		n, rerr := r.body.Read(buf)
+		if n > 0 {
+			x.deadline(uc.c, false)
+			var werr error
+			if r.length < 0 {
+				werr = writeChunk(uc.bw, buf[:n])
+			} else {
+				_, werr = uc.bw.Write(buf[:n])
+			}
+			if werr == nil && cc.br.Buffered() == 0 {
+				werr = uc.bw.Flush()
+			}
+			if werr != nil {
+				return werr
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return &clientError{rerr}
+		}
+	}
+	x.deadline(uc.c, false)
+	if cr, ok := r.body.(*chunkedReader); ok {
+		if err := writeLastChunk(uc.bw, cr.trailer); err != nil {
+			return err
+		}
+	}
+	return uc.bw.Flush()
+}
+
+// maxInterim bounds the 1xx responses an origin may send before its final
+// one.
+const maxInterim = 16
+
+// readFinal reads the origin's final response head, passing 1xx interim
+// responses on to an HTTP/1.1 client (a 100 only when rotor has not sent
+// its own). An origin that sends no final head within the header timeout
+// of the request being written is a timeout (504): one that accepts and
+// never answers must not hold the client forever.
+func (x *exchange) readFinal() (*response, error) {
+	s, uc := x.cc.s, x.uc
+	if err := uc.c.SetReadDeadline(time.Now().Add(s.opts.HeaderTimeout)); err != nil {
+		return nil, err
+	}
+	for i := 0; ; i++ {
+		resp, err := readResponse(uc.br, s.opts.MaxHeaderBytes, &uc.buf, x.r.method)
 		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				err = fmt.Errorf("%w: %w", errResponseTimeout, err)
+			}
 			return nil, err
 		}
 		switch {
-		case resp.StatusCode == http.StatusSwitchingProtocols:
-			return nil, errors.New("origin switched protocols, which rotor does not forward")
-		case resp.StatusCode >= 200:
+		case resp.status == http.StatusSwitchingProtocols:
+			if x.r.upgrade == "" {
+				return nil, badOrigin("101 Switching Protocols to a request that asked for no upgrade")
+			}
 			return resp, nil
+		case resp.status >= 200:
+			return resp, nil
+		case i == maxInterim:
+			return nil, badOrigin("more than %d interim responses", maxInterim)
+		case x.r.minor == 0 || resp.status == http.StatusContinue && (x.continued || !x.r.expect100):
+			continue
 		}
-		// 1xx interim (103 Early Hints): pass it on and read on.
-		removeHopByHop(resp.Header)
-		cc.bw.WriteString("HTTP/1.1 " + resp.Status + "\r\n")
-		_ = resp.Header.Write(cc.bw)
-		cc.bw.WriteString("\r\n")
-		if err := cc.bw.Flush(); err != nil {
-			return nil, err
+		writeResponseHead(x.cc.bw, resp, responseFraming{})
+		x.deadline(x.cc.c, false)
+		if err := x.cc.bw.Flush(); err != nil {
+			return nil, &clientError{err}
+		}
+		if resp.status == http.StatusContinue {
+			x.continued = true
 		}
 	}
 }
@@ -212,112 +315,111 @@ func roundTrip(cc *clientConn, uc *upConn, out *http.Request, headTimeout time.D
 // the header timeout, for its log line and count.
 var errResponseTimeout = errors.New("response-timeout")
 
-func retryable(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+// respond copies the response to the client, gives the connection back to
+// the idle pool when that is safe, and logs the request.
+func (x *exchange) respond(resp *response) bool {
+	s := x.cc.s
+	down, keep, framed, err := x.relay(resp)
+	if framed && x.reuse && resp.reusable && !x.cut && x.r.bodyDone() {
+		s.idle.put(x.src, x.uc)
+	} else {
+		x.uc.close()
+	}
+	s.logRequest(x.r, x.user, x.src, x.uc.local, resp.status, x.r.bodyRead(), down, x.start, err)
+	return keep
 }
 
-// writeResponse copies resp to the client, framed for it. It reports the
-// body bytes sent, whether the client connection may be kept, and whether
-// the upstream connection may be reused.
-func (cc *clientConn) writeResponse(req *http.Request, resp *http.Response, uc *upConn) (n int64, keep, reusable bool, err error) {
-	w := cc.bw
-	h := resp.Header
-	removeHopByHop(h)
-	delete(h, "Content-Length")
-	noBody := req.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified
-	closeAfter := req.Close
-	chunked := false
-	w.WriteString("HTTP/1.1 ")
-	w.WriteString(resp.Status)
-	w.WriteString("\r\n")
-	if err := h.Write(w); err != nil {
-		return 0, false, false, err
-	}
+// relay writes the response head and body to the client, framed for it:
+// Content-Length when the origin sent one; chunked for an HTTP/1.1 client
+// otherwise; for an HTTP/1.0 client, Connection: keep-alive with a length,
+// or Connection: close and a body that ends with the connection. It
+// reports the body bytes sent, whether the client connection may carry
+// another request, and whether the response was read exactly to its end
+// with nothing behind it in rotor's buffer.
+func (x *exchange) relay(resp *response) (n int64, keep, framed bool, err error) {
+	cc, uc, r := x.cc, x.uc, x.r
+	var body clientBody
 	switch {
-	case noBody:
-		if req.Method == http.MethodHead && resp.ContentLength >= 0 {
-			writeLength(w, resp.ContentLength)
+	case resp.noBody:
+	case resp.chunked:
+		body = newChunkedReader(uc.br, x.cc.s.bodyLimits(), &uc.buf)
+	case resp.length > 0:
+		body = &fixedReader{r: uc.br, n: resp.length}
+	case resp.length < 0:
+		body = &closeReader{r: uc.br}
+	}
+	fr := responseFraming{length: resp.noBody || resp.length >= 0 && !resp.chunked}
+	fr.close = r.close || x.cut || !r.bodyDone()
+	if !fr.length {
+		if r.minor >= 1 {
+			fr.chunked = true
+		} else {
+			fr.close = true // an HTTP/1.0 client reads to the close
 		}
-	case resp.ContentLength >= 0:
-		writeLength(w, resp.ContentLength)
-	case req.ProtoAtLeast(1, 1):
-		w.WriteString("Transfer-Encoding: chunked\r\n")
-		chunked = true
-	default:
-		closeAfter = true // an HTTP/1.0 client reads to EOF
 	}
-	if closeAfter {
-		w.WriteString("Connection: close\r\n")
-	}
-	w.WriteString("\r\n")
+	fr.keepAlive = r.minor == 0 && !fr.close
+	writeResponseHead(cc.bw, resp, fr)
 
 	var rerr, werr error
-	if !noBody {
-		var dst io.Writer = w
-		var cw io.WriteCloser
-		if chunked {
-			cw = httputil.NewChunkedWriter(w)
-			dst = cw
-		}
-		n, rerr, werr = copyBody(dst, resp.Body, uc.br, w)
-		if chunked && rerr == nil && werr == nil {
-			werr = cw.Close()
-			for k, vv := range resp.Trailer {
-				for _, v := range vv {
-					w.WriteString(k + ": " + v + "\r\n")
-				}
-			}
-			w.WriteString("\r\n")
-		}
+	if body != nil {
+		n, rerr, werr = x.copyResponse(body, fr.chunked)
 	}
 	if werr == nil {
-		werr = w.Flush()
+		x.deadline(cc.c, false)
+		werr = cc.bw.Flush()
 	}
 	// A body cut short upstream must reach the client as a cut: close, so
 	// it sees a short Content-Length or an unterminated chunked body.
-	keep = !closeAfter && rerr == nil && werr == nil && bodyDone(req.Body)
-	reusable = rerr == nil && werr == nil && !resp.Close
-	if rerr != nil {
-		return n, keep, false, fmt.Errorf("reading response body: %w", rerr)
+	keep = !fr.close && rerr == nil && werr == nil
+	framed = rerr == nil && werr == nil && (body == nil || body.done()) && uc.br.Buffered() == 0
+	if _, ok := body.(*closeReader); ok {
+		framed = false
 	}
-	if werr != nil {
-		return n, keep, false, fmt.Errorf("writing to client: %w", werr)
+	switch {
+	case rerr != nil:
+		return n, false, false, fmt.Errorf("reading response body: %w", rerr)
+	case werr != nil:
+		return n, false, false, fmt.Errorf("writing to client: %w", werr)
 	}
-	return n, keep, reusable, nil
+	return n, keep, framed, nil
 }
 
-func writeLength(w interface{ WriteString(string) (int, error) }, n int64) {
-	w.WriteString("Content-Length: ")
-	w.WriteString(strconv.FormatInt(n, 10))
-	w.WriteString("\r\n")
-}
-
-// bodyBufs holds the copy buffers for response bodies.
-var bodyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
-// copyBody copies src to dst, flushing the client writer whenever the
-// upstream reader has nothing more buffered, so that streamed responses
-// reach the client as they arrive.
-func copyBody(dst io.Writer, src io.Reader, upstream interface{ Buffered() int }, client interface{ Flush() error }) (n int64, rerr, werr error) {
+// copyResponse copies a response body to the client, chunk-framed when
+// chunked, flushing whenever the origin has nothing more buffered so that
+// streamed responses reach the client as they arrive. Each read and write
+// has the idle timeout: a stall either way ends the exchange.
+func (x *exchange) copyResponse(body clientBody, chunked bool) (n int64, rerr, werr error) {
+	cc, uc := x.cc, x.uc
 	bp := bodyBufs.Get().(*[]byte)
 	defer bodyBufs.Put(bp)
 	buf := *bp
 	for {
-		nr, er := src.Read(buf)
+		x.deadline(uc.c, true)
+		nr, er := body.Read(buf)
 		if nr > 0 {
-			nw, ew := dst.Write(buf[:nr])
-			n += int64(nw)
-			if ew != nil {
-				return n, nil, ew
+			x.deadline(cc.c, false)
+			if chunked {
+				werr = writeChunk(cc.bw, buf[:nr])
+			} else {
+				_, werr = cc.bw.Write(buf[:nr])
 			}
-			if upstream.Buffered() == 0 {
-				if ew := client.Flush(); ew != nil {
-					return n, nil, ew
-				}
+			if werr == nil && uc.br.Buffered() == 0 {
+				werr = cc.bw.Flush()
 			}
+			if werr != nil {
+				return n, nil, werr
+			}
+			n += int64(nr)
 		}
 		if er == io.EOF {
-			return n, nil, nil
+			if chunked {
+				var tr header
+				if cr, ok := body.(*chunkedReader); ok {
+					tr = cr.trailer
+				}
+				werr = writeLastChunk(cc.bw, tr)
+			}
+			return n, nil, werr
 		}
 		if er != nil {
 			return n, er, nil
@@ -325,12 +427,31 @@ func copyBody(dst io.Writer, src io.Reader, upstream interface{ Buffered() int }
 	}
 }
 
-// dialUpstream opens a connection to hostport from src, or from the
-// source the dialer picks when src is nil, with TLS for https. It returns
-// the source used.
-func (s *Server) dialUpstream(src *pool.Source, sess pool.Session, scheme, host, hostport, key string) (*upConn, *pool.Source, error) {
+// deadline gives the next read (or write) on c the idle timeout: a
+// forwarded body that moves no byte either way for that long ends both
+// connections. Zero means no bound.
+func (x *exchange) deadline(c net.Conn, read bool) {
+	var t time.Time
+	if d := x.cc.s.opts.TunnelIdleTimeout; d > 0 {
+		t = time.Now().Add(d)
+	}
+	if read {
+		_ = c.SetReadDeadline(t)
+	} else {
+		_ = c.SetWriteDeadline(t)
+	}
+}
+
+// bodyBufs holds the copy buffers for bodies.
+var bodyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// dialUpstream opens a connection to the request's origin from src, or
+// from the source the dialer picks when src is nil, with TLS for https.
+// It returns the source used.
+func (s *Server) dialUpstream(src *pool.Source, sess pool.Session, r *request) (*upConn, *pool.Source, error) {
 	var c *net.TCPConn
 	var err error
+	hostport := r.hostport()
 	if src != nil {
 		c, err = s.opts.Dialer.DialFrom(s.baseCtx, src, hostport, sess)
 	} else {
@@ -339,9 +460,12 @@ func (s *Server) dialUpstream(src *pool.Source, sess pool.Session, scheme, host,
 	if err != nil {
 		return nil, src, err
 	}
-	u := &upConn{c: c, raw: c, key: key}
-	if scheme == "https" {
-		tc := tls.Client(c, &tls.Config{ServerName: host})
+	u := &upConn{c: c, raw: c}
+	if la, ok := c.LocalAddr().(*net.TCPAddr); ok {
+		u.local = la.AddrPort().Addr().Unmap()
+	}
+	if r.scheme == "https" {
+		tc := tls.Client(c, &tls.Config{ServerName: r.host})
 		ctx, cancel := context.WithTimeout(s.baseCtx, 10*time.Second)
 		err := tc.HandshakeContext(ctx)
 		cancel()
@@ -351,7 +475,7 @@ func (s *Server) dialUpstream(src *pool.Source, sess pool.Session, scheme, host,
 		}
 		u.c = tc
 	}
-	u.br = bufio.NewReaderSize(u.c, 4<<10)
+	u.br = bufio.NewReaderSize(countReader{u}, 4<<10)
 	u.bw = bufio.NewWriterSize(u.c, 4<<10)
 	return u, src, nil
 }

@@ -3,6 +3,8 @@ package httpproxy
 import (
 	"errors"
 	"net/http"
+	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -18,14 +20,17 @@ type requestInfo struct {
 	method, client, user, target string
 }
 
-func reqInfo(r *http.Request, user string) requestInfo {
-	return requestInfo{method: r.Method, client: r.RemoteAddr, user: user, target: r.URL.Host}
+// reqInfo copies what the log line needs, so that a tunnel does not keep
+// the request head alive.
+func reqInfo(r *request, user string) requestInfo {
+	return requestInfo{method: strings.Clone(r.method), client: r.remote, user: user, target: strings.Clone(r.authority)}
 }
 
 // logRequest writes the one line per request or tunnel. It never logs
 // Proxy-Authorization or any other header.
-func (s *Server) logRequest(r *http.Request, user string, src *pool.Source, status int, up, down int64, start time.Time, err error) {
-	if src != nil && r.Method != http.MethodConnect {
+// local is the address bound, when known.
+func (s *Server) logRequest(r *request, user string, src *pool.Source, local netip.Addr, status int, up, down int64, start time.Time, err error) {
+	if src != nil && r.method != http.MethodConnect {
 		// A CONNECT is counted when its dial ends; its bytes as they flow.
 		m := s.opts.Metrics.Source(src)
 		m.Request(metrics.HTTP, err)
@@ -35,7 +40,7 @@ func (s *Server) logRequest(r *http.Request, user string, src *pool.Source, stat
 		s.count(err, status)
 		return
 	}
-	s.log(reqInfo(r, user), src, status, up, down, start, err)
+	s.log(reqInfo(r, user), src, local, status, up, down, start, err)
 }
 
 func levelFor(status int) zerolog.Level {
@@ -45,7 +50,7 @@ func levelFor(status int) zerolog.Level {
 	return zerolog.InfoLevel
 }
 
-func (s *Server) log(r requestInfo, src *pool.Source, status int, up, down int64, start time.Time, err error) {
+func (s *Server) log(r requestInfo, src *pool.Source, local netip.Addr, status int, up, down int64, start time.Time, err error) {
 	s.count(err, status)
 	lvl := levelFor(status)
 	e := s.opts.Log.WithLevel(lvl)
@@ -64,7 +69,10 @@ func (s *Server) log(r requestInfo, src *pool.Source, status int, up, down int64
 		e = e.Str("method", r.method)
 	}
 	e = e.Str("target", r.target) // zerolog escapes control bytes
-	if src != nil {
+	switch {
+	case local.IsValid():
+		e = e.Stringer("src", local)
+	case src != nil:
 		e = e.Stringer("src", src.Addr)
 	}
 	e = e.Int("status", status).Int64("up", up).Int64("down", down).Dur("dur_ms", time.Since(start))

@@ -2,13 +2,9 @@ package httpproxy
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"net/http/httputil"
-	"net/textproto"
-	"net/url"
+	"net/netip"
 	"strconv"
 	"strings"
 
@@ -17,18 +13,14 @@ import (
 
 // Request heads are parsed here rather than by http.ReadRequest, which
 // deletes the Host header before the caller can see whether it was
-// missing or sent twice, and which folds obs-fold lines and accepts a
-// space before a colon. Field syntax follows RFC 9112 section 5 and
-// framing section 6:
-// Transfer-Encoding must be exactly "chunked", it may not come with
-// Content-Length, and Content-Length must be one decimal number. Chunked
-// bodies are decoded by httputil.NewChunkedReader, which rejects bare LF
-// and oversized chunk-size lines.
+// missing or sent twice, folds obs-fold lines, accepts a space before a
+// colon, and keeps fields only as a map. Field syntax follows RFC 9112
+// section 5 and framing section 6: Transfer-Encoding must be exactly
+// "chunked", it may not come with Content-Length, and Content-Length must
+// be one decimal number.
 
-// errHeadTooLarge is returned when a request head exceeds maxHeaderBytes.
-var errHeadTooLarge = errors.New("request head too large")
-
-// badRequest is a parse error answered with status and its message.
+// badRequest is a parse error answered with status and its message. The
+// message never quotes a field value.
 type badRequest struct {
 	status int
 	msg    string
@@ -40,17 +32,52 @@ func bad(format string, args ...any) error {
 	return &badRequest{http.StatusBadRequest, fmt.Sprintf(format, args...)}
 }
 
-// readRequest reads one request head from br and returns a request whose
-// Body reads exactly the message body.
-func readRequest(br *bufio.Reader) (*http.Request, error) {
-	line, err := readLine(br)
-	if err != nil {
-		return nil, err
+// request is one client request: its head as received and what rotor
+// derived from it.
+type request struct {
+	method, target, proto string
+	minor                 int // HTTP/1.minor
+	fields                header
+
+	// The target: for CONNECT and absolute-form, the host (an IPv6
+	// literal without brackets) and port (defaulted from the scheme);
+	// authority is host:port as the Host field must say it.
+	scheme, host, port, authority string
+	// path is the origin-form sent upstream: the target's path and query
+	// as the client spelled them ("/" when it had none).
+	path string
+
+	// length is the body's Content-Length, -1 for chunked, 0 for none.
+	length int64
+	body   clientBody // nil when there is no body
+
+	close     bool   // the client asked to close after this request
+	keepAlive bool   // an HTTP/1.0 client asked to keep the connection
+	expect100 bool   // Expect: 100-continue
+	upgrade   string // "websocket" when a WebSocket upgrade was asked
+	remote    string // the client's address, for logs
+}
+
+// hostport is the target as the dialer takes it.
+func (r *request) hostport() string { return joinHostPort(r.host, r.port) }
+
+func joinHostPort(host, port string) string {
+	if strings.IndexByte(host, ':') >= 0 {
+		return "[" + host + "]:" + port
 	}
-	method, rest, ok1 := strings.Cut(line, " ")
+	return host + ":" + port
+}
+
+// readRequest reads one request head from br and sets up its body.
+func readRequest(br *bufio.Reader, maxBytes int, buf *headBuf, lim bodyLimits) (*request, error) {
+	start, fields, err := readHead(br, headLimits{maxBytes, maxHeaderFields}, buf)
+	if err != nil {
+		return nil, requestHeadError(err)
+	}
+	method, rest, ok1 := strings.Cut(start, " ")
 	target, proto, ok2 := strings.Cut(rest, " ")
 	if !ok1 || !ok2 || method == "" || target == "" || !validMethod(method) {
-		return nil, bad("malformed request line %s", quote(line))
+		return nil, bad("malformed request line %s", quote(start))
 	}
 	major, minor, ok := http.ParseHTTPVersion(proto)
 	if !ok {
@@ -59,155 +86,258 @@ func readRequest(br *bufio.Reader) (*http.Request, error) {
 	if major != 1 {
 		return nil, &badRequest{http.StatusHTTPVersionNotSupported, "HTTP version " + quote(proto) + " not supported"}
 	}
-	req := &http.Request{Method: method, RequestURI: target, Proto: proto, ProtoMajor: major, ProtoMinor: minor}
-	if method == http.MethodConnect {
+	r := &request{method: method, target: target, proto: proto, minor: minor, fields: fields}
+	if err := r.parseTarget(); err != nil {
+		return nil, err
+	}
+	if err := r.checkHost(); err != nil {
+		return nil, err
+	}
+	if minor == 0 {
+		r.keepAlive = fields.hasToken("Connection", "keep-alive") || fields.hasToken("Proxy-Connection", "keep-alive")
+		r.close = !r.keepAlive
+	} else {
+		r.close = fields.hasToken("Connection", "close") || fields.hasToken("Proxy-Connection", "close")
+	}
+	r.expect100 = fields.hasToken("Expect", "100-continue")
+	if fields.hasToken("Upgrade", "websocket") && fields.hasToken("Connection", "upgrade") && method == http.MethodGet {
+		r.upgrade = "websocket"
+	}
+	if err := r.setBody(br, lim, buf); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// requestHeadError maps a head-reading error to the client's status.
+func requestHeadError(err error) error {
+	switch e := err.(type) {
+	case *fieldError:
+		return &badRequest{http.StatusBadRequest, "invalid " + e.Error()}
+	}
+	if err == errTooManyFields {
+		return &badRequest{http.StatusRequestHeaderFieldsTooLarge, "more than " + strconv.Itoa(maxHeaderFields) + " header fields"}
+	}
+	return err
+}
+
+// parseTarget reads the request-target: authority form for CONNECT,
+// absolute form (http:// or https://) for forwarding, anything else is
+// kept for the origin-form answer.
+func (r *request) parseTarget() error {
+	t := r.target
+	if r.method == http.MethodConnect {
 		// Authority form: host:port, nothing else.
-		if strings.ContainsAny(target, "/?#@") {
-			return nil, bad("CONNECT target %s is not host:port", quote(target))
+		if strings.ContainsAny(t, "/?#@") {
+			return bad("CONNECT target %s is not host:port", quote(t))
 		}
-		req.URL = &url.URL{Host: target}
-	} else if req.URL, err = url.ParseRequestURI(target); err != nil {
-		return nil, bad("malformed request target %s", quote(target))
+		host, port, ok := splitAuthority(t)
+		if !ok || port == "" {
+			return bad("CONNECT needs host:port, got %s", quote(t))
+		}
+		r.host, r.port, r.authority = host, port, joinHostPort(host, port)
+		return nil
 	}
-
-	if req.Header, err = readHeader(br); err != nil {
-		return nil, err
+	if strings.ContainsAny(t, "#") || !validTarget(t) {
+		return bad("malformed request target %s", quote(t))
 	}
+	i := strings.Index(t, "://")
+	if i <= 0 || t[0] == '/' {
+		if t[0] != '/' && t != "*" {
+			return bad("malformed request target %s", quote(t))
+		}
+		return nil // origin form: answered with an explanation
+	}
+	r.scheme = strings.ToLower(t[:i])
+	rest := t[i+3:]
+	end := strings.IndexAny(rest, "/?")
+	auth := rest
+	r.path = "/"
+	if end >= 0 {
+		auth = rest[:end]
+		if rest[end] == '/' {
+			r.path = rest[end:]
+		} else {
+			r.path = "/" + rest[end:]
+		}
+	}
+	if at := strings.LastIndexByte(auth, '@'); at >= 0 {
+		// Credentials in a URL are deprecated (RFC 9110 4.2.4) and never
+		// forwarded.
+		auth = auth[at+1:]
+	}
+	host, port, ok := splitAuthority(auth)
+	if !ok {
+		return bad("malformed host in request target %s", quote(t))
+	}
+	r.host, r.port, r.authority = host, port, auth
+	if strings.IndexByte(host, ':') >= 0 && auth[0] != '[' {
+		r.authority = "[" + host + "]" // bare IPv6 in the target
+		if port != "" {
+			r.authority += ":" + port
+		}
+	}
+	if port == "" {
+		r.port = "80"
+		if r.scheme == "https" {
+			r.port = "443"
+		}
+	}
+	return nil
+}
 
-	hosts, haveHost := req.Header["Host"]
+// validTarget reports whether t holds only the bytes a request-target may
+// (RFC 3986 characters, visible ASCII).
+func validTarget(t string) bool {
+	for i := 0; i < len(t); i++ {
+		if c := t[i]; c <= ' ' || c >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// splitAuthority splits host[:port]. An IPv6 literal may come bracketed
+// or, as wget 1.21, Python 3.11's urllib and httpx 0.23 send it in
+// CONNECT, bare: then the last colon separates the port when what stands
+// before it parses as an IPv6 address. A name may hold letters, digits,
+// '-', '.' and '_' only; a port is 1-65535.
+func splitAuthority(a string) (host, port string, ok bool) {
 	switch {
-	case len(hosts) > 1:
-		return nil, bad("more than one Host header")
-	case !haveHost && req.ProtoAtLeast(1, 1) && method != http.MethodConnect:
-		return nil, bad("missing Host header")
-	case haveHost && !httpguts.ValidHostHeader(hosts[0]):
-		return nil, bad("malformed Host header %s", quote(hosts[0]))
+	case a == "":
+		return "", "", false
+	case a[0] == '[':
+		end := strings.IndexByte(a, ']')
+		if end < 0 {
+			return "", "", false
+		}
+		host, rest := a[1:end], a[end+1:]
+		if ip, err := netip.ParseAddr(host); err != nil || !ip.Is6() || ip.Zone() != "" {
+			return "", "", false
+		}
+		if rest != "" {
+			if rest[0] != ':' {
+				return "", "", false
+			}
+			port = rest[1:]
+		}
+		return host, port, validPort(port, true)
+	case strings.Count(a, ":") > 1:
+		if i := strings.LastIndexByte(a, ':'); isIPv6(a[:i]) && validPort(a[i+1:], false) {
+			return a[:i], a[i+1:], true
+		}
+		if isIPv6(a) {
+			return a, "", true
+		}
+		return "", "", false
 	}
-	delete(req.Header, "Host")
-	req.Host = req.URL.Host // absolute form wins over Host (RFC 9112 3.2.2)
-	if req.Host == "" && haveHost {
-		req.Host = hosts[0]
+	host, port, _ = strings.Cut(a, ":")
+	if host == "" || !validPort(port, true) {
+		return "", "", false
 	}
-	req.Close = shouldClose(req)
-	if err := setBody(req, br); err != nil {
-		return nil, err
+	for i := 0; i < len(host); i++ {
+		if c := host[i]; !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_') {
+			return "", "", false
+		}
 	}
-	return req, nil
+	return host, port, true
 }
 
-// maxHeaderFields bounds the number of header lines, besides the byte cap.
-const maxHeaderFields = 256
-
-// readHeader reads header fields up to the empty line. It refuses what
-// RFC 9112 5 lets a recipient refuse and what has been used to smuggle
-// requests past proxies: obs-fold (a line starting with a space or tab;
-// rotor answers 400 rather than joining it), whitespace between a name and
-// its colon, names that are not tokens, and values with control bytes.
-func readHeader(br *bufio.Reader) (http.Header, error) {
-	h := make(http.Header)
-	for i := 0; ; i++ {
-		line, err := readLine(br)
-		if err != nil {
-			return nil, err
-		}
-		if line == "" {
-			return h, nil
-		}
-		if i == maxHeaderFields {
-			return nil, &badRequest{http.StatusRequestHeaderFieldsTooLarge, "more than " + strconv.Itoa(maxHeaderFields) + " header fields"}
-		}
-		if line[0] == ' ' || line[0] == '\t' {
-			return nil, bad("folded header line (obs-fold) %s", quote(line))
-		}
-		name, value, ok := strings.Cut(line, ":")
-		if !ok || !httpguts.ValidHeaderFieldName(name) {
-			return nil, bad("invalid header line %s", quote(line))
-		}
-		value = strings.Trim(value, " \t")
-		if !httpguts.ValidHeaderFieldValue(value) {
-			return nil, bad("invalid value for header %s", quote(name))
-		}
-		key := textproto.CanonicalMIMEHeaderKey(name)
-		h[key] = append(h[key], value)
-	}
+func isIPv6(s string) bool {
+	ip, err := netip.ParseAddr(s)
+	return err == nil && ip.Is6() && ip.Zone() == ""
 }
 
-// readLine reads one line of a request head. Unlike bufio.Reader.ReadLine
-// (under textproto), which hands back a line cut short by a timeout or
-// EOF as if it were complete and reports the error on the next call, it
-// returns the error: a client too slow to finish its head gets 408, and a
-// truncated line is never taken for a whole one. Length is bounded by the
-// head limit.
-func readLine(br *bufio.Reader) (string, error) {
-	var long []byte
-	for {
-		b, err := br.ReadSlice('\n')
-		if err == bufio.ErrBufferFull {
-			long = append(long, b...)
-			continue
-		}
-		if err != nil {
-			return "", err
-		}
-		if long != nil {
-			b = append(long, b...)
-		}
-		b = b[:len(b)-1] // '\n'
-		if n := len(b); n > 0 && b[n-1] == '\r' {
-			b = b[:n-1]
-		}
-		return string(b), nil
+// validPort: 1-65535 in decimal digits; empty when allowed.
+func validPort(p string, emptyOK bool) bool {
+	if p == "" {
+		return emptyOK
 	}
+	if len(p) > 5 {
+		return false
+	}
+	n := 0
+	for i := 0; i < len(p); i++ {
+		if p[i] < '0' || p[i] > '9' {
+			return false
+		}
+		n = n*10 + int(p[i]-'0')
+	}
+	return n >= 1 && n <= 65535
+}
+
+// checkHost applies RFC 9112 section 3.2: exactly one valid Host field,
+// which HTTP/1.0 may leave out. An absolute-form target's authority wins
+// over it (section 3.2.2): forward writes the target's.
+func (r *request) checkHost() error {
+	switch n := r.fields.count("Host"); {
+	case n > 1:
+		return bad("more than one Host header")
+	case n == 0 && r.minor >= 1 && r.method != http.MethodConnect:
+		return bad("missing Host header")
+	case n == 1:
+		if v, _ := r.fields.get("Host"); !httpguts.ValidHostHeader(v) {
+			return bad("malformed Host header")
+		}
+	}
+	return nil
 }
 
 // setBody applies RFC 9112 section 6.3 to a request.
-func setBody(req *http.Request, br *bufio.Reader) error {
-	te, hasTE := req.Header["Transfer-Encoding"]
-	cl, hasCL := req.Header["Content-Length"]
-	if hasTE {
-		if hasCL {
+func (r *request) setBody(br *bufio.Reader, lim bodyLimits, buf *headBuf) error {
+	te := r.fields.count("Transfer-Encoding")
+	cls := r.fields.count("Content-Length")
+	if te > 0 {
+		if cls > 0 {
 			// Either may be a smuggling attempt; refuse rather than guess.
 			return bad("both Transfer-Encoding and Content-Length")
 		}
-		if req.ProtoMinor == 0 {
+		if r.minor == 0 {
 			return bad("Transfer-Encoding in an HTTP/1.0 request")
 		}
-		if len(te) != 1 || !strings.EqualFold(strings.TrimSpace(te[0]), "chunked") {
-			return &badRequest{http.StatusNotImplemented, "unsupported Transfer-Encoding " + quote(strings.Join(te, ", "))}
+		v, _ := r.fields.get("Transfer-Encoding")
+		if te != 1 || !strings.EqualFold(v, "chunked") {
+			return &badRequest{http.StatusNotImplemented, "unsupported Transfer-Encoding"}
 		}
-		delete(req.Header, "Transfer-Encoding")
-		req.TransferEncoding = []string{"chunked"}
-		req.ContentLength = -1
-		req.Body = &chunkedBody{r: httputil.NewChunkedReader(br), br: br}
+		r.length = -1
+		r.body = newChunkedReader(br, lim, buf)
 		return nil
 	}
-	if !hasCL {
-		req.Body = http.NoBody
+	if cls == 0 {
 		return nil
 	}
+	n, err := contentLength(r.fields)
+	if err != nil {
+		return bad("%s", err.Error())
+	}
+	r.length = n
+	if n > 0 {
+		r.body = &fixedReader{r: br, n: n}
+	}
+	return nil
+}
+
+// contentLength reads every Content-Length field: identical repeats are
+// allowed (RFC 9110 8.6), anything else is not.
+func contentLength(h header) (int64, error) {
 	n := int64(-1)
-	for _, v := range cl {
-		// Identical repeats are allowed (RFC 9110 8.6), anything else is not.
-		for _, f := range strings.Split(v, ",") {
-			f = strings.TrimSpace(f)
-			m, err := strconv.ParseUint(f, 10, 63)
-			if err != nil || f == "" || f[0] == '+' {
-				return bad("malformed Content-Length %s", quote(v))
+	for _, f := range h {
+		if !strings.EqualFold(f.name, "Content-Length") {
+			continue
+		}
+		for _, v := range strings.Split(f.value, ",") {
+			v = strings.TrimSpace(v)
+			m, err := strconv.ParseUint(v, 10, 63)
+			if err != nil || v == "" || v[0] == '+' {
+				return 0, errBadLength
 			}
 			if n >= 0 && int64(m) != n {
-				return bad("conflicting Content-Length values")
+				return 0, errConflictingLength
 			}
 			n = int64(m)
 		}
 	}
-	req.Header["Content-Length"] = []string{strconv.FormatInt(n, 10)}
-	req.ContentLength = n
-	if n == 0 {
-		req.Body = http.NoBody
-	} else {
-		req.Body = &fixedBody{r: br, n: n}
-	}
-	return nil
+	return n, nil
 }
 
 // validMethod reports whether m is an RFC 9110 token.
@@ -220,107 +350,41 @@ func validMethod(m string) bool {
 	return true
 }
 
-// shouldClose reports whether the client asked to close after this request.
-func shouldClose(req *http.Request) bool {
-	conn := req.Header["Connection"]
-	if req.ProtoMinor == 0 {
-		return !httpguts.HeaderValuesContainsToken(conn, "keep-alive")
+// bodyIgnorable reports whether the request carries a body its method
+// gives no meaning to. A lenient origin may ignore such a body and read it
+// as the next request on the connection, so the connection is not reused.
+func (r *request) bodyIgnorable() bool {
+	if r.length == 0 {
+		return false
 	}
-	return httpguts.HeaderValuesContainsToken(conn, "close")
+	switch r.method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodDelete, http.MethodTrace:
+		return true
+	}
+	return false
 }
 
-// fixedBody reads exactly n bytes; an early EOF is io.ErrUnexpectedEOF.
-type fixedBody struct {
-	r    *bufio.Reader
-	n    int64
-	read int64
+// retrySafe reports whether the request may be sent again after a stale
+// keep-alive connection failed it (RFC 9110 9.2.2): an idempotent method,
+// or an Idempotency-Key the origin deduplicates by.
+func (r *request) retrySafe() bool {
+	switch r.method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+		return true
+	}
+	_, ok := r.fields.get("Idempotency-Key")
+	return ok
 }
 
-func (b *fixedBody) Read(p []byte) (int, error) {
-	if b.n <= 0 {
-		return 0, io.EOF
-	}
-	if int64(len(p)) > b.n {
-		p = p[:b.n]
-	}
-	n, err := b.r.Read(p)
-	b.n -= int64(n)
-	b.read += int64(n)
-	if err == io.EOF {
-		err = io.ErrUnexpectedEOF
-	}
-	return n, err
-}
+// bodyDone reports whether the request body was read to its end.
+func (r *request) bodyDone() bool { return r.body == nil || r.body.done() }
 
-func (b *fixedBody) Close() error { return nil }
-
-// done reports whether the whole body has been read.
-func (b *fixedBody) done() bool { return b.n <= 0 }
-
-// chunkedBody decodes a chunked body and, at its end, reads the trailer
-// section into trailer (when set).
-type chunkedBody struct {
-	r       io.Reader
-	br      *bufio.Reader
-	trailer http.Header
-	read    int64
-	eof     bool
-	err     error
-}
-
-func (b *chunkedBody) Read(p []byte) (int, error) {
-	if b.eof || b.err != nil {
-		if b.err != nil {
-			return 0, b.err
-		}
-		return 0, io.EOF
+// bodyRead returns how many body bytes were read from the client.
+func (r *request) bodyRead() int64 {
+	if r.body == nil {
+		return 0
 	}
-	n, err := b.r.Read(p)
-	b.read += int64(n)
-	if err == io.EOF {
-		tr, terr := readHeader(b.br)
-		if terr != nil {
-			b.err = fmt.Errorf("chunked trailer: %w", terr)
-			return n, b.err
-		}
-		if b.trailer != nil {
-			for k, v := range tr {
-				b.trailer[k] = v
-			}
-		}
-		b.eof = true
-		return n, io.EOF
-	}
-	if err != nil {
-		b.err = err
-	}
-	return n, err
-}
-
-func (b *chunkedBody) Close() error { return nil }
-
-func (b *chunkedBody) done() bool { return b.eof }
-
-// bodyDone reports whether a request's body was read to its end.
-func bodyDone(body io.Reader) bool {
-	switch b := body.(type) {
-	case *fixedBody:
-		return b.done()
-	case *chunkedBody:
-		return b.done()
-	}
-	return true // http.NoBody
-}
-
-// bodyRead returns how many body bytes have been read.
-func bodyRead(body io.Reader) int64 {
-	switch b := body.(type) {
-	case *fixedBody:
-		return b.read
-	case *chunkedBody:
-		return b.read
-	}
-	return 0
+	return r.body.bytesRead()
 }
 
 // quote keeps log and body lines one line long whatever the client sent.

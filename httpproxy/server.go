@@ -59,15 +59,22 @@ type Options struct {
 	// auth failures. Both may be nil.
 	Metrics  *metrics.Metrics
 	Listener *metrics.Listener
-	// MaxHeaderBytes caps a request head (431 beyond); zero means
-	// config.DefaultMaxHeaderBytes (64 KiB, as Squid and g3proxy).
+	// MaxHeaderBytes caps a request head (431 beyond), an origin's
+	// response head (502 beyond) and a chunked body's trailer section;
+	// zero means config.DefaultMaxHeaderBytes (64 KiB, as Squid and
+	// g3proxy).
 	MaxHeaderBytes int
+	// MaxIdleConns caps idle upstream connections in all, and
+	// MaxIdlePerSource those from one source address; zero means
+	// DefaultMaxIdleConns and DefaultMaxIdlePerSource. Each also holds a
+	// slot of Limiter while idle.
+	MaxIdleConns, MaxIdlePerSource int
 }
 
 // Server is an HTTP proxy.
 type Server struct {
 	opts      Options
-	upstreams *pool.Table[upstreamPool] // idle upstream connections, per source
+	idle      *idlePool // idle upstream connections, per source
 	acc       tunnel.Acceptor
 	conns     tunnel.Tracker
 	parker    tunnel.Parker // idle tunnels wait here without goroutines
@@ -92,11 +99,18 @@ func New(o Options) *Server {
 	if o.UpstreamIdleTimeout <= 0 {
 		o.UpstreamIdleTimeout = 90 * time.Second
 	}
+	if o.MaxIdleConns <= 0 {
+		o.MaxIdleConns = DefaultMaxIdleConns
+	}
+	if o.MaxIdlePerSource <= 0 {
+		o.MaxIdlePerSource = DefaultMaxIdlePerSource
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{opts: o, baseCtx: ctx, cancel: cancel, reaper: make(chan struct{}), reaped: make(chan struct{})}
 	s.conns.Limit = o.Limiter
 	s.conns.Hits = o.Hits
-	s.upstreams = pool.NewTable(o.Dialer.Pool(), func(*pool.Source) *upstreamPool { return newUpstreamPool(o.UpstreamIdleTimeout) })
+	s.idle = newIdlePool(o.Dialer.Pool(), o.UpstreamIdleTimeout, o.MaxIdleConns, o.MaxIdlePerSource, o.Limiter)
+	o.Limiter.SetReclaim(s.idle.reclaim)
 	go s.reap()
 	return s
 }
@@ -135,11 +149,20 @@ func (s *Server) stop() {
 	}
 	<-s.reaped
 	s.parker.Close()
-	for _, u := range s.upstreams.All() {
-		if u != nil {
-			u.closeAll()
-		}
-	}
+	s.idle.dropAll()
+}
+
+// DropSource closes the idle upstream connections from src: it left
+// rotation (health, a removed address, a reload), and a request must not
+// be sent on a connection whose replies may no longer arrive.
+func (s *Server) DropSource(src *pool.Source) { s.idle.drop(src) }
+
+// IdleUpstreams is the number of idle upstream connections kept now.
+func (s *Server) IdleUpstreams() int { return s.idle.idle() }
+
+// bodyLimits bound a chunked body's trailer section as a head is bounded.
+func (s *Server) bodyLimits() bodyLimits {
+	return bodyLimits{trailer: headLimits{s.opts.MaxHeaderBytes, maxHeaderFields}}
 }
 
 // reap closes pooled upstream connections that have been idle too long.
@@ -152,11 +175,7 @@ func (s *Server) reap() {
 		case <-s.reaper:
 			return
 		case now := <-t.C:
-			for _, u := range s.upstreams.All() {
-				if u != nil {
-					u.closeIdle(now)
-				}
-			}
+			s.idle.closeIdle(now)
 		}
 	}
 }

@@ -17,6 +17,7 @@ type Limiter struct {
 	refused atomic.Int64
 	lastLog atomic.Int64 // unix nanoseconds
 	log     zerolog.Logger
+	reclaim atomic.Pointer[func() bool]
 }
 
 // NewLimiter returns a limiter for max connections; max <= 0 means none.
@@ -25,10 +26,40 @@ func NewLimiter(max int64, log zerolog.Logger) *Limiter {
 	return &Limiter{max: max, log: log}
 }
 
-// Acquire takes a slot; false means the cap is reached (logged, at most
+// SetReclaim gives the limiter a way to free a slot when a client finds
+// none: f closes something idle that holds one (an idle upstream
+// connection) and reports whether it did. Idle connections are then
+// closed, oldest first, instead of refusing new work.
+func (l *Limiter) SetReclaim(f func() bool) {
+	if l != nil {
+		l.reclaim.Store(&f)
+	}
+}
+
+// TryAcquire takes a slot if one is free, without logging or counting a
+// refusal: for idle upstream connections, which hold a descriptor too.
+func (l *Limiter) TryAcquire() bool {
+	if l == nil || l.max <= 0 {
+		return true
+	}
+	if l.n.Add(1) > l.max {
+		l.n.Add(-1)
+		return false
+	}
+	return true
+}
+
+// Acquire takes a slot for a client, closing an idle upstream connection
+// to free one if it must; false means the cap is reached (logged, at most
 // once a second with the count refused since).
 func (l *Limiter) Acquire() bool {
 	if l == nil || l.max <= 0 {
+		return true
+	}
+	if l.TryAcquire() {
+		return true
+	}
+	if f := l.reclaim.Load(); f != nil && (*f)() && l.TryAcquire() {
 		return true
 	}
 	if l.n.Add(1) > l.max {

@@ -122,6 +122,9 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 				return
 			}
 			log.Warn().Str("src", src.Label).Err(err).Msg("source address out of rotation")
+			if in.http != nil {
+				in.http.DropSource(src)
+			}
 		}}
 	if in.metricsLn != nil {
 		dopts.OnDial = func(src *pool.Source, took time.Duration, err error) { in.metrics.Dialed(src, took, err) }
@@ -230,6 +233,11 @@ func (in *instance) reload() error {
 		}
 	}
 	in.metrics.Prune(removed)
+	if in.http != nil {
+		for _, src := range removed {
+			in.http.DropSource(src)
+		}
+	}
 	users := 0
 	if st.Users != nil {
 		users = st.Users.Len()

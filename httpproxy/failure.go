@@ -1,0 +1,117 @@
+package httpproxy
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/rotor-proxy/rotor/metrics"
+	"github.com/rotor-proxy/rotor/pool"
+	"github.com/rotor-proxy/rotor/tunnel"
+)
+
+// fail answers a request that got no response to forward, and logs it. It
+// reports whether the client connection may carry another request: only
+// when the request was read to its end (or can be, see drain) and the
+// failure was not on the client's side.
+func (x *exchange) fail(err error) bool {
+	cc, s, r := x.cc, x.cc.s, x.r
+	var status int
+	msg := ""
+	closeAfter := true
+	ce, fromClient := errors.AsType[*clientError](err)
+	switch {
+	case fromClient:
+		// The client's own body: malformed framing is its error; a stall
+		// is the idle timeout; a client gone has nobody to answer.
+		_, framing := errors.AsType[*framingError](ce.err)
+		switch {
+		case framing:
+			status, msg = http.StatusBadRequest, "malformed chunked request body"
+		case errors.Is(ce.err, os.ErrDeadlineExceeded):
+			status, msg = http.StatusRequestTimeout, "request body stalled"
+			err = fmt.Errorf("%w: %w", tunnel.ErrIdle, err)
+		}
+	case x.uc == nil:
+		// No connection: picking a source or dialing failed, and the
+		// body is still unread.
+		cl := pool.Classify(err)
+		status, msg = statusFor(cl), dialMessage(r.hostport(), cl)
+		closeAfter = !cc.drain(r)
+	case errors.Is(err, errResponseTimeout):
+		status, msg = http.StatusGatewayTimeout, quote(r.hostport())+" sent no response head in time"
+	case isOriginError(err):
+		status, msg = http.StatusBadGateway, "malformed response from "+quote(r.hostport())
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		status, msg = http.StatusGatewayTimeout, quote(r.hostport())+" stopped taking the request body"
+		err = fmt.Errorf("%w: %w", tunnel.ErrIdle, err)
+	default:
+		status, msg = http.StatusBadGateway, "upstream error from "+quote(r.hostport())
+		closeAfter = !r.bodyDone() || r.close
+	}
+	if status != 0 {
+		x.deadline(cc.c, false)
+		cc.writeError(status, msg, closeAfter, nil)
+	}
+	s.logRequest(r, x.user, x.src, x.local(), status, r.bodyRead(), 0, x.start, err)
+	return !closeAfter && status != 0
+}
+
+func isOriginError(err error) bool {
+	_, ok := errors.AsType[*originError](err)
+	return ok
+}
+
+// local is the address the upstream connection was bound to, when there
+// was one.
+func (x *exchange) local() (a netip.Addr) {
+	if x.uc != nil {
+		return x.uc.local
+	}
+	return a
+}
+
+// upgrade switches the connection to a tunnel after the origin's 101 to a
+// WebSocket upgrade: the 101 head goes to the client, then bytes move both
+// ways with the tunnel's relay, idle timeout, metrics and log line. Bytes
+// already read past either head go first.
+func (x *exchange) upgrade(resp *response, done func()) (keep, handedOff bool) {
+	cc, s, uc := x.cc, x.cc.s, x.uc
+	writeResponseHead(cc.bw, resp, responseFraming{upgrade: true})
+	if n := uc.br.Buffered(); n > 0 {
+		b, _ := uc.br.Peek(n)
+		cc.bw.Write(b)
+	}
+	x.deadline(cc.c, false)
+	if err := cc.bw.Flush(); err != nil {
+		uc.close()
+		s.logRequest(x.r, x.user, x.src, uc.local, resp.status, 0, 0, x.start, err)
+		return false, false
+	}
+	var early []byte
+	if n := cc.br.Buffered(); n > 0 {
+		b, _ := cc.br.Peek(n)
+		early = append([]byte(nil), b...)
+	}
+	_ = cc.c.SetDeadline(time.Time{})
+	_ = uc.c.SetDeadline(time.Time{})
+	m := s.opts.Metrics.Source(x.src)
+	m.Request(metrics.HTTP, nil)
+	m.TunnelOpened()
+	info, src, local, start, c := reqInfo(x.r, x.user), x.src, uc.local, x.start, cc.c
+	t := tunnel.Start(c, uc.c, early, tunnel.Options{Idle: s.opts.TunnelIdleTimeout, Go: s.acc.Go, Parker: &s.parker,
+		Count: m.TunnelCount()},
+		func(st tunnel.Stats, err error) {
+			done()
+			m.TunnelClosed()
+			uc.close()
+			s.conns.Remove(c)
+			c.Close()
+			s.log(info, src, local, http.StatusSwitchingProtocols, st.Up, st.Down, start, err)
+		})
+	s.conns.SetCloser(c, t.Close)
+	return false, true
+}

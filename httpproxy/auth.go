@@ -2,7 +2,7 @@ package httpproxy
 
 import (
 	"encoding/base64"
-		"net/netip"
+	"net/netip"
 	"strings"
 	"unicode/utf8"
 

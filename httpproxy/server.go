@@ -73,11 +73,11 @@ type Options struct {
 
 // Server is an HTTP proxy.
 type Server struct {
-	opts      Options
-	idle      *idlePool // idle upstream connections, per source
-	acc       tunnel.Acceptor
-	conns     tunnel.Tracker
-	parker    tunnel.Parker // idle tunnels wait here without goroutines
+	opts   Options
+	idle   *idlePool // idle upstream connections, per source
+	acc    tunnel.Acceptor
+	conns  tunnel.Tracker
+	parker tunnel.Parker // idle tunnels wait here without goroutines
 
 	baseCtx context.Context // ends at forced close, cancelling dials
 	cancel  context.CancelFunc

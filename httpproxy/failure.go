@@ -2,7 +2,6 @@ package httpproxy
 
 import (
 	"errors"
-	"fmt"
 	"net/http"
 	"net/netip"
 	"os"
@@ -33,7 +32,7 @@ func (x *exchange) fail(err error) bool {
 			status, msg = http.StatusBadRequest, "malformed chunked request body"
 		case errors.Is(ce.err, os.ErrDeadlineExceeded):
 			status, msg = http.StatusRequestTimeout, "request body stalled"
-			err = fmt.Errorf("%w: %w", tunnel.ErrIdle, err)
+			err = idle(err)
 		}
 	case x.uc == nil:
 		// No connection: picking a source or dialing failed, and the
@@ -47,7 +46,7 @@ func (x *exchange) fail(err error) bool {
 		status, msg = http.StatusBadGateway, "malformed response from "+quote(r.hostport())
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		status, msg = http.StatusGatewayTimeout, quote(r.hostport())+" stopped taking the request body"
-		err = fmt.Errorf("%w: %w", tunnel.ErrIdle, err)
+		err = idle(err)
 	default:
 		status, msg = http.StatusBadGateway, "upstream error from "+quote(r.hostport())
 		closeAfter = !r.bodyDone() || r.close

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/rotor-proxy/rotor/pool"
+	"github.com/rotor-proxy/rotor/tunnel"
 )
 
 // exchange is one absolute-form request forwarded to its origin: the
@@ -377,9 +378,9 @@ func (x *exchange) relay(resp *response) (n int64, keep, framed bool, err error)
 	}
 	switch {
 	case rerr != nil:
-		return n, false, false, fmt.Errorf("reading response body: %w", rerr)
+		return n, false, false, idle(fmt.Errorf("reading response body: %w", rerr))
 	case werr != nil:
-		return n, false, false, fmt.Errorf("writing to client: %w", werr)
+		return n, false, false, idle(fmt.Errorf("writing to client: %w", werr))
 	}
 	return n, keep, framed, nil
 }
@@ -440,6 +441,15 @@ func (x *exchange) deadline(c net.Conn, read bool) {
 	} else {
 		_ = c.SetWriteDeadline(t)
 	}
+}
+
+// idle marks a body that stalled past the idle timeout, for its log line
+// and count (idle-timeout).
+func idle(err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("%w: %w", tunnel.ErrIdle, err)
+	}
+	return err
 }
 
 // bodyBufs holds the copy buffers for bodies.

@@ -316,28 +316,34 @@ func (x *exchange) readFinal() (*response, error) {
 // the header timeout, for its log line and count.
 var errResponseTimeout = errors.New("response-timeout")
 
-// respond copies the response to the client, gives the connection back to
-// the idle pool when that is safe, and logs the request.
+// respond copies the response to the client and logs the request.
 func (x *exchange) respond(resp *response) bool {
-	s := x.cc.s
-	down, keep, framed, err := x.relay(resp)
+	down, keep, err := x.relay(resp)
+	x.cc.s.logRequest(x.r, x.user, x.src, x.uc.local, resp.status, x.r.bodyRead(), down, x.start, err)
+	return keep
+}
+
+// release gives the upstream connection back to the idle pool when that is
+// safe: the response was read exactly to its end with nothing behind it,
+// its framing left no doubt, and the request was sent whole with no body
+// its method ignores. Otherwise it closes the connection.
+func (x *exchange) release(resp *response, framed bool) {
 	if framed && x.reuse && resp.reusable && !x.cut && x.r.bodyDone() {
-		s.idle.put(x.src, x.uc)
+		x.cc.s.idle.put(x.src, x.uc)
 	} else {
 		x.uc.close()
 	}
-	s.logRequest(x.r, x.user, x.src, x.uc.local, resp.status, x.r.bodyRead(), down, x.start, err)
-	return keep
 }
 
 // relay writes the response head and body to the client, framed for it:
 // Content-Length when the origin sent one; chunked for an HTTP/1.1 client
 // otherwise; for an HTTP/1.0 client, Connection: keep-alive with a length,
-// or Connection: close and a body that ends with the connection. It
-// reports the body bytes sent, whether the client connection may carry
-// another request, and whether the response was read exactly to its end
-// with nothing behind it in rotor's buffer.
-func (x *exchange) relay(resp *response) (n int64, keep, framed bool, err error) {
+// or Connection: close and a body that ends with the connection. The
+// upstream connection is released (see release) once the body is read,
+// before the last flush to the client, so that the client's next request
+// finds it idle. It reports the body bytes sent and whether the client
+// connection may carry another request.
+func (x *exchange) relay(resp *response) (n int64, keep bool, err error) {
 	cc, uc, r := x.cc, x.uc, x.r
 	var body clientBody
 	switch {
@@ -365,6 +371,8 @@ func (x *exchange) relay(resp *response) (n int64, keep, framed bool, err error)
 	if body != nil {
 		n, rerr, werr = x.copyResponse(body, fr.chunked)
 	}
+	_, closeDelimited := body.(*closeReader)
+	x.release(resp, rerr == nil && werr == nil && (body == nil || body.done()) && !closeDelimited && uc.br.Buffered() == 0)
 	if werr == nil {
 		x.deadline(cc.c, false)
 		werr = cc.bw.Flush()
@@ -372,17 +380,13 @@ func (x *exchange) relay(resp *response) (n int64, keep, framed bool, err error)
 	// A body cut short upstream must reach the client as a cut: close, so
 	// it sees a short Content-Length or an unterminated chunked body.
 	keep = !fr.close && rerr == nil && werr == nil
-	framed = rerr == nil && werr == nil && (body == nil || body.done()) && uc.br.Buffered() == 0
-	if _, ok := body.(*closeReader); ok {
-		framed = false
-	}
 	switch {
 	case rerr != nil:
-		return n, false, false, idle(fmt.Errorf("reading response body: %w", rerr))
+		return n, false, idle(fmt.Errorf("reading response body: %w", rerr))
 	case werr != nil:
-		return n, false, false, idle(fmt.Errorf("writing to client: %w", werr))
+		return n, false, idle(fmt.Errorf("writing to client: %w", werr))
 	}
-	return n, keep, framed, nil
+	return n, keep, nil
 }
 
 // copyResponse copies a response body to the client, chunk-framed when
@@ -404,7 +408,9 @@ func (x *exchange) copyResponse(body clientBody, chunked bool) (n int64, rerr, w
 			} else {
 				_, werr = cc.bw.Write(buf[:nr])
 			}
-			if werr == nil && uc.br.Buffered() == 0 {
+			// The last bytes wait for the final flush, after the
+			// connection is released.
+			if werr == nil && uc.br.Buffered() == 0 && !body.done() {
 				werr = cc.bw.Flush()
 			}
 			if werr != nil {

@@ -83,6 +83,9 @@ type Source struct {
 	// down is set while the address is out of rotation: it could not be
 	// bound, or active health probes failed. The health checker clears it.
 	down atomic.Bool
+	// gone is set while the address is removed from the host, as the
+	// kernel's address events tell (see WatchAddresses).
+	gone atomic.Bool
 	// changed is when down last changed, in unix nanoseconds (0: never).
 	changed atomic.Int64
 	// limiter caps how often the source is used (--per-ip-rate); nil: no

@@ -170,8 +170,14 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 	if in.metrics != nil {
 		hopts.OnProbe = in.metrics.Probed
 	}
-	in.wg.Add(1)
+	in.wg.Add(2)
 	go func() { defer in.wg.Done(); d.Health(hctx, hopts) }()
+	go func() {
+		defer in.wg.Done()
+		if err := d.WatchAddresses(hctx); err != nil {
+			log.Warn().Err(err).Msg("not following the host's address changes; a removed address leaves rotation when a bind fails")
+		}
+	}()
 
 	if in.metricsLn != nil {
 		in.metricsSrv = &http.Server{Handler: in.metrics.Handler(in.ready), ReadHeaderTimeout: 10 * time.Second}

@@ -186,3 +186,65 @@ func TestRemovedAddressLeavesRotation(t *testing.T) {
 		})
 	}
 }
+
+// Removing a pool address from the host takes it out of rotation within
+// about a second, from the kernel's address event alone (no request, no
+// probe: the health interval is a minute), and closes its warm upstream
+// connections, so that no safe-to-retry request fails; adding it back
+// brings it back as fast.
+func TestRemovedAddressFollowsKernelEvents(t *testing.T) {
+	ip, here := vethNS(t, "n", "198.18.9.1/24")
+	r := startRotor(t, func(c *config.Config) {
+		c.Pool = []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32"), netip.MustParsePrefix("198.18.9.1/32")}
+		c.HealthInterval, c.HealthFall, c.HealthRise = time.Minute, 3, 1
+	})
+	ctx := context.Background()
+	client := proxyClient(r.httpURL(), 1)
+	defer client.CloseIdleConnections()
+	ht := httpTarget(t)
+	seen := map[string]int{}
+	for range 6 { // warm: idle upstream connections from both sources
+		got, err := getVia(ctx, client, "http://"+ht.Addr+"/ip")
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[got]++
+	}
+	if seen["127.0.0.2"] != 3 || seen["198.18.9.1"] != 3 {
+		t.Fatalf("warm-up: %v, want both addresses", seen)
+	}
+	runCmd(t, ip, "addr", "del", "198.18.9.1/24", "dev", here)
+	removed := time.Now()
+	if !strings.Contains(r.waitLog("out of rotation"), "198.18.9.1") {
+		t.Fatal("removal not logged")
+	}
+	if d := time.Since(removed); d > 1500*time.Millisecond {
+		t.Errorf("taken out %s after removal, want within about a second", d)
+	}
+	for i := range 12 {
+		got, err := getVia(ctx, client, "http://"+ht.Addr+"/ip")
+		if err != nil {
+			t.Fatalf("request %d after the address was removed: %v", i, err)
+		}
+		if got != "127.0.0.2" {
+			t.Fatalf("request %d left from %s, want 127.0.0.2", i, got)
+		}
+	}
+	runCmd(t, ip, "addr", "add", "198.18.9.1/24", "dev", here)
+	readded := time.Now()
+	r.waitLog("back in rotation")
+	if d := time.Since(readded); d > 1500*time.Millisecond {
+		t.Errorf("back %s after being re-added, want within about a second", d)
+	}
+	seen = map[string]int{}
+	for range 4 {
+		got, err := getVia(ctx, client, "http://"+ht.Addr+"/ip")
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[got]++
+	}
+	if seen["198.18.9.1"] == 0 {
+		t.Fatalf("after re-adding: %v, want the address used again", seen)
+	}
+}

@@ -140,8 +140,7 @@ func writeRequestHead(w *bufio.Writer, r *request) {
 			writeField(w, f.name, r.authority)
 		case kindContentLength:
 			if !wroteLength {
-				var b [20]byte
-				writeField(w, f.name, string(strconv.AppendInt(b[:0], r.length, 10)))
+				writeLength(w, f.name, r.length)
 				wroteLength = true
 			}
 		case kindTransferEncoding:
@@ -200,8 +199,7 @@ func writeResponseHead(w *bufio.Writer, resp *response, fr responseFraming) {
 		switch kindOf(f.name) {
 		case kindContentLength:
 			if fr.length && resp.length >= 0 && !wroteLength {
-				var b [20]byte
-				writeField(w, f.name, string(strconv.AppendInt(b[:0], resp.length, 10)))
+				writeLength(w, f.name, resp.length)
 				wroteLength = true
 			}
 		case kindTransferEncoding:
@@ -233,5 +231,15 @@ func writeResponseHead(w *bufio.Writer, resp *response, fr responseFraming) {
 	case fr.keepAlive:
 		w.WriteString("Connection: keep-alive\r\n")
 	}
+	w.WriteString("\r\n")
+}
+
+// writeLength writes a Content-Length line in the sender's spelling of
+// the name, with the one value rotor frames by.
+func writeLength(w *bufio.Writer, name string, n int64) {
+	var b [20]byte
+	w.WriteString(name)
+	w.WriteString(": ")
+	w.Write(strconv.AppendInt(b[:0], n, 10))
 	w.WriteString("\r\n")
 }

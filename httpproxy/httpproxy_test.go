@@ -3,7 +3,6 @@ package httpproxy
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/base64"
 	"fmt"
 	"io"
@@ -32,24 +31,11 @@ const user, pass = "u", "p"
 // startProxy runs a Server with credentials on a loopback pool of two.
 func startProxy(t *testing.T, dialTimeout time.Duration) string {
 	t.Helper()
-	p, err := pool.New([]netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")}, pool.RoundRobin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := New(Options{Dialer: pool.NewDialer(p, pool.DialerOptions{Timeout: dialTimeout, Resolver: target.OfflineResolver()}), Access: auth.Static(auth.SingleUser(user, pass)), Log: zerolog.Nop()})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = s.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = s.Shutdown(ctx)
-		<-done
+	addr, _ := testProxy(t, func(o *Options) {
+		o.Dialer = pool.NewDialer(o.Dialer.Pool(), pool.DialerOptions{Timeout: dialTimeout, Resolver: target.OfflineResolver()})
+		o.Access = auth.Static(auth.SingleUser(user, pass))
 	})
-	return ln.Addr().String()
+	return addr
 }
 
 // origin runs an HTTP server on 127.0.0.1 with handler h.

@@ -1,14 +1,18 @@
 package httpproxy
 
 import (
+	"bufio"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/rotor-proxy/rotor/pool"
 	"github.com/rotor-proxy/rotor/tunnel"
 )
 
@@ -98,5 +102,38 @@ func TestDropSourceClosesIdle(t *testing.T) {
 	s.DropSource(srcs[0])
 	if s.IdleUpstreams() != 1 {
 		t.Fatalf("%d idle after dropping one source, want 1", s.IdleUpstreams())
+	}
+}
+
+// A connection that idled past the deadline its last exchange set is
+// still reused: the deadline belongs to that exchange, not to the idle
+// wait.
+func TestIdleReusedAfterDeadline(t *testing.T) {
+	o, conns := rawOrigin(t, func(c *net.TCPConn) {
+		br := bufio.NewReader(c)
+		for {
+			if _, _, err := readHeadRaw(br); err != nil {
+				return
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+	})
+	p, err := pool.New([]netip.Addr{netip.MustParseAddr("127.0.0.2")}, pool.RoundRobin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy, _ := testProxy(t, func(opt *Options) {
+		opt.Dialer = pool.NewDialer(p, pool.DialerOptions{Timeout: 5 * time.Second})
+		opt.TunnelIdleTimeout = 100 * time.Millisecond
+	})
+	rc := dialProxy(t, proxy)
+	for i := range 2 {
+		if _, b, err := rc.do("GET http://"+o+"/ HTTP/1.1\r\nHost: "+o+"\r\n"+authHeader+"\r\n", http.MethodGet); err != nil || b != "ok" {
+			t.Fatalf("request %d: %v %q", i, err, b)
+		}
+		time.Sleep(300 * time.Millisecond) // past the 100 ms deadline of the exchange
+	}
+	if n := conns.Load(); n != 1 {
+		t.Fatalf("origin saw %d connections for 2 sequential requests, want 1 (reused)", n)
 	}
 }

@@ -125,6 +125,10 @@ func (p *idlePool) take(src *pool.Source, key upKey) *upConn {
 // to no request), and when no slot is free even after the oldest idle
 // connection is closed.
 func (p *idlePool) put(src *pool.Source, u *upConn) {
+	// The last exchange's deadlines end with it: one that passed while
+	// the connection idled would fail alive's peek, and the connection
+	// would never be reused.
+	_ = u.c.SetDeadline(time.Time{})
 	if u.br.Buffered() != 0 || !alive(u.raw) || !p.limit.TryAcquire() && !(p.reclaim() && p.limit.TryAcquire()) {
 		u.close()
 		return

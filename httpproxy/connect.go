@@ -44,18 +44,31 @@ func (cc *clientConn) connect(req *request, user string, sess pool.Session, star
 		return false, false
 	}
 	// Bytes sent right behind the CONNECT head (a TLS ClientHello from an
-	// eager client) are already in the read buffer: copy them out so that
-	// the buffers can go.
-	var early []byte
-	if n := cc.br.Buffered(); n > 0 {
-		b, _ := cc.br.Peek(n)
-		early = append([]byte(nil), b...)
+	// eager client) go first.
+	s.startTunnel(cc.c, up, cc.takeBuffered(), reqInfo(req, user), src, local, http.StatusOK, start, done)
+	handed = true
+	return false, true
+}
+
+// takeBuffered copies out what the client sent behind the head just read,
+// so that the connection's buffers can go back to their pool.
+func (cc *clientConn) takeBuffered() []byte {
+	n := cc.br.Buffered()
+	if n == 0 {
+		return nil
 	}
-	c := cc.c
-	// The tunnel runs on goroutines of its own; this worker goes back to
-	// accepting, and the connection's buffers back to their pool. Only
-	// what the log line needs is kept, not the request.
-	info := reqInfo(req, user)
+	b, _ := cc.br.Peek(n)
+	return append([]byte(nil), b...)
+}
+
+// startTunnel hands the client connection c and the upstream connection up
+// to the relay, with bytes already read from the client (early) going
+// first. The tunnel runs on goroutines of its own; this worker goes back
+// to accepting. When it ends, both connections are closed, done is
+// called, and the one log line is written from info (what the log needs,
+// kept instead of the request) with status.
+func (s *Server) startTunnel(c, up net.Conn, early []byte, info requestInfo, src *pool.Source, local netip.Addr, status int, start time.Time, done func()) {
+	m := s.opts.Metrics.Source(src)
 	m.TunnelOpened()
 	t := tunnel.Start(c, up, early, tunnel.Options{Idle: s.opts.TunnelIdleTimeout, Go: s.acc.Go, Parker: &s.parker,
 		Count: m.TunnelCount()},
@@ -65,11 +78,9 @@ func (cc *clientConn) connect(req *request, user string, sess pool.Session, star
 			up.Close()
 			s.conns.Remove(c)
 			c.Close()
-			s.log(info, src, local, http.StatusOK, st.Up, st.Down, start, err)
+			s.log(info, src, local, status, st.Up, st.Down, start, err)
 		})
 	s.conns.SetCloser(c, t.Close)
-	handed = true
-	return false, true
 }
 
 var established = []byte("HTTP/1.1 200 Connection established\r\n\r\n")

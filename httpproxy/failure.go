@@ -9,7 +9,6 @@ import (
 
 	"github.com/rotor-proxy/rotor/metrics"
 	"github.com/rotor-proxy/rotor/pool"
-	"github.com/rotor-proxy/rotor/tunnel"
 )
 
 // fail answers a request that got no response to forward, and logs it. It
@@ -90,27 +89,9 @@ func (x *exchange) upgrade(resp *response, done func()) (keep, handedOff bool) {
 		s.logRequest(x.r, x.user, x.src, uc.local, resp.status, 0, 0, x.start, err)
 		return false, false
 	}
-	var early []byte
-	if n := cc.br.Buffered(); n > 0 {
-		b, _ := cc.br.Peek(n)
-		early = append([]byte(nil), b...)
-	}
 	_ = cc.c.SetDeadline(time.Time{})
 	_ = uc.c.SetDeadline(time.Time{})
-	m := s.opts.Metrics.Source(x.src)
-	m.Request(metrics.HTTP, nil)
-	m.TunnelOpened()
-	info, src, local, start, c := reqInfo(x.r, x.user), x.src, uc.local, x.start, cc.c
-	t := tunnel.Start(c, uc.c, early, tunnel.Options{Idle: s.opts.TunnelIdleTimeout, Go: s.acc.Go, Parker: &s.parker,
-		Count: m.TunnelCount()},
-		func(st tunnel.Stats, err error) {
-			done()
-			m.TunnelClosed()
-			uc.close()
-			s.conns.Remove(c)
-			c.Close()
-			s.log(info, src, local, http.StatusSwitchingProtocols, st.Up, st.Down, start, err)
-		})
-	s.conns.SetCloser(c, t.Close)
+	s.opts.Metrics.Source(x.src).Request(metrics.HTTP, nil)
+	s.startTunnel(cc.c, uc.c, cc.takeBuffered(), reqInfo(x.r, x.user), x.src, uc.local, http.StatusSwitchingProtocols, x.start, done)
 	return false, true
 }

@@ -80,17 +80,17 @@ func kindOf(name string) fieldKind {
 	return kindOther
 }
 
-// namedByConnection reports whether a Connection field of h lists name:
-// such a field is hop-by-hop too (RFC 9110 7.6.1).
-func namedByConnection(h header, name string) bool {
-	for _, f := range h {
-		if kindOf(f.name) != kindConnection {
+// connectionTokens calls f for each token of h's Connection fields, until
+// f returns true; it reports whether f did.
+func connectionTokens(h header, f func(tok string) bool) bool {
+	for _, fl := range h {
+		if kindOf(fl.name) != kindConnection {
 			continue
 		}
-		for v := f.value; v != ""; {
+		for v := fl.value; v != ""; {
 			var tok string
 			tok, v, _ = strings.Cut(v, ",")
-			if strings.EqualFold(strings.Trim(tok, " \t"), name) {
+			if tok = strings.Trim(tok, " \t"); tok != "" && f(tok) {
 				return true
 			}
 		}
@@ -98,24 +98,19 @@ func namedByConnection(h header, name string) bool {
 	return false
 }
 
+// namedByConnection reports whether a Connection field of h lists name:
+// such a field is hop-by-hop too (RFC 9110 7.6.1).
+func namedByConnection(h header, name string) bool {
+	return connectionTokens(h, func(tok string) bool { return strings.EqualFold(tok, name) })
+}
+
 // hasConnectionOptions reports whether any Connection field names more
 // than close, keep-alive and upgrade, so that other fields must be
 // checked against it.
 func hasConnectionOptions(h header) bool {
-	for _, f := range h {
-		if kindOf(f.name) != kindConnection {
-			continue
-		}
-		for v := f.value; v != ""; {
-			var tok string
-			tok, v, _ = strings.Cut(v, ",")
-			tok = strings.Trim(tok, " \t")
-			if tok != "" && !strings.EqualFold(tok, "close") && !strings.EqualFold(tok, "keep-alive") && !strings.EqualFold(tok, "upgrade") {
-				return true
-			}
-		}
-	}
-	return false
+	return connectionTokens(h, func(tok string) bool {
+		return !strings.EqualFold(tok, "close") && !strings.EqualFold(tok, "keep-alive") && !strings.EqualFold(tok, "upgrade")
+	})
 }
 
 // writeRequestHead writes the request as it goes to the origin: origin

@@ -77,6 +77,12 @@ func TestIdleYieldsToNewClients(t *testing.T) {
 	}
 	// Two new clients: the second needs the idle connection's slot.
 	a, b := dialProxy(t, proxy), dialProxy(t, proxy)
+	// Both admitted before either sends a request: the second one's slot
+	// can only have come from closing the idle connection.
+	waitFor(t, func() bool { return s.Active() == 2 }, "both clients admitted")
+	if s.IdleUpstreams() != 0 {
+		t.Fatalf("%d idle after the limiter reclaimed a slot, want 0", s.IdleUpstreams())
+	}
 	for i, rc := range []*rawClient{a, b} {
 		resp, body, err := rc.do("GET http://"+o+"/x HTTP/1.1\r\nHost: "+o+"\r\n"+authHeader+"\r\n", http.MethodGet)
 		if err != nil || resp.StatusCode != 200 || !strings.HasPrefix(body, "ok") {

@@ -155,7 +155,7 @@ func dialMessage(target string, cl pool.Class) string {
 	case pool.ClassCanceled:
 		why = "request canceled"
 	case pool.ClassForbidden:
-		why = "destination not allowed (loopback, private, link-local or rotor itself)"
+		why = "destination not allowed (loopback, private, link-local, this host's own addresses or rotor itself)"
 	case pool.ClassRateLimited:
 		why = "every source address is at its --per-ip-rate; try again later"
 	default:

@@ -22,7 +22,9 @@ var ErrAddressRemoved = errors.New("address removed from the host")
 // (the HTTP proxy closes its idle upstream connections, whose replies can
 // no longer arrive); it comes back when the address is added again. An
 // address that left rotation for another reason is left to the health
-// checker.
+// checker. The policy's set of the host's own addresses is re-read on
+// every event, so an address added to any interface is refused as a
+// destination at once.
 func (d *Dialer) WatchAddresses(ctx context.Context) error {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
 	if err != nil {
@@ -37,6 +39,10 @@ func (d *Dialer) WatchAddresses(ctx context.Context) error {
 	f := os.NewFile(uintptr(fd), "netlink")
 	stop := context.AfterFunc(ctx, func() { f.Close() })
 	defer stop()
+	// Subscribed first, read second: no change between the two is missed.
+	if err := d.policy.LoadHostAddrs(); err != nil {
+		return err
+	}
 	buf := make([]byte, 64<<10)
 	for {
 		n, err := f.Read(buf)
@@ -45,7 +51,10 @@ func (d *Dialer) WatchAddresses(ctx context.Context) error {
 				return nil
 			}
 			if errors.Is(err, unix.ENOBUFS) {
-				continue // events were lost; the health checker still runs
+				// Events were lost: the host's addresses are read
+				// again, and the health checker still runs.
+				_ = d.policy.LoadHostAddrs()
+				continue
 			}
 			f.Close()
 			return fmt.Errorf("netlink read: %w", err)
@@ -54,12 +63,17 @@ func (d *Dialer) WatchAddresses(ctx context.Context) error {
 		if err != nil {
 			continue
 		}
+		changed := false
 		for i := range msgs {
 			if t := msgs[i].Header.Type; t == unix.RTM_NEWADDR || t == unix.RTM_DELADDR {
+				changed = true
 				for _, a := range eventAddrs(&msgs[i]) {
 					d.addressChanged(a, t == unix.RTM_NEWADDR)
 				}
 			}
+		}
+		if changed {
+			_ = d.policy.LoadHostAddrs()
 		}
 	}
 }

@@ -240,6 +240,11 @@ func (d *Dialer) DialAddr(ctx context.Context, dst netip.AddrPort, s Session) (*
 	if dst.Port() == 0 {
 		return nil, nil, fmt.Errorf("%w %s: port must be 1-65535", ErrBadTarget, dst)
 	}
+	// Refused before a source is picked, so that a forbidden address is
+	// refused as such whatever families the pool has.
+	if err := d.policy.Check(dst); err != nil {
+		return nil, nil, err
+	}
 	ip := dst.Addr().Unmap()
 	f := IPv6
 	if ip.Is4() {

@@ -2,8 +2,13 @@ package pool
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/rotor-proxy/rotor/internal/target"
 )
 
 func TestPolicyDefaults(t *testing.T) {
@@ -35,6 +40,22 @@ func TestPolicyDefaults(t *testing.T) {
 		{"[ff02::1]:80", false},
 		{"198.51.100.7:7777", false}, // rotor listens on 0.0.0.0:7777
 		{"198.51.100.7:7778", true},
+		// IPv6 forms that carry an IPv4 address are checked as it too.
+		{"[::127.0.0.1]:80", false},                 // IPv4-compatible
+		{"[::8.8.8.8]:80", false},                   // IPv4-compatible, refused outright
+		{"[::ffff:0:127.0.0.1]:80", false},          // IPv4-translated
+		{"[::ffff:0:203.0.113.9]:80", true},         // IPv4-translated, public
+		{"[64:ff9b::7f00:1]:80", false},             // NAT64 well-known prefix
+		{"[64:ff9b::a9fe:a9fe]:80", false},          // NAT64 to the metadata service
+		{"[64:ff9b::cb00:7109]:80", true},           // NAT64 to 203.0.113.9
+		{"[64:ff9b:1:7f00:1::]:80", false},          // local-use NAT64 (refused outright)
+		{"[2002:7f00:1::1]:80", false},              // 6to4 relay of 127.0.0.1
+		{"[2002:a9fe:a9fe::1]:80", false},           // 6to4 relay of 169.254.169.254
+		{"[2002:cb00:7109::1]:80", true},            // 6to4 of 203.0.113.9
+		{"[2001:0:7f00:1::cb00:7109]:80", false},    // Teredo server 127.0.0.1
+		{"[2001:0:cb00:7109::80ff:fffe]:80", false}, // Teredo client 127.0.0.1 (bits inverted)
+		{"[2001:0:cb00:7109::34ff:8ef6]:80", true},  // Teredo client 203.0.113.9
+		{"[2001:db8::7f00:1]:80", true},             // not a transition prefix
 	} {
 		err := p.Check(netip.MustParseAddrPort(tc.dst))
 		if got := err == nil; got != tc.allowed {
@@ -57,9 +78,62 @@ func TestPolicyAllowDest(t *testing.T) {
 	if err := p.Check(netip.MustParseAddrPort("10.0.0.1:80")); err == nil {
 		t.Error("range outside --allow-dest allowed")
 	}
+	// The unspecified addresses reach the host itself: never dialled.
+	open := NewPolicy([]netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}, nil)
+	for _, dst := range []string{"0.0.0.0:80", "[::]:80", "[::ffff:0.0.0.0]:80", "[64:ff9b::]:80"} {
+		if err := open.Check(netip.MustParseAddrPort(dst)); !errors.Is(err, ErrForbidden) {
+			t.Errorf("--allow-dest 0.0.0.0/0,::/0: Check(%s) = %v, want refused", dst, err)
+		}
+	}
+	if err := open.Check(netip.MustParseAddrPort("10.0.0.1:80")); err != nil {
+		t.Errorf("--allow-dest 0.0.0.0/0: %v", err)
+	}
+	// An embedded address is refused if either address is: opening the
+	// IPv6 form does not open the IPv4 address it carries.
+	nat := NewPolicy([]netip.Prefix{netip.MustParsePrefix("64:ff9b::/96")}, nil)
+	if err := nat.Check(netip.MustParseAddrPort("[64:ff9b::7f00:1]:80")); !errors.Is(err, ErrForbidden) {
+		t.Errorf("NAT64 form of loopback allowed by opening only 64:ff9b::/96: %v", err)
+	}
+	loop := NewPolicy([]netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, nil)
+	if err := loop.Check(netip.MustParseAddrPort("[64:ff9b::7f00:1]:80")); err != nil {
+		t.Errorf("NAT64 form of an opened range refused: %v", err)
+	}
 	var nilPolicy *Policy
 	if err := nilPolicy.Check(netip.MustParseAddrPort("127.0.0.1:80")); err != nil {
 		t.Errorf("nil policy refused: %v", err)
+	}
+}
+
+// The host's own addresses are refused, on any port, until --allow-dest
+// opens them, and the set follows SetHostAddrs.
+func TestPolicyHostAddrs(t *testing.T) {
+	p := NewPolicy([]netip.Prefix{netip.MustParsePrefix("198.51.100.8/32")}, nil)
+	public := netip.MustParseAddrPort("198.51.100.7:5432")
+	if err := p.Check(public); err != nil {
+		t.Fatalf("before the host's addresses are known: %v", err)
+	}
+	p.SetHostAddrs([]netip.Addr{netip.MustParseAddr("198.51.100.7"), netip.MustParseAddr("198.51.100.8"), netip.MustParseAddr("2001:db8::7")})
+	for _, dst := range []string{"198.51.100.7:5432", "198.51.100.7:1", "[::ffff:198.51.100.7]:9100", "[2001:db8::7]:22", "[64:ff9b::c633:6407]:80", "[2002:c633:6407::1]:80"} {
+		err := p.Check(netip.MustParseAddrPort(dst))
+		if !errors.Is(err, ErrForbidden) || !strings.Contains(err.Error(), "address of this host") {
+			t.Errorf("Check(%s) = %v, want refused as the host's own", dst, err)
+		}
+	}
+	if err := p.Check(netip.MustParseAddrPort("198.51.100.8:80")); err != nil {
+		t.Errorf("host address opened by --allow-dest refused: %v", err)
+	}
+	p.SetHostAddrs(nil)
+	if err := p.Check(public); err != nil {
+		t.Errorf("address removed from the host still refused: %v", err)
+	}
+	// The kernel's list includes loopback whatever else the host has.
+	if err := p.LoadHostAddrs(); err != nil {
+		t.Fatal(err)
+	}
+	if h := *p.host.Load(); len(h) == 0 {
+		t.Error("LoadHostAddrs found no address")
+	} else if _, ok := h[netip.MustParseAddr("127.0.0.1")]; !ok {
+		t.Errorf("LoadHostAddrs missed 127.0.0.1: %v", h)
 	}
 }
 
@@ -97,6 +171,29 @@ func TestDialerEnforcesPolicy(t *testing.T) {
 		_, _, err := d.Dial(t.Context(), target, Session{})
 		if !errors.Is(err, ErrForbidden) || Classify(err) != ClassForbidden {
 			t.Errorf("Dial(%s): %v, want ErrForbidden", target, err)
+		}
+	}
+}
+
+// AAAA answers that carry a forbidden IPv4 address are refused as the
+// literal would be, before any packet leaves: from an IPv6 source, where
+// a NAT64 gateway or 6to4 relay would deliver them.
+func TestDialerRefusesEmbeddedIPv4Answers(t *testing.T) {
+	p, err := New(addrs(t, "::1"), RoundRobin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hosts := map[string][]netip.Addr{}
+	for i, a := range []string{"64:ff9b::a9fe:a9fe", "64:ff9b::7f00:1", "2002:7f00:1::1", "::ffff:0:127.0.0.1", "::127.0.0.1", "2001:0:7f00:1::cb00:7109"} {
+		hosts[fmt.Sprintf("embed%d.test", i)] = []netip.Addr{netip.MustParseAddr(a)}
+	}
+	d := NewDialer(p, DialerOptions{Timeout: time.Second, Resolver: target.FakeResolver(hosts), Policy: NewPolicy(nil, nil)})
+	for name, a := range hosts {
+		for _, dst := range []string{name + ":80", "[" + a[0].String() + "]:80"} {
+			_, _, err := d.Dial(t.Context(), dst, Session{})
+			if !errors.Is(err, ErrForbidden) || Classify(err) != ClassForbidden {
+				t.Errorf("Dial(%s) (%s): %v, want ErrForbidden", dst, a[0], err)
+			}
 		}
 	}
 }

@@ -58,7 +58,12 @@ func check(ctx context.Context, args []string, getenv func(string) string, out i
 	if err != nil {
 		return fmt.Errorf("%w: %w", errConfig, err)
 	}
-	d := pool.NewDialer(p, pool.DialerOptions{Timeout: *timeout, Resolver: resolver, Policy: pool.NewPolicy(allowDest, nil)})
+	// The same policy as the server's, the host's own addresses included.
+	policy := pool.NewPolicy(allowDest, nil)
+	if err := policy.LoadHostAddrs(); err != nil {
+		return err
+	}
+	d := pool.NewDialer(p, pool.DialerOptions{Timeout: *timeout, Resolver: resolver, Policy: policy})
 
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SOURCE\tREMOTE SAW\tLATENCY\tERROR")

@@ -63,6 +63,15 @@ func (l *onceCloseListener) Close() error {
 	return l.err
 }
 
+// closeListeners closes those of ls that were opened, when start fails.
+func closeListeners(ls ...net.Listener) {
+	for _, l := range ls {
+		if l != nil {
+			l.Close()
+		}
+	}
+}
+
 // start builds the pool (binding each address once to check it), opens
 // the listeners and serves in the background. resolver nil means the
 // system's.
@@ -89,33 +98,34 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 	var hl, sl net.Listener
 	if cfg.HTTPListen != "" {
 		if hl, err = lc.Listen(context.Background(), "tcp", cfg.HTTPListen); err != nil {
-			if in.metricsLn != nil {
-				in.metricsLn.Close()
-			}
+			closeListeners(in.metricsLn)
 			return nil, fmt.Errorf("HTTP listener: %w", err)
 		}
 	}
 	if cfg.SOCKSListen != "" {
 		if sl, err = lc.Listen(context.Background(), "tcp", cfg.SOCKSListen); err != nil {
-			if hl != nil {
-				hl.Close()
-			}
-			if in.metricsLn != nil {
-				in.metricsLn.Close()
-			}
+			closeListeners(hl, in.metricsLn)
 			return nil, fmt.Errorf("SOCKS5 listener: %w", err)
 		}
 	}
-	// The policy refuses rotor's own listeners as destinations: a request
-	// for them would loop through the proxy.
+	// The policy refuses rotor's own listeners as destinations, whatever
+	// --allow-dest says: a request for them would loop through the proxy,
+	// or read rotor's metrics.
 	var self []netip.AddrPort
-	for _, l := range []net.Listener{hl, sl} {
+	for _, l := range []net.Listener{hl, sl, in.metricsLn} {
 		if l != nil {
 			self = append(self, l.Addr().(*net.TCPAddr).AddrPort())
 		}
 	}
+	// It refuses the host's own addresses too: read here, before the
+	// first request, and kept current by WatchAddresses below.
+	policy := pool.NewPolicy(cfg.AllowDest, self)
+	if err := policy.LoadHostAddrs(); err != nil {
+		closeListeners(hl, sl, in.metricsLn)
+		return nil, err
+	}
 	dopts := pool.DialerOptions{Prefer: cfg.Prefer, RateWait: cfg.PerIPWait, Timeout: cfg.DialTimeout, DNSTimeout: cfg.DNSTimeout, Resolver: resolver,
-		Policy: pool.NewPolicy(cfg.AllowDest, self),
+		Policy: policy,
 		OnChange: func(src *pool.Source, up bool, err error) {
 			if up {
 				log.Info().Str("src", src.Label).Msg("source address back in rotation")
@@ -175,7 +185,7 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 	go func() {
 		defer in.wg.Done()
 		if err := d.WatchAddresses(hctx); err != nil {
-			log.Warn().Err(err).Msg("not following the host's address changes; a removed address leaves rotation when a bind fails")
+			log.Warn().Err(err).Msg("not following the host's address changes: a removed address leaves rotation when a bind fails, and an address added to the host is not refused as a destination")
 		}
 	}()
 

@@ -43,15 +43,28 @@ func latin1ToUTF8(b []byte) []byte {
 	return out
 }
 
+// identity is who a request comes from, as far as rotor knows: a user
+// name verified against the configured users, or a name that nobody
+// checked (no users are configured: an open proxy, or --allow-clients
+// alone). An unverified name is logged as "unverified_user", never
+// "user", and keys nothing a user owns: its idle upstream connections
+// are the client address's. Its session parameters are honoured, since
+// they only pick an address from a pool the client may use anyway.
+type identity struct {
+	name     string
+	verified bool
+}
+
 // authorize checks Proxy-Authorization: Basic, whose user name may carry
 // session parameters (config.ParseUser); a client that cannot change its
 // user name may send X-Rotor-Session: KEY instead, which is never forwarded (see
 // writeRequestHead). A client from an --allow-clients
-// network needs no credentials (any it sends are still checked). It
-// returns the user (nil when none), the name for the log, and the session
+// network needs no credentials (any it sends are still checked against
+// the users, if there are any). It returns the user (nil when none), who
+// sent the request, and the session
 // with the pool the request may leave from; err says why a session
 // parameter was refused.
-func (s *Server) authorize(r *request, client netip.Addr) (usr *auth.User, name string, sess pool.Session, ok bool, err error) {
+func (s *Server) authorize(r *request, client netip.Addr) (usr *auth.User, who identity, sess pool.Session, ok bool, err error) {
 	header, _ := r.fields.get("X-Rotor-Session")
 	var st *auth.State
 	if s.opts.Access != nil {
@@ -60,29 +73,30 @@ func (s *Server) authorize(r *request, client netip.Addr) (usr *auth.User, name 
 	creds, _ := r.fields.get("Proxy-Authorization")
 	basic, pass, has := parseBasic(creds)
 	if has {
-		if name, sess, err = config.ParseUser(basic); err != nil {
-			return nil, "", pool.Session{}, false, err
+		if who.name, sess, err = config.ParseUser(basic); err != nil {
+			return nil, identity{}, pool.Session{}, false, err
 		}
 	}
 	switch {
 	case st == nil:
 	case has && st.Users != nil:
-		if usr, err = st.Users.Check([]byte(name), []byte(pass)); err != nil {
-			return nil, "", pool.Session{}, false, err
+		if usr, err = st.Users.Check([]byte(who.name), []byte(pass)); err != nil {
+			return nil, identity{}, pool.Session{}, false, err
 		}
+		who.verified = true
 	case s.opts.Access.Trusted(client):
-		name, sess = "", pool.Session{} // no credentials: no session parameters
+		// No users to check a name against: it stays unverified.
 	case st.Users == nil && !s.opts.Access.HasAllowlist():
 		// No credentials configured at all: an open proxy (on loopback,
 		// or --allow-open).
 	default:
-		return nil, "", pool.Session{}, false, nil
+		return nil, identity{}, pool.Session{}, false, nil
 	}
 	if sess.Key == "" && header != "" {
 		if sess, err = config.ParseSessionKey(header); err != nil {
-			return nil, "", pool.Session{}, false, err
+			return nil, identity{}, pool.Session{}, false, err
 		}
 	}
 	sess.Pool = st.PoolFor(usr)
-	return usr, name, sess, true, nil
+	return usr, who, sess, true, nil
 }

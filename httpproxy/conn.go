@@ -151,7 +151,7 @@ func (cc *clientConn) rejectHead(err error, start time.Time) {
 // handle answers one request. keep reports whether the connection may
 // carry another request; handedOff that a tunnel now owns it.
 func (cc *clientConn) handle(req *request, start time.Time) (keep, handedOff bool) {
-	usr, user, sess, ok, serr := cc.s.authorize(req, cc.client)
+	usr, who, sess, ok, serr := cc.s.authorize(req, cc.client)
 	if !ok {
 		cc.s.opts.Listener.AuthFailed()
 		// Whatever a refused CONNECT pipelined is tunnel payload, never
@@ -159,21 +159,21 @@ func (cc *clientConn) handle(req *request, start time.Time) (keep, handedOff boo
 		closeAfter := req.method == http.MethodConnect || !cc.drain(req)
 		cc.writeError(http.StatusProxyAuthRequired, "proxy authentication required", closeAfter,
 			[]string{"Proxy-Authenticate", `Basic realm="rotor"`})
-		cc.s.logRequest(req, "", nil, netip.Addr{}, http.StatusProxyAuthRequired, 0, 0, start, serr)
+		cc.s.logRequest(req, identity{}, nil, netip.Addr{}, http.StatusProxyAuthRequired, 0, 0, start, serr)
 		return !closeAfter, false
 	}
 	done, why, admitted := usr.Admit()
 	if !admitted {
 		closeAfter := req.method == http.MethodConnect || !cc.drain(req)
-		cc.writeError(http.StatusTooManyRequests, "user "+quote(user)+" is over its "+why+" limit", closeAfter,
+		cc.writeError(http.StatusTooManyRequests, "user "+quote(who.name)+" is over its "+why+" limit", closeAfter,
 			[]string{"Retry-After", "1"})
-		cc.s.logRequest(req, user, nil, netip.Addr{}, http.StatusTooManyRequests, 0, 0, start, &limitError{why})
+		cc.s.logRequest(req, who, nil, netip.Addr{}, http.StatusTooManyRequests, 0, 0, start, &limitError{why})
 		return !closeAfter, false
 	}
 	if req.method == http.MethodConnect {
-		return cc.connect(req, user, sess, start, done)
+		return cc.connect(req, who, sess, start, done)
 	}
-	return cc.forward(req, user, sess, start, done)
+	return cc.forward(req, who, sess, start, done)
 }
 
 // limitError is a request refused by a per-user limit, named as in the

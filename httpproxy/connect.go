@@ -14,7 +14,7 @@ import (
 // connect serves CONNECT host:port: dial first (so failures get a real
 // status), then answer 200 and hand the connection to a tunnel.
 // done is called when the tunnel ends, or at once if none starts.
-func (cc *clientConn) connect(req *request, user string, sess pool.Session, start time.Time, done func()) (keep, handedOff bool) {
+func (cc *clientConn) connect(req *request, who identity, sess pool.Session, start time.Time, done func()) (keep, handedOff bool) {
 	s := cc.s
 	target := req.authority
 	handed := false
@@ -30,7 +30,7 @@ func (cc *clientConn) connect(req *request, user string, sess pool.Session, star
 		cl := pool.Classify(err)
 		status := statusFor(cl)
 		cc.writeError(status, dialMessage(target, cl), true, nil)
-		s.logRequest(req, user, src, netip.Addr{}, status, 0, 0, start, err)
+		s.logRequest(req, who, src, netip.Addr{}, status, 0, 0, start, err)
 		return false, false
 	}
 	local := localAddr(up)
@@ -40,12 +40,12 @@ func (cc *clientConn) connect(req *request, user string, sess pool.Session, star
 	}
 	if err != nil {
 		up.Close()
-		s.logRequest(req, user, src, local, http.StatusOK, 0, 0, start, err)
+		s.logRequest(req, who, src, local, http.StatusOK, 0, 0, start, err)
 		return false, false
 	}
 	// Bytes sent right behind the CONNECT head (a TLS ClientHello from an
 	// eager client) go first.
-	s.startTunnel(cc.c, up, cc.takeBuffered(), reqInfo(req, user), src, local, http.StatusOK, start, done)
+	s.startTunnel(cc.c, up, cc.takeBuffered(), reqInfo(req, who), src, local, http.StatusOK, start, done)
 	handed = true
 	return false, true
 }

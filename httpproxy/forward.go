@@ -25,7 +25,7 @@ import (
 type exchange struct {
 	cc    *clientConn
 	r     *request
-	user  string
+	who   identity
 	sess  pool.Session
 	start time.Time
 
@@ -45,7 +45,7 @@ type exchange struct {
 // client connection may carry another request, and whether a tunnel (a
 // WebSocket upgrade) now owns it; done is called when the request, or
 // that tunnel, ends.
-func (cc *clientConn) forward(r *request, user string, sess pool.Session, start time.Time, done func()) (keep, handedOff bool) {
+func (cc *clientConn) forward(r *request, who identity, sess pool.Session, start time.Time, done func()) (keep, handedOff bool) {
 	s := cc.s
 	defer func() {
 		if !handedOff {
@@ -56,15 +56,15 @@ func (cc *clientConn) forward(r *request, user string, sess pool.Session, start 
 		closeAfter := !cc.drain(r)
 		cc.writeError(http.StatusBadRequest, "origin-form request "+quote(r.target)+
 			"; this is a proxy: send absolute-form (GET http://host/path) or CONNECT", closeAfter, nil)
-		s.logRequest(r, user, nil, netip.Addr{}, http.StatusBadRequest, 0, 0, start, nil)
+		s.logRequest(r, who, nil, netip.Addr{}, http.StatusBadRequest, 0, 0, start, nil)
 		return !closeAfter, false
 	}
 	if r.scheme != "http" && r.scheme != "https" {
 		cc.writeError(http.StatusBadRequest, "unsupported scheme "+quote(r.scheme), true, nil)
-		s.logRequest(r, user, nil, netip.Addr{}, http.StatusBadRequest, 0, 0, start, nil)
+		s.logRequest(r, who, nil, netip.Addr{}, http.StatusBadRequest, 0, 0, start, nil)
 		return false, false
 	}
-	x := &exchange{cc: cc, r: r, user: user, sess: sess, start: start, fam: pool.Any}
+	x := &exchange{cc: cc, r: r, who: who, sess: sess, start: start, fam: pool.Any}
 	if ip, ok := pool.ParseHost(r.host); ok {
 		x.ip = ip
 		x.fam = pool.FamilyOf(r.host)
@@ -131,11 +131,13 @@ func (x *exchange) open(mayReuse bool) error {
 
 // key is the idle-pool key of this request from local.
 func (x *exchange) key(local netip.Addr) upKey {
-	k := upKey{user: x.user, local: local, tls: x.r.scheme == "https", ip: x.ip, port: x.r.port}
+	k := upKey{local: local, tls: x.r.scheme == "https", ip: x.ip, port: x.r.port}
 	if !x.ip.IsValid() {
 		k.name = lower(x.r.host)
 	}
-	if x.user == "" {
+	if x.who.verified {
+		k.user = x.who.name
+	} else {
 		k.client = x.cc.client
 	}
 	return k
@@ -319,7 +321,7 @@ var errResponseTimeout = errors.New("response-timeout")
 // respond copies the response to the client and logs the request.
 func (x *exchange) respond(resp *response) bool {
 	down, keep, err := x.relay(resp)
-	x.cc.s.logRequest(x.r, x.user, x.src, x.uc.local, resp.status, x.r.bodyRead(), down, x.start, err)
+	x.cc.s.logRequest(x.r, x.who, x.src, x.uc.local, resp.status, x.r.bodyRead(), down, x.start, err)
 	return keep
 }
 

@@ -17,19 +17,20 @@ import (
 // requestInfo is what a log line says about a request: for a tunnel it is
 // kept instead of the request, which may be large.
 type requestInfo struct {
-	method, client, user, target string
+	method, client, target string
+	who                    identity
 }
 
 // reqInfo copies what the log line needs, so that a tunnel does not keep
 // the request head alive.
-func reqInfo(r *request, user string) requestInfo {
-	return requestInfo{method: strings.Clone(r.method), client: r.remote, user: user, target: strings.Clone(r.authority)}
+func reqInfo(r *request, who identity) requestInfo {
+	return requestInfo{method: strings.Clone(r.method), client: r.remote, who: who, target: strings.Clone(r.authority)}
 }
 
 // logRequest writes the one line per request or tunnel. It never logs
 // Proxy-Authorization or any other header.
 // local is the address bound, when known.
-func (s *Server) logRequest(r *request, user string, src *pool.Source, local netip.Addr, status int, up, down int64, start time.Time, err error) {
+func (s *Server) logRequest(r *request, who identity, src *pool.Source, local netip.Addr, status int, up, down int64, start time.Time, err error) {
 	if src != nil && r.method != http.MethodConnect {
 		// A CONNECT is counted when its dial ends; its bytes as they flow.
 		m := s.opts.Metrics.Source(src)
@@ -40,7 +41,7 @@ func (s *Server) logRequest(r *request, user string, src *pool.Source, local net
 		s.count(err, status)
 		return
 	}
-	s.log(reqInfo(r, user), src, local, status, up, down, start, err)
+	s.log(reqInfo(r, who), src, local, status, up, down, start, err)
 }
 
 func levelFor(status int) zerolog.Level {
@@ -62,8 +63,11 @@ func (s *Server) log(r requestInfo, src *pool.Source, local netip.Addr, status i
 		proto = "connect"
 	}
 	e = e.Str("proto", proto).Str("client", r.client)
-	if r.user != "" {
-		e = e.Str("user", r.user)
+	switch {
+	case r.who.verified:
+		e = e.Str("user", r.who.name)
+	case r.who.name != "":
+		e = e.Str("unverified_user", r.who.name)
 	}
 	if proto == "http" {
 		e = e.Str("method", r.method)

@@ -34,7 +34,7 @@ var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 512) }
 
 // session is what one connection's log line reports.
 type session struct {
-	user   string
+	user   string           // the name sent; verified only when usr is set
 	usr    *auth.User       // nil when no credentials were needed
 	done   func()           // releases the user's max-conns slot
 	sticky pool.Session     // from the user name's session parameters, with the pool to use
@@ -334,8 +334,13 @@ func (s *Server) logSession(c net.Conn, ss *session, d time.Duration) {
 		return
 	}
 	e = e.Str("proto", "socks5").Str("client", c.RemoteAddr().String())
-	if ss.user != "" {
+	// A name is "user" only once checked against the configured users;
+	// any other (no users configured, or a failed login) is logged apart.
+	switch {
+	case ss.usr != nil:
 		e = e.Str("user", ss.user)
+	case ss.user != "":
+		e = e.Str("unverified_user", ss.user)
 	}
 	if ss.hasDst {
 		e = e.Str("target", ss.dst.String())

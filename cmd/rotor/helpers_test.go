@@ -195,11 +195,14 @@ func wantEach(t *testing.T, seen map[string]int, n int) {
 
 // socksHello is a SOCKS5 greeting offering username/password, followed by
 // the RFC 1929 request with the test credentials.
-func socksHello() []byte {
-	b := []byte{5, 1, 2, 1, byte(len(testUser))}
-	b = append(b, testUser...)
-	b = append(b, byte(len(testPass)))
-	return append(b, testPass...)
+func socksHello() []byte { return socksHelloAs(testUser, testPass) }
+
+// socksHelloAs is socksHello with other credentials.
+func socksHelloAs(user, pass string) []byte {
+	b := []byte{5, 1, 2, 1, byte(len(user))}
+	b = append(b, user...)
+	b = append(b, byte(len(pass)))
+	return append(b, pass...)
 }
 
 // socksConnect is a SOCKS5 CONNECT request to ap (ATYP 01 or 04).

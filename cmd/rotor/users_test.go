@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -348,5 +349,92 @@ func TestPerIPRate(t *testing.T) {
 	}
 	if total != 12 || len(uses) != 4 {
 		t.Errorf("%d uses over %d addresses, want 12 over 4", total, len(uses))
+	}
+}
+
+// socksOnlyUserPass connects from local to dst through the SOCKS5
+// listener, offering only method 0x02 with user and pass, and returns
+// what the WritePeer target wrote.
+func socksOnlyUserPass(t *testing.T, sock, local, user, pass, dst string) (string, error) {
+	t.Helper()
+	c, err := dialFrom(local).Dial("tcp", sock)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write(append(socksHelloAs(user, pass), socksConnect(netip.MustParseAddrPort(dst))...)); err != nil {
+		return "", err
+	}
+	br := bufio.NewReader(c)
+	var greet, status [2]byte
+	if _, err := io.ReadFull(br, greet[:]); err != nil {
+		return "", err
+	}
+	if _, err := io.ReadFull(br, status[:]); err != nil || status[1] != 0 {
+		return "", fmt.Errorf("auth status %v: %v", status, err)
+	}
+	reply := make([]byte, 10)
+	if _, err := io.ReadFull(br, reply); err != nil || reply[1] != 0 {
+		return "", fmt.Errorf("reply %v: %v", reply, err)
+	}
+	line, err := br.ReadString('\n')
+	return strings.TrimSpace(line), err
+}
+
+// A name rotor did not check against configured users (there are none:
+// --allow-clients alone) is never logged as "user" but as
+// "unverified_user", and its session parameters are honoured, over SOCKS5
+// (a trusted client offering only 0x02) and HTTP. A failed login's name
+// is unverified too; a checked one is "user".
+func TestUnverifiedNames(t *testing.T) {
+	peer := tcpTarget(t, target.WritePeer)
+	ht := httpTarget(t)
+	r := startRotor(t, func(c *config.Config) {
+		c.Users = nil
+		c.AllowClients = []netip.Prefix{netip.MustParsePrefix("127.0.0.9/32")}
+	})
+	seen := map[string]int{}
+	for range 4 {
+		got, err := socksOnlyUserPass(t, r.sock, "127.0.0.9", "mallory-session-k1", "anything", peer.Addr)
+		if err != nil {
+			t.Fatalf("trusted SOCKS5 client offering only 0x02: %v", err)
+		}
+		seen[got]++
+	}
+	pu, _ := url.Parse("http://mallory-session-k2:anything@" + r.http)
+	for range 4 {
+		// A connection per request, so that the address is the
+		// session's and not the kept-alive connection's.
+		tr := &http.Transport{Proxy: http.ProxyURL(pu), DialContext: dialFrom("127.0.0.9").DialContext, DisableKeepAlives: true}
+		got, err := getVia(context.Background(), &http.Client{Transport: tr, Timeout: 5 * time.Second}, "http://"+ht.Addr+"/ip")
+		if err != nil {
+			t.Fatalf("trusted HTTP client with a name: %v", err)
+		}
+		seen["http "+got]++
+	}
+	if len(seen) != 2 {
+		t.Errorf("sessions k1 (SOCKS5) and k2 (HTTP) used %v, want one address each", seen)
+	}
+	logs := r.waitLog(`"unverified_user":"mallory"`)
+	if strings.Contains(logs, `"user":"mallory`) {
+		t.Errorf("an unchecked name was logged as user:\n%s", logs)
+	}
+	if n := strings.Count(logs, `"unverified_user":"mallory"`); n < 8 {
+		t.Errorf("%d log lines name mallory as unverified, want 8", n)
+	}
+
+	// With users: a wrong password's name is unverified, a right one is
+	// the user.
+	withUsers := startRotor(t)
+	if _, err := socksOnlyUserPass(t, withUsers.sock, "127.0.0.1", "mallory", "guess", peer.Addr); err == nil {
+		t.Fatal("wrong password accepted")
+	}
+	if _, err := socksOnlyUserPass(t, withUsers.sock, "127.0.0.1", testUser, testPass, peer.Addr); err != nil {
+		t.Fatal(err)
+	}
+	logs = withUsers.waitLog(`"user":"` + testUser + `"`)
+	if !strings.Contains(withUsers.waitLog(`"unverified_user":"mallory"`), `"unverified_user":"mallory"`) || strings.Contains(logs, `"user":"mallory"`) {
+		t.Errorf("failed login's name not logged apart:\n%s", logs)
 	}
 }

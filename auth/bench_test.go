@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -23,13 +24,13 @@ func BenchmarkCheck(b *testing.B) {
 		b.Fatal(err)
 	}
 	name, pass := []byte("scraper"), []byte("a-long-proxy-password")
-	if _, err := bc.Check(name, pass); err != nil {
+	if _, err := bc.Check(nil, netip.Addr{}, name, pass); err != nil {
 		b.Fatal("fixture hash does not match: ", err)
 	}
 	b.Run("sha256", func(b *testing.B) {
 		b.ReportAllocs()
 		for i := 0; i < b.N; i++ {
-			if _, err := sha.Check(name, pass); err != nil {
+			if _, err := sha.Check(nil, netip.Addr{}, name, pass); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -37,7 +38,7 @@ func BenchmarkCheck(b *testing.B) {
 	b.Run("bcrypt-cached", func(b *testing.B) {
 		b.ReportAllocs()
 		for i := 0; i < b.N; i++ {
-			if _, err := bc.Check(name, pass); err != nil {
+			if _, err := bc.Check(nil, netip.Addr{}, name, pass); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -46,7 +47,7 @@ func BenchmarkCheck(b *testing.B) {
 		b.ReportAllocs()
 		for i := 0; i < b.N; i++ {
 			bc.cache = newVerified(verifiedMax)
-			if _, err := bc.Check(name, pass); err != nil {
+			if _, err := bc.Check(nil, netip.Addr{}, name, pass); err != nil {
 				b.Fatal(err)
 			}
 		}

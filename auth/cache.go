@@ -2,11 +2,8 @@ package auth
 
 import (
 	"crypto/sha256"
-	"runtime"
 	"sync"
 	"sync/atomic"
-
-	"golang.org/x/crypto/bcrypt"
 )
 
 // verifiedMax bounds the cache: beyond it, the cache starts over empty
@@ -52,15 +49,4 @@ func (v *verified) add(k [sha256.Size]byte, usr *User) {
 		v.n.Store(1)
 	}
 	v.m.Load().Store(k, usr)
-}
-
-// bcryptSlots bounds the bcrypt comparisons running at once: each takes
-// tens of milliseconds of CPU by design, and a flood of wrong passwords
-// must not take every core from the requests already admitted.
-var bcryptSlots = make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2))
-
-func bcryptCompare(hash, pass []byte) error {
-	bcryptSlots <- struct{}{}
-	defer func() { <-bcryptSlots }()
-	return bcrypt.CompareHashAndPassword(hash, pass)
 }

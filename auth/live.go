@@ -21,12 +21,13 @@ type State struct {
 type Live struct {
 	state   atomic.Pointer[State]
 	clients []netip.Prefix
+	guard   *Guard // outlives every State: back-off survives a reload
 }
 
 // NewLive publishes s. clients are networks whose clients need no
 // credentials.
 func NewLive(s *State, clients []netip.Prefix) *Live {
-	l := &Live{clients: clients}
+	l := &Live{clients: clients, guard: NewGuard()}
 	l.state.Store(s)
 	return l
 }
@@ -37,6 +38,12 @@ func (l *Live) Load() *State { return l.state.Load() }
 // Store replaces the state; requests that loaded the old one finish with
 // it.
 func (l *Live) Store(s *State) { l.state.Store(s) }
+
+// Check verifies credentials from client against the users of st (which
+// must have some), under the back-off and bcrypt fairness of this run.
+func (l *Live) Check(st *State, client netip.Addr, name, pass []byte) (*User, error) {
+	return st.Users.Check(l.guard, client, name, pass)
+}
 
 // Trusted reports whether a client at addr needs no credentials
 // (--allow-clients).

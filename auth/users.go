@@ -336,17 +336,33 @@ func (u *Users) Len() int { return len(u.byName) }
 // told to the client, nor logged with the password.
 var errBadCredentials = errors.New("wrong user name or password")
 
-// Check verifies name and pass. A bcrypt user's verified credentials are
-// cached (by a hash of both), so a keep-alive client or a new tunnel does
-// not pay bcrypt each time; a failure is never cached. The comparison of
-// a SHA-256 secret runs in constant time. An unknown name costs what a
-// wrong password costs: a bcrypt check at the highest cost in use, or a
-// SHA-256 comparison when no user has a bcrypt hash.
-func (u *Users) Check(name, pass []byte) (*User, error) {
+// Check verifies name and pass from a client address. A bcrypt user's
+// verified credentials are cached (by a hash of both), so a keep-alive
+// client or a new tunnel does not pay bcrypt each time; a failure is
+// never cached. The comparison of a SHA-256 secret runs in constant time.
+// An unknown name costs what a wrong password costs: a bcrypt check at
+// the highest cost in use, or a SHA-256 comparison when no user has a
+// bcrypt hash. g (nil: none) refuses a client address that failed too
+// often with a *BackoffError, before any check, and gives bcrypt work its
+// turn fairly between client addresses.
+func (u *Users) Check(g *Guard, client netip.Addr, name, pass []byte) (*User, error) {
+	if err := g.backingOff(client); err != nil {
+		return nil, err
+	}
+	usr, err := u.check(g, client, name, pass)
+	if errors.Is(err, errBadCredentials) {
+		g.failed(client)
+	}
+	return usr, err
+}
+
+func (u *Users) check(g *Guard, client netip.Addr, name, pass []byte) (*User, error) {
 	usr := u.byName[string(name)]
 	if usr == nil {
 		if u.dummy != nil {
-			_ = bcryptCompare(u.dummy, pass)
+			if err := g.bcryptCompare(client, u.dummy, pass); errors.Is(err, ErrBackoff) {
+				return nil, err
+			}
 		} else {
 			d := sha256.Sum256(pass)
 			subtle.ConstantTimeCompare(d[:], dummyDigest[:])
@@ -359,7 +375,10 @@ func (u *Users) Check(name, pass []byte) (*User, error) {
 		if u.cache.has(key, usr) {
 			return usr, nil
 		}
-		if err := bcryptCompare(usr.secret, pass); err != nil {
+		if err := g.bcryptCompare(client, usr.secret, pass); err != nil {
+			if errors.Is(err, ErrBackoff) {
+				return nil, err
+			}
 			return nil, errBadCredentials
 		}
 		u.cache.add(key, usr)

@@ -69,13 +69,13 @@ func TestParseUsersAndCheck(t *testing.T) {
 		{"carol", "s3cret-b", true}, {"dave", "plain-d", true}, {"dave", "{PLAIN}plain-d", false},
 		{"eve", "s3cret-a", false}, {"", "", false},
 	} {
-		usr, err := u.Check([]byte(tc.name), []byte(tc.pass))
+		usr, err := u.Check(nil, netip.Addr{}, []byte(tc.name), []byte(tc.pass))
 		if (err == nil) != tc.ok || (tc.ok && usr.Name != tc.name) {
 			t.Errorf("Check(%q, %q) = %v, %v; want ok %v", tc.name, tc.pass, usr, err, tc.ok)
 		}
 	}
 	// The user's pool is exactly its entries, and rotates among them.
-	bob, _ := u.Check([]byte("bob"), []byte("s3cret-b"))
+	bob, _ := u.Check(nil, netip.Addr{}, []byte("bob"), []byte("s3cret-b"))
 	seen := map[string]int{}
 	for i := 0; i < 10; i++ {
 		s, _ := bob.Pool.Pick(pool.IPv4)
@@ -84,7 +84,7 @@ func TestParseUsersAndCheck(t *testing.T) {
 	if len(seen) != 2 || seen["127.0.0.3"] != 5 || seen["127.0.0.4"] != 5 {
 		t.Errorf("bob's picks %v, want 127.0.0.3 and .4 alternately", seen)
 	}
-	alice, _ := u.Check([]byte("alice"), []byte("s3cret-a"))
+	alice, _ := u.Check(nil, netip.Addr{}, []byte("alice"), []byte("s3cret-a"))
 	if alice.Pool != nil {
 		t.Error("alice has no pool= and must use the whole pool")
 	}
@@ -99,14 +99,14 @@ func TestBcryptCache(t *testing.T) {
 	}
 	u, _ := Build(specs, nil, nil)
 	for i := 0; i < 3; i++ {
-		if _, err := u.Check([]byte("alice"), []byte("wrong")); err == nil {
+		if _, err := u.Check(nil, netip.Addr{}, []byte("alice"), []byte("wrong")); err == nil {
 			t.Fatal("wrong password accepted")
 		}
 	}
 	if u.cache.n.Load() != 0 {
 		t.Fatalf("%d entries cached after failures", u.cache.n.Load())
 	}
-	if _, err := u.Check([]byte("alice"), []byte("right")); err != nil {
+	if _, err := u.Check(nil, netip.Addr{}, []byte("alice"), []byte("right")); err != nil {
 		t.Fatal(err)
 	}
 	usr := u.byName["alice"]
@@ -240,7 +240,7 @@ func TestREADMEUsersFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, pass := range map[string]string{"alice": "alice-password", "bob": "bob-password", "carol": "correct-horse"} {
-		if _, err := u.Check([]byte(name), []byte(pass)); err != nil {
+		if _, err := u.Check(nil, netip.Addr{}, []byte(name), []byte(pass)); err != nil {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
@@ -274,7 +274,7 @@ func TestUnknownNameCostsAWrongPassword(t *testing.T) {
 			}
 		}
 	}
-	if _, err := u.Check([]byte("mallory"), []byte("x")); err == nil {
+	if _, err := u.Check(nil, netip.Addr{}, []byte("mallory"), []byte("x")); err == nil {
 		t.Fatal("unknown user accepted")
 	}
 	sha := SingleUser("carol", "y")

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -36,7 +37,7 @@ func TestDefaultsAndEnv(t *testing.T) {
 	if err != nil || len(c.Users) != 1 {
 		t.Fatalf("users %v: %v", c.Users, err)
 	}
-	if _, err := users.Check([]byte("u"), []byte("p")); err != nil {
+	if _, err := users.Check(nil, netip.Addr{}, []byte("u"), []byte("p")); err != nil {
 		t.Error("PROXY_USER/PROXY_PASS not applied")
 	}
 }

@@ -80,7 +80,7 @@ func (s *Server) authorize(r *request, client netip.Addr) (usr *auth.User, who i
 	switch {
 	case st == nil:
 	case has && st.Users != nil:
-		if usr, err = st.Users.Check([]byte(who.name), []byte(pass)); err != nil {
+		if usr, err = s.opts.Access.Check(st, client, []byte(who.name), []byte(pass)); err != nil {
 			return nil, identity{}, pool.Session{}, false, err
 		}
 		who.verified = true

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/rotor-proxy/rotor/auth"
 	"github.com/rotor-proxy/rotor/tunnel"
 )
 
@@ -152,6 +153,14 @@ func (cc *clientConn) rejectHead(err error, start time.Time) {
 // carry another request; handedOff that a tunnel now owns it.
 func (cc *clientConn) handle(req *request, start time.Time) (keep, handedOff bool) {
 	usr, who, sess, ok, serr := cc.s.authorize(req, cc.client)
+	if be, backoff := errors.AsType[*auth.BackoffError](serr); backoff {
+		// Not a 407: a browser would prompt again, and nothing was checked.
+		closeAfter := req.method == http.MethodConnect || !cc.drain(req)
+		cc.writeError(http.StatusTooManyRequests, "too many failed logins from this address: retry later", closeAfter,
+			[]string{"Retry-After", strconv.Itoa(int(be.RetryAfter/time.Second) + 1)})
+		cc.s.logRequest(req, identity{}, nil, netip.Addr{}, http.StatusTooManyRequests, 0, 0, start, &limitError{name: "auth-backoff", err: serr})
+		return !closeAfter, false
+	}
 	if !ok {
 		cc.s.opts.Listener.AuthFailed()
 		// Whatever a refused CONNECT pipelined is tunnel payload, never
@@ -167,7 +176,7 @@ func (cc *clientConn) handle(req *request, start time.Time) (keep, handedOff boo
 		closeAfter := req.method == http.MethodConnect || !cc.drain(req)
 		cc.writeError(http.StatusTooManyRequests, "user "+quote(who.name)+" is over its "+why+" limit", closeAfter,
 			[]string{"Retry-After", "1"})
-		cc.s.logRequest(req, who, nil, netip.Addr{}, http.StatusTooManyRequests, 0, 0, start, &limitError{why})
+		cc.s.logRequest(req, who, nil, netip.Addr{}, http.StatusTooManyRequests, 0, 0, start, &limitError{name: why})
 		return !closeAfter, false
 	}
 	if req.method == http.MethodConnect {
@@ -176,11 +185,21 @@ func (cc *clientConn) handle(req *request, start time.Time) (keep, handedOff boo
 	return cc.forward(req, who, sess, start, done)
 }
 
-// limitError is a request refused by a per-user limit, named as in the
-// log field "limit" and in the limit hit counters.
-type limitError struct{ name string }
+// limitError is a request refused by a limit, named as in the log field
+// "limit" and in the limit hit counters, with what the limit said.
+type limitError struct {
+	name string
+	err  error
+}
 
-func (e *limitError) Error() string { return "over the " + e.name + " limit" }
+func (e *limitError) Error() string {
+	if e.err != nil {
+		return e.err.Error()
+	}
+	return "over the " + e.name + " limit"
+}
+
+func (e *limitError) Unwrap() error { return e.err }
 
 // drain reads what is left of a request body that will not be forwarded,
 // up to 256 KiB within the header timeout, so the connection can carry the

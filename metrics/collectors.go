@@ -68,7 +68,7 @@ var (
 	timeoutDesc = prometheus.NewDesc("rotor_listener_timeouts_total",
 		"Timeouts hit, by the flag that sets them (header-timeout, dial-timeout, idle-timeout...).", []string{"listener", "timeout"}, nil)
 	limitDesc = prometheus.NewDesc("rotor_listener_limit_hits_total",
-		"Limits hit, by the flag or setting that sets them (max-conns, max-header-bytes, per-ip-rate, user-max-conns, user-rate).", []string{"listener", "limit"}, nil)
+		"Limits hit, by the flag or setting that sets them (max-conns, max-header-bytes, per-ip-rate, user-max-conns, user-rate, auth-backoff).", []string{"listener", "limit"}, nil)
 )
 
 func (ls *listeners) add(l *Listener) {

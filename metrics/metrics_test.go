@@ -92,8 +92,9 @@ func TestExposition(t *testing.T) {
 		}
 	}
 	expected := `
-# HELP rotor_listener_limit_hits_total Limits hit, by the flag or setting that sets them (max-conns, max-header-bytes, per-ip-rate, user-max-conns, user-rate).
+# HELP rotor_listener_limit_hits_total Limits hit, by the flag or setting that sets them (max-conns, max-header-bytes, per-ip-rate, user-max-conns, user-rate, auth-backoff).
 # TYPE rotor_listener_limit_hits_total counter
+rotor_listener_limit_hits_total{limit="auth-backoff",listener="http"} 0
 rotor_listener_limit_hits_total{limit="max-conns",listener="http"} 1
 rotor_listener_limit_hits_total{limit="max-header-bytes",listener="http"} 0
 rotor_listener_limit_hits_total{limit="per-ip-rate",listener="http"} 0

@@ -239,8 +239,15 @@ func (s *Server) trusted(c net.Conn) bool {
 	if s.opts.Access == nil {
 		return false
 	}
-	ta, ok := c.RemoteAddr().(*net.TCPAddr)
-	return ok && s.opts.Access.Trusted(ta.AddrPort().Addr())
+	return s.opts.Access.Trusted(clientAddr(c))
+}
+
+// clientAddr is c's remote address, invalid if it has none (a pipe).
+func clientAddr(c net.Conn) netip.Addr {
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return ta.AddrPort().Addr()
+	}
+	return netip.Addr{}
 }
 
 var (
@@ -258,7 +265,7 @@ func (s *Server) authenticate(c net.Conn, br *bufio.Reader, ss *session, st *aut
 	ok := perr == nil
 	var cerr error
 	if ok && st != nil && st.Users != nil {
-		ss.usr, cerr = st.Users.Check([]byte(user), up.Pass)
+		ss.usr, cerr = s.opts.Access.Check(st, clientAddr(c), []byte(user), up.Pass)
 		ok = cerr == nil
 	} else if ok && st != nil && !trusted {
 		// An allowlist and no users: only its clients get in, whatever
@@ -269,15 +276,21 @@ func (s *Server) authenticate(c net.Conn, br *bufio.Reader, ss *session, st *aut
 	status := statute.AuthSuccess
 	if !ok {
 		status = statute.AuthFailure
-		s.opts.Listener.AuthFailed()
+		if !errors.Is(cerr, auth.ErrBackoff) { // counted as a limit hit instead
+			s.opts.Listener.AuthFailed()
+		}
 	}
 	if _, err := c.Write([]byte{statute.UserPassAuthVersion, status}); err != nil {
 		return fmt.Errorf("auth reply: %w", err)
 	}
-	if perr != nil {
+	switch {
+	case perr != nil:
 		return fmt.Errorf("%w: %w", errAuthFailed, perr)
-	}
-	if !ok {
+	case errors.Is(cerr, auth.ErrBackoff):
+		// RFC 1929 has one failure status: the log tells them apart.
+		ss.limit = "auth-backoff"
+		return fmt.Errorf("%w: %w", errAuthFailed, cerr)
+	case !ok:
 		return errAuthFailed
 	}
 	return nil

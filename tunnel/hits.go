@@ -21,6 +21,7 @@ type Hits struct {
 	UserMaxConns     atomic.Int64 // request over its user's max-conns (429 / 0x01)
 	UserRate         atomic.Int64 // request over its user's rate
 	PerIPRate        atomic.Int64 // no source address had a token in time
+	AuthBackoff      atomic.Int64 // login refused unchecked: its client address failed too often
 }
 
 // Add counts a hit by its flag name; unknown names are ignored.
@@ -59,6 +60,8 @@ func (h *Hits) counter(name string) *atomic.Int64 {
 		return &h.UserRate
 	case "per-ip-rate":
 		return &h.PerIPRate
+	case "auth-backoff":
+		return &h.AuthBackoff
 	}
 	return nil
 }
@@ -69,7 +72,7 @@ var hitNames = [...]struct{ name, kind string }{
 	{"header-timeout", "timeout"}, {"handshake-timeout", "timeout"}, {"dial-timeout", "timeout"},
 	{"dns-timeout", "timeout"}, {"response-timeout", "timeout"}, {"idle-timeout", "timeout"},
 	{"keepalive-timeout", "timeout"}, {"max-header-bytes", "limit"}, {"max-conns", "limit"},
-	{"user-max-conns", "limit"}, {"user-rate", "limit"}, {"per-ip-rate", "limit"},
+	{"user-max-conns", "limit"}, {"user-rate", "limit"}, {"per-ip-rate", "limit"}, {"auth-backoff", "limit"},
 }
 
 // Each calls f for every name with its kind ("timeout" or "limit") and

@@ -20,7 +20,7 @@ func TestHits(t *testing.T) {
 	if err := json.Unmarshal(b, &m); err != nil {
 		t.Fatal(err)
 	}
-	if m["header-timeout"] != 2 || m["max-conns"] != 1 || m["idle-timeout"] != 0 || len(m) != 12 {
+	if m["header-timeout"] != 2 || m["max-conns"] != 1 || m["idle-timeout"] != 0 || len(m) != 13 {
 		t.Fatalf("got %v", m)
 	}
 }

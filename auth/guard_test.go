@@ -162,3 +162,53 @@ func TestBackoffTableBounded(t *testing.T) {
 		}
 	}
 }
+
+// After a reload that changed a password, a client still sending the old
+// one is refused without a bcrypt run and is not backed off: it is not
+// guessing. A password that was never right still counts.
+func TestStalePasswordNotCounted(t *testing.T) {
+	build := func(lines ...string) *Users {
+		t.Helper()
+		specs, err := ParseUsers(strings.NewReader(strings.Join(lines, "\n") + "\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		u, err := Build(specs, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return u
+	}
+	old := build(bcryptLine(t, "alice", "old-pw"), "bob:{PLAIN}old-b", "carol:{PLAIN}same")
+	_, g, compares, _ := guardedUsers(t)
+	a := netip.MustParseAddr("192.0.2.50")
+	if _, err := old.Check(g, a, []byte("alice"), []byte("old-pw")); err != nil {
+		t.Fatal(err)
+	}
+	cur := build(bcryptLine(t, "alice", "new-pw"), "bob:{PLAIN}new-b", "carol:{PLAIN}same")
+	cur.Follows(old)
+	compares.Store(0)
+	for range 3 * backoffBurst {
+		for _, c := range [][2]string{{"alice", "old-pw"}, {"bob", "old-b"}} {
+			if _, err := cur.Check(g, a, []byte(c[0]), []byte(c[1])); !errors.Is(err, errStale) {
+				t.Fatalf("%s's old password after the reload: %v, want refused as stale", c[0], err)
+			}
+		}
+	}
+	if n := compares.Load(); n != 0 {
+		t.Errorf("%d bcrypt runs for a stale password, want 0", n)
+	}
+	for _, c := range [][2]string{{"alice", "new-pw"}, {"bob", "new-b"}, {"carol", "same"}} {
+		if _, err := cur.Check(g, a, []byte(c[0]), []byte(c[1])); err != nil {
+			t.Errorf("%s's current password: %v", c[0], err)
+		}
+	}
+	for i := range backoffBurst {
+		if _, err := cur.Check(g, a, []byte("alice"), []byte(fmt.Sprint("guess", i))); errors.Is(err, errStale) || !errors.Is(err, errBadCredentials) {
+			t.Fatalf("guess %d: %v", i, err)
+		}
+	}
+	if _, err := cur.Check(g, a, []byte("alice"), []byte("new-pw")); !errors.Is(err, ErrBackoff) {
+		t.Errorf("after %d guesses: %v, want back-off", backoffBurst, err)
+	}
+}

@@ -224,6 +224,44 @@ type Users struct {
 	// password and answer times do not tell which names exist. nil when
 	// no user has a bcrypt hash.
 	dummy []byte
+	// prev is the set this one replaced at a reload (see Follows).
+	prev *generation
+}
+
+// generation is what a Users keeps of the set it replaced: enough to tell
+// a password that was right before the reload, and nothing of older ones.
+type generation struct {
+	byName map[string]*User
+	cache  *verified
+}
+
+// Follows records that u replaces old at a reload, before u is published.
+// A client still sending a password that old accepted and that has changed
+// since is refused without a bcrypt run, and its failure does not count
+// toward its address's back-off: it is a client not yet told, not a
+// guesser (who would have to know the old password).
+func (u *Users) Follows(old *Users) {
+	if old != nil {
+		u.prev = &generation{byName: old.byName, cache: old.cache}
+	}
+}
+
+// stale reports whether pass was usr's password before the last reload
+// and no longer is: right in the previous set (known without bcrypt: a
+// cached verification, or a SHA-256 digest), with a different secret now.
+func (u *Users) stale(name, pass []byte, usr *User) bool {
+	if u.prev == nil {
+		return false
+	}
+	old := u.prev.byName[string(name)]
+	if old == nil || subtle.ConstantTimeCompare(old.secret, usr.secret) == 1 {
+		return false
+	}
+	if old.kind == secretBcrypt {
+		return u.prev.cache.has(credentialKey(name, pass), old)
+	}
+	d := sha256.Sum256(pass)
+	return subtle.ConstantTimeCompare(d[:], old.secret) == 1
 }
 
 // Build resolves each spec's pool against p: a reference is a tag of the
@@ -333,8 +371,12 @@ func subPool(p *pool.Pool, refs []string, tags map[string][]netip.Prefix) (*pool
 func (u *Users) Len() int { return len(u.byName) }
 
 // errBadCredentials is every failed check: which part was wrong is not
-// told to the client, nor logged with the password.
-var errBadCredentials = errors.New("wrong user name or password")
+// told to the client, nor logged with the password. errStale is one
+// whose password was right before the last reload (see Follows).
+var (
+	errBadCredentials = errors.New("wrong user name or password")
+	errStale          = fmt.Errorf("%w: the password was changed at the last reload", errBadCredentials)
+)
 
 // Check verifies name and pass from a client address. A bcrypt user's
 // verified credentials are cached (by a hash of both), so a keep-alive
@@ -350,7 +392,7 @@ func (u *Users) Check(g *Guard, client netip.Addr, name, pass []byte) (*User, er
 		return nil, err
 	}
 	usr, err := u.check(g, client, name, pass)
-	if errors.Is(err, errBadCredentials) {
+	if errors.Is(err, errBadCredentials) && !errors.Is(err, errStale) {
 		g.failed(client)
 	}
 	return usr, err
@@ -375,6 +417,9 @@ func (u *Users) check(g *Guard, client netip.Addr, name, pass []byte) (*User, er
 		if u.cache.has(key, usr) {
 			return usr, nil
 		}
+		if u.stale(name, pass, usr) {
+			return nil, errStale
+		}
 		if err := g.bcryptCompare(client, usr.secret, pass); err != nil {
 			if errors.Is(err, ErrBackoff) {
 				return nil, err
@@ -386,6 +431,9 @@ func (u *Users) check(g *Guard, client netip.Addr, name, pass []byte) (*User, er
 	default:
 		d := sha256.Sum256(pass)
 		if subtle.ConstantTimeCompare(d[:], usr.secret) != 1 {
+			if u.stale(name, pass, usr) {
+				return nil, errStale
+			}
 			return nil, errBadCredentials
 		}
 		return usr, nil

@@ -235,6 +235,9 @@ func (in *instance) reload() error {
 	if err != nil {
 		return err
 	}
+	if st.Users != nil {
+		st.Users.Follows(in.access.Load().Users)
+	}
 	in.dialer.SetPool(p) // health checks and picks that name no pool
 	in.access.Store(st)  // what every new request and connection loads
 	in.cfg = cfg

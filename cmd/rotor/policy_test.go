@@ -146,6 +146,15 @@ func TestHostAddressesRefused(t *testing.T) {
 	waitStatus(t, r, "198.18.10.7:"+tport, func(err error) bool { return err != nil && strings.Contains(err.Error(), "403") })
 	runCmd(t, ip, "addr", "del", "198.18.10.7/32", "dev", here)
 	waitStatus(t, r, "198.18.10.7:"+tport, func(err error) bool { return err != nil && !strings.Contains(err.Error(), "403") })
+	// IPv6 too (nodad: usable at once, without duplicate detection).
+	runCmd(t, ip, "addr", "add", "2001:db8:77::1/128", "dev", here, "nodad")
+	waitStatus(t, r, "[2001:db8:77::1]:"+tport, func(err error) bool { return err != nil && strings.Contains(err.Error(), "403") })
+	if _, err := socksVia(ctx, r.sock, testUser, testPass, "[2001:db8:77::1]:"+tport); err == nil || !strings.Contains(err.Error(), "not allowed by ruleset") {
+		t.Errorf("SOCKS5 to the host's IPv6 address: %v, want reply 02", err)
+	}
+	if n := tt.Conns.Load(); n != 0 {
+		t.Fatalf("the host's own addresses reached the target %d times", n)
+	}
 
 	// --allow-dest opens one address of the host, and only that one.
 	open := startRotor(t, func(c *config.Config) {

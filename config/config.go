@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-	"github.com/spf13/pflag"
 
 	"github.com/rotor-proxy/rotor/auth"
 	"github.com/rotor-proxy/rotor/pool"
@@ -113,84 +112,6 @@ const (
 	DefaultIdleTimeout      = 10 * time.Minute
 )
 
-// Env names the environment variable behind each flag that has one. The
-// first four are the names the Pingora proxy rotor replaces used.
-func envNames() map[string]string {
-	return map[string]string{
-		"pool":          "IP_POOL",
-		"http-listen":   "LISTEN_ADDR",
-		"socks-listen":  "SOCKS_LISTEN_ADDR",
-		"user":          "PROXY_USER",
-		"pass":          "PROXY_PASS",
-		"strategy":      "ROTATION_STRATEGY",
-		"prefer-family": "PREFER_FAMILY",
-		"allow-dest":    "ALLOW_DEST",
-		"users-file":    "USERS_FILE",
-		"pool-file":     "POOL_FILE",
-		"allow-clients": "ALLOW_CLIENTS",
-		"per-ip-rate":   "PER_IP_RATE",
-		"per-ip-burst":  "PER_IP_BURST",
-		"per-ip-wait":   "PER_IP_WAIT",
-
-		"dial-timeout":      "DIAL_TIMEOUT",
-		"dns-timeout":       "DNS_TIMEOUT",
-		"handshake-timeout": "HANDSHAKE_TIMEOUT",
-		"header-timeout":    "HEADER_TIMEOUT",
-		"idle-timeout":      "IDLE_TIMEOUT",
-		"keepalive-timeout": "KEEPALIVE_TIMEOUT",
-		"shutdown-timeout":  "SHUTDOWN_TIMEOUT",
-		"max-conns":         "MAX_CONNS",
-		"max-header-bytes":  "MAX_HEADER_BYTES",
-		"health-target":     "HEALTH_TARGET",
-		"health-interval":   "HEALTH_INTERVAL",
-		"health-timeout":    "HEALTH_TIMEOUT",
-		"metrics-listen":    "METRICS_ADDR",
-		"log-level":         "LOG_LEVEL",
-		"log-format":        "LOG_FORMAT",
-	}
-}
-
-// NewFlagSet returns rotor's flags, unparsed, for Parse and for --help.
-func NewFlagSet(name string) *pflag.FlagSet {
-	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
-	fs.SortFlags = false
-	fs.String("pool", "", "comma-separated local source IPs and CIDR blocks (a random address per connection) to rotate through (env IP_POOL; required)")
-	fs.String("http-listen", DefaultHTTPListen, "HTTP proxy listen address; empty disables (env LISTEN_ADDR)")
-	fs.String("socks-listen", DefaultSOCKSListen, "SOCKS5 proxy listen address; empty disables (env SOCKS_LISTEN_ADDR)")
-	fs.String("user", "", "proxy user name for both listeners (env PROXY_USER)")
-	fs.String("pass", "", "proxy password (env PROXY_PASS; prefer the env var: flags show in ps)")
-	fs.String("pool-file", "", "file with the pool, one address or CIDR block per line, optional tags after it; re-read on SIGHUP; instead of --pool (env POOL_FILE)")
-	fs.String("users-file", "", "htpasswd-style users file (bcrypt, {SHA256} or {PLAIN}), with optional per-user pool, max-conns and rate; re-read on SIGHUP (env USERS_FILE)")
-	fs.String("allow-clients", "", "comma-separated CIDRs whose clients need no credentials (env ALLOW_CLIENTS)")
-	fs.String("per-ip-rate", "", "use no source address (or block) more than N times a second, e.g. 5/s (env PER_IP_RATE)")
-	fs.Int("per-ip-burst", 0, "requests one source address may take at once above --per-ip-rate (default: the rate, at least 1) (env PER_IP_BURST)")
-	fs.Duration("per-ip-wait", time.Second, "how long a request waits for a source address under --per-ip-rate before 429 / SOCKS5 0x01 (env PER_IP_WAIT)")
-	fs.String("strategy", string(pool.RoundRobin), "rotation strategy: round-robin, random, least-recent (env ROTATION_STRATEGY)")
-	fs.String("prefer-family", "ipv6", "with IPv4 and IPv6 in the pool, the family tried first for a name with both: ipv6 or ipv4 (env PREFER_FAMILY)")
-	fs.String("allow-dest", "", "comma-separated CIDRs or IPs rotor may connect to although the policy refuses them (loopback, private, link-local...) (env ALLOW_DEST)")
-	fs.Bool("allow-open", false, "allow listening on a non-loopback address without credentials")
-	fs.Duration("dial-timeout", DefaultDialTimeout, "bound on resolving and connecting to a target")
-	fs.Duration("dns-timeout", DefaultDNSTimeout, "bound on resolving a target name")
-	fs.Duration("keepalive-timeout", DefaultKeepAliveTimeout, "close a keep-alive HTTP client connection idle this long")
-	fs.Int("max-header-bytes", DefaultMaxHeaderBytes, "largest HTTP request head accepted; larger gets 431")
-	fs.Int64("max-conns", 0, "most client connections served at once, both listeners together (0: derived from the open-file limit)")
-	fs.Duration("handshake-timeout", DefaultHandshakeTimeout, "bound on a SOCKS5 greeting, auth and request")
-	fs.Duration("header-timeout", DefaultHeaderTimeout, "bound on reading an HTTP request head")
-	fs.Duration("idle-timeout", DefaultIdleTimeout, "close a tunnel that moves no byte either way for this long")
-	fs.Duration("shutdown-timeout", DefaultShutdownTimeout, "how long live requests and tunnels may drain on SIGTERM")
-	fs.String("health-target", "", "host:port or http(s) URL probed from every source address each --health-interval; empty: no active probes (env HEALTH_TARGET)")
-	fs.Duration("health-interval", pool.DefaultHealthInterval, "how often sources are probed, and addresses that could not be bound re-checked (env HEALTH_INTERVAL)")
-	fs.Duration("health-timeout", 0, "bound on one probe; 0: the smaller of --health-interval and 10s (env HEALTH_TIMEOUT)")
-	fs.Int("health-fall", pool.DefaultHealthFall, "consecutive failed probes that take a source out of rotation")
-	fs.Int("health-rise", pool.DefaultHealthRise, "consecutive passed probes that bring a source back")
-	fs.String("metrics-listen", "", "serve Prometheus /metrics, /healthz and /readyz on this address; empty disables (env METRICS_ADDR)")
-	fs.String("debug-listen", "", "serve /debug/pprof/ on this loopback address; empty disables")
-	fs.String("log-level", "info", "trace, debug, info, warn, error (env LOG_LEVEL)")
-	fs.String("log-format", "json", "json, or console for people (env LOG_FORMAT)")
-	fs.Bool("version", false, "print the version and exit")
-	return fs
-}
-
 // Parse builds a Config from args, falling back to getenv for flags that
 // were not given. Precedence: flags, then environment, then defaults.
 // pflag.ErrHelp is returned as is for -h/--help.
@@ -203,7 +124,7 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 	if fs.NArg() > 0 {
 		return Config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	for flag, env := range envNames() {
+	for flag, env := range envNames(fs) {
 		if fs.Changed(flag) {
 			continue
 		}

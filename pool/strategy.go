@@ -16,8 +16,12 @@ const (
 	LeastRecent Strategy = "least-recent"
 )
 
-// Strategies lists the valid strategy names, for help texts and errors.
+// Strategies lists the valid strategy names.
 var Strategies = []Strategy{RoundRobin, Random, LeastRecent}
+
+// StrategyChoices is Strategies as people write a list, for help texts
+// and errors.
+const StrategyChoices = "round-robin, random or least-recent"
 
 // ParseStrategy returns the strategy called name, or an error naming it.
 func ParseStrategy(name string) (Strategy, error) {
@@ -26,7 +30,7 @@ func ParseStrategy(name string) (Strategy, error) {
 			return s, nil
 		}
 	}
-	return "", fmt.Errorf("unknown strategy %q (want one of %v)", name, Strategies)
+	return "", fmt.Errorf("unknown strategy %q (want %s)", name, StrategyChoices)
 }
 
 // picker picks among one family's sources. A struct with a switch, not an
@@ -57,7 +61,7 @@ func newPicker(s Strategy, sources []*Source, seq *atomic.Uint64) (*picker, erro
 	case LeastRecent:
 		kind = kindLeastRecent
 	default:
-		return nil, fmt.Errorf("unknown strategy %q (want one of %v)", s, Strategies)
+		return nil, fmt.Errorf("unknown strategy %q (want %s)", s, StrategyChoices)
 	}
 	n := uint64(len(sources))
 	return &picker{kind: kind, sources: sources, n: n, magic: ^uint64(0)/n + 1, seq: seq}, nil

@@ -20,39 +20,52 @@ import (
 	"github.com/rotor-proxy/rotor/pool"
 )
 
+func checkFlags() *pflag.FlagSet {
+	fs := pflag.NewFlagSet("rotor check", pflag.ContinueOnError)
+	fs.SortFlags = false
+	fs.String("pool", "", "comma-separated local source IPs (env IP_POOL)")
+	fs.String("url", "", "http:// or https:// URL whose body is the caller's address, e.g. https://api.ipify.org")
+	fs.Duration("timeout", 10*time.Second, "bound on each fetch")
+	fs.String("allow-dest", "", "CIDRs the destination policy should allow (env ALLOW_DEST)")
+	fs.Bool("insecure", false, "do not verify the TLS certificate")
+	return fs
+}
+
+func runCheck(ctx context.Context, std stdio, fs *pflag.FlagSet) error {
+	return check(ctx, fs, std.getenv, std.stdout, nil)
+}
+
 // check fetches a URL once from every pool address and prints what the
 // remote saw: the first thing to run when "IPs are not rotating". It
 // returns an error (exit 1) if any address fails.
 //
 //	rotor check --pool 203.0.113.10,203.0.113.11 --url https://api.ipify.org
-func check(ctx context.Context, args []string, getenv func(string) string, out io.Writer, resolver *net.Resolver) error {
-	fs := pflag.NewFlagSet("rotor check", pflag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	poolFlag := fs.String("pool", "", "comma-separated local source IPs (env IP_POOL)")
-	rawURL := fs.String("url", "", "http:// or https:// URL whose body names the caller's address (e.g. https://api.ipify.org)")
-	timeout := fs.Duration("timeout", 10*time.Second, "bound on each fetch")
-	allow := fs.String("allow-dest", "", "CIDRs the destination policy should allow (env ALLOW_DEST)")
-	insecure := fs.Bool("insecure", false, "do not verify the TLS certificate")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: %w", errConfig, err)
+func check(ctx context.Context, fs *pflag.FlagSet, getenv func(string) string, out io.Writer, resolver *net.Resolver) error {
+	if err := wantNoArgs(fs, "rotor check"); err != nil {
+		return err
 	}
-	if *poolFlag == "" && getenv != nil {
-		*poolFlag = getenv("IP_POOL")
+	poolFlag, _ := fs.GetString("pool")
+	rawURL, _ := fs.GetString("url")
+	timeout, _ := fs.GetDuration("timeout")
+	allow, _ := fs.GetString("allow-dest")
+	insecure, _ := fs.GetBool("insecure")
+	if poolFlag == "" && getenv != nil {
+		poolFlag = getenv("IP_POOL")
 	}
-	if *allow == "" && getenv != nil {
-		*allow = getenv("ALLOW_DEST")
+	if allow == "" && getenv != nil {
+		allow = getenv("ALLOW_DEST")
 	}
-	addrs, err := config.ParsePool(*poolFlag)
+	addrs, err := config.ParsePool(poolFlag)
 	if err != nil {
 		return fmt.Errorf("%w: %w", errConfig, err)
 	}
-	allowDest, err := config.ParsePrefixes(*allow)
+	allowDest, err := config.ParsePrefixes(allow)
 	if err != nil {
 		return fmt.Errorf("%w: %w", errConfig, err)
 	}
-	u, err := url.Parse(*rawURL)
+	u, err := url.Parse(rawURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("%w: --url %q: want an http:// or https:// URL", errConfig, *rawURL)
+		return fmt.Errorf("%w: --url %q: want an http:// or https:// URL", errConfig, rawURL)
 	}
 	p, err := pool.NewPrefixes(addrs, pool.RoundRobin)
 	if err != nil {
@@ -63,13 +76,13 @@ func check(ctx context.Context, args []string, getenv func(string) string, out i
 	if err := policy.LoadHostAddrs(); err != nil {
 		return err
 	}
-	d := pool.NewDialer(p, pool.DialerOptions{Timeout: *timeout, Resolver: resolver, Policy: policy})
+	d := pool.NewDialer(p, pool.DialerOptions{Timeout: timeout, Resolver: resolver, Policy: policy})
 
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SOURCE\tREMOTE SAW\tLATENCY\tERROR")
 	failed := 0
 	for _, src := range p.Sources() {
-		saw, took, err := fetchFrom(ctx, d, src, u, *timeout, *insecure)
+		saw, took, err := fetchFrom(ctx, d, src, u, timeout, insecure)
 		errText := ""
 		if err != nil {
 			failed++

@@ -10,6 +10,16 @@ import (
 	"testing"
 )
 
+// checkArgs runs rotor check with args, as after its flags are parsed.
+func checkArgs(t *testing.T, args []string, out *bytes.Buffer) error {
+	t.Helper()
+	fs := checkFlags()
+	if err := fs.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	return check(context.Background(), fs, nil, out, nil)
+}
+
 // rotor check against a loopback target that reports the peer address:
 // one row per pool address, each seeing itself, exit 0; an address the
 // remote does not see as itself (here: a target that always answers
@@ -18,7 +28,7 @@ func TestCheck(t *testing.T) {
 	ht := httpTarget(t)
 	var out bytes.Buffer
 	args := []string{"--pool", strings.Join(poolAddrs, ","), "--url", "http://" + ht.Addr + "/ip", "--allow-dest", "127.0.0.0/8"}
-	if err := check(context.Background(), args, nil, &out, nil); err != nil {
+	if err := checkArgs(t, args, &out); err != nil {
 		t.Fatalf("check: %v\n%s", err, out.String())
 	}
 	rows := strings.Split(strings.TrimSpace(out.String()), "\n")
@@ -35,17 +45,17 @@ func TestCheck(t *testing.T) {
 	liar := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("127.0.0.9\n")) }))
 	defer liar.Close()
 	out.Reset()
-	err := check(context.Background(), []string{"--pool", "127.0.0.2", "--url", liar.URL, "--allow-dest", "127.0.0.0/8"}, nil, &out, nil)
+	err := checkArgs(t, []string{"--pool", "127.0.0.2", "--url", liar.URL, "--allow-dest", "127.0.0.0/8"}, &out)
 	if err == nil || errors.Is(err, errConfig) || !strings.Contains(out.String(), "another address") {
 		t.Fatalf("check against a NAT-like remote: %v\n%s", err, out.String())
 	}
 
 	// Without --allow-dest the policy refuses loopback: a clear error per row.
 	out.Reset()
-	if err := check(context.Background(), args[:4], nil, &out, nil); err == nil || !strings.Contains(out.String(), "forbidden") {
+	if err := checkArgs(t, args[:4], &out); err == nil || !strings.Contains(out.String(), "forbidden") {
 		t.Fatalf("check to loopback without --allow-dest: %v\n%s", err, out.String())
 	}
-	if err := check(context.Background(), []string{"--pool", "127.0.0.2", "--url", "ftp://x"}, nil, &out, nil); !errors.Is(err, errConfig) {
+	if err := checkArgs(t, []string{"--pool", "127.0.0.2", "--url", "ftp://x"}, &out); !errors.Is(err, errConfig) {
 		t.Fatalf("bad URL: %v, want a configuration error", err)
 	}
 }

@@ -7,8 +7,10 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -63,6 +65,18 @@ func (l *onceCloseListener) Close() error {
 	return l.err
 }
 
+// listenError says why a listener could not be opened. A port below 1024
+// without the privilege to bind it is a configuration error (exit 2, which
+// systemd does not restart), with the two ways out.
+func listenError(what, addr string, err error) error {
+	if errors.Is(err, syscall.EACCES) {
+		exe, _ := os.Executable()
+		return fmt.Errorf("%w: %s listener %s: a port below 1024 needs privileges: use a port of 1024 or more, or let the binary bind it with setcap cap_net_bind_service=+ep %s",
+			errConfig, what, addr, exe)
+	}
+	return fmt.Errorf("%s listener %s: %w", what, addr, err)
+}
+
 // closeListeners closes those of ls that were opened, when start fails.
 func closeListeners(ls ...net.Listener) {
 	for _, l := range ls {
@@ -88,7 +102,7 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 	in := &instance{cfg: cfg, log: log, access: auth.NewLive(st, cfg.AllowClients), serveErr: make(chan error, 3)}
 	if cfg.MetricsListen != "" {
 		if in.metricsLn, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
-			return nil, fmt.Errorf("metrics listener: %w", err)
+			return nil, listenError("metrics", cfg.MetricsListen, err)
 		}
 	}
 
@@ -99,13 +113,13 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 	if cfg.HTTPListen != "" {
 		if hl, err = lc.Listen(context.Background(), "tcp", cfg.HTTPListen); err != nil {
 			closeListeners(in.metricsLn)
-			return nil, fmt.Errorf("HTTP listener: %w", err)
+			return nil, listenError("HTTP", cfg.HTTPListen, err)
 		}
 	}
 	if cfg.SOCKSListen != "" {
 		if sl, err = lc.Listen(context.Background(), "tcp", cfg.SOCKSListen); err != nil {
 			closeListeners(hl, in.metricsLn)
-			return nil, fmt.Errorf("SOCKS5 listener: %w", err)
+			return nil, listenError("SOCKS5", cfg.SOCKSListen, err)
 		}
 	}
 	// The policy refuses rotor's own listeners as destinations, whatever

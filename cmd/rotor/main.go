@@ -15,6 +15,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -24,9 +25,6 @@ import (
 	"github.com/rotor-proxy/rotor/config"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
-
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
@@ -34,47 +32,34 @@ func main() {
 	os.Exit(code)
 }
 
-// run is main without the process: it returns the exit status.
+// run is main without the process: it returns the exit status, 0, 1 for
+// a failure, or 2 for a usage or configuration error (which systemd does
+// not restart: RestartPreventExitStatus=2).
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
-	if len(args) > 0 && args[0] == "demo" {
-		if err := demo(ctx, stdout); err != nil {
-			fmt.Fprintf(stderr, "rotor demo: %v\n", err)
-			return 1
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		c, ok := lookupCommand(args[0])
+		if !ok {
+			fmt.Fprintf(stderr, "rotor: unknown command %q; commands: %s (rotor help)\n", args[0], commandNames())
+			return 2
 		}
-		return 0
+		return c.exec(ctx, stdio{stdin: os.Stdin, stdout: stdout, stderr: stderr, getenv: getenv}, args[1:])
 	}
-	if len(args) > 0 && args[0] == "passwd" {
-		if err := passwd(args[1:], os.Stdin, stdout, stderr); err != nil {
-			fmt.Fprintf(stderr, "rotor passwd: %v\n", err)
-			if errors.Is(err, errConfig) {
-				return 2
-			}
-			return 1
-		}
-		return 0
-	}
-	if len(args) > 0 && args[0] == "check" {
-		err := check(ctx, args[1:], getenv, stdout, nil)
-		if err != nil {
-			fmt.Fprintf(stderr, "rotor check: %v\n", err)
-			if errors.Is(err, errConfig) {
-				return 2
-			}
-			return 1
-		}
-		return 0
-	}
+	return serve(ctx, args, stdout, stderr, getenv)
+}
+
+// serve runs the proxy until ctx ends or a listener fails.
+func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
 	cfg, err := config.Parse(args, getenv)
 	if errors.Is(err, pflag.ErrHelp) {
 		usage(stdout)
 		return 0
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "rotor: %v\n", err)
+		fmt.Fprintf(stderr, "rotor: %v\n", flagError(config.NewFlagSet("rotor"), err, "rotor --help"))
 		return 2
 	}
 	if cfg.ShowVersion {
-		fmt.Fprintf(stdout, "rotor %s\n", version)
+		fmt.Fprintln(stdout, versionLine())
 		return 0
 	}
 	log := newLogger(cfg, stderr)
@@ -97,7 +82,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	if in.metricsLn != nil {
 		log.Info().Stringer("addr", in.metricsLn.Addr()).Msg("serving /metrics, /healthz and /readyz")
 	}
-	ev := log.Info().Str("version", version).Strs("pool", labels(in.dialer.Pool())).Str("strategy", string(cfg.Strategy)).
+	ev := log.Info().Str("version", versionLine()).Strs("pool", labels(in.dialer.Pool())).Str("strategy", string(cfg.Strategy)).
 		Int("users", len(cfg.Users)).Int("allow_clients", len(cfg.AllowClients)).Int64("max_conns", cfg.MaxConns).
 		Str("health_target", cfg.HealthTarget).Stringer("health_interval", cfg.HealthInterval)
 	if in.httpAddr != nil {
@@ -146,17 +131,18 @@ func newLogger(cfg config.Config, w io.Writer) zerolog.Logger {
 }
 
 func usage(w io.Writer) {
-	fmt.Fprintf(w, `rotor: HTTP and SOCKS5 proxy that rotates outbound source addresses.
+	fmt.Fprint(w, `rotor: HTTP and SOCKS5 proxy that rotates outbound source addresses (Linux).
 
 Usage:
-  rotor --pool IP[,IP...] [flags]    serve (flags override environment variables)
-  rotor demo                         run a self-contained demo on loopback
-  rotor check --pool IP[,IP...] --url URL
-                                     fetch URL once from every address and show what the remote saw
-  rotor passwd [--cost N] NAME       print a users-file line with a bcrypt hash of the password
-                                     read from stdin (or asked for on a terminal)
-  kill -HUP PID                      re-read --pool-file and --users-file
+  rotor --pool IP[,IP...] [flags]   serve; flags override environment variables, and
+                                    kill -HUP re-reads --pool-file and --users-file
+  rotor COMMAND [flags]             where COMMAND is one of the commands below
 
-Flags:
-%s`, config.NewFlagSet("rotor").FlagUsages())
+Commands:
+`)
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-8s  %s\n", c.name, c.summary)
+	}
+	fmt.Fprint(w, "\nrotor help COMMAND (or rotor COMMAND --help) shows its usage and flags.\n")
+	config.Usage(w)
 }

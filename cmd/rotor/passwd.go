@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,16 @@ import (
 	"github.com/rotor-proxy/rotor/auth"
 )
 
+func passwdFlags() *pflag.FlagSet {
+	fs := pflag.NewFlagSet("rotor passwd", pflag.ContinueOnError)
+	fs.Int("cost", bcrypt.DefaultCost, fmt.Sprintf("bcrypt cost (%d-%d): each step doubles the time a check takes", bcrypt.MinCost, auth.MaxBcryptCost))
+	return fs
+}
+
+func runPasswd(_ context.Context, std stdio, fs *pflag.FlagSet) error {
+	return passwd(fs, std.stdin, std.stdout, std.stderr)
+}
+
 // passwd prints a users-file line for NAME with a bcrypt hash of a
 // password read from the terminal (asked twice, not echoed) or, when
 // stdin is not a terminal, from its first line. Never from the command
@@ -22,13 +33,8 @@ import (
 //
 //	rotor passwd alice >> /etc/rotor/users
 //	printf '%s\n' "$PASS" | rotor passwd alice
-func passwd(args []string, stdin *os.File, stdout, stderr io.Writer) error {
-	fs := pflag.NewFlagSet("rotor passwd", pflag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	cost := fs.Int("cost", bcrypt.DefaultCost, fmt.Sprintf("bcrypt cost (%d-%d): each step doubles the time a check takes", bcrypt.MinCost, auth.MaxBcryptCost))
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: %w", errConfig, err)
-	}
+func passwd(fs *pflag.FlagSet, stdin *os.File, stdout, stderr io.Writer) error {
+	cost, _ := fs.GetInt("cost")
 	if fs.NArg() != 1 {
 		return fmt.Errorf("%w: usage: rotor passwd [--cost N] NAME  (the password is read from stdin)", errConfig)
 	}
@@ -36,8 +42,8 @@ func passwd(args []string, stdin *os.File, stdout, stderr io.Writer) error {
 	if err := auth.ValidName(name); err != nil {
 		return fmt.Errorf("%w: %w", errConfig, err)
 	}
-	if *cost < bcrypt.MinCost || *cost > auth.MaxBcryptCost {
-		return fmt.Errorf("%w: --cost %d: want %d to %d", errConfig, *cost, bcrypt.MinCost, auth.MaxBcryptCost)
+	if cost < bcrypt.MinCost || cost > auth.MaxBcryptCost {
+		return fmt.Errorf("%w: --cost %d: want %d to %d", errConfig, cost, bcrypt.MinCost, auth.MaxBcryptCost)
 	}
 	var pass []byte
 	if fd := int(stdin.Fd()); term.IsTerminal(fd) {
@@ -70,7 +76,7 @@ func passwd(args []string, stdin *os.File, stdout, stderr io.Writer) error {
 	if len(pass) > 72 {
 		return fmt.Errorf("%w: bcrypt uses at most 72 bytes of a password; this one has %d", errConfig, len(pass))
 	}
-	h, err := bcrypt.GenerateFromPassword(pass, *cost)
+	h, err := bcrypt.GenerateFromPassword(pass, cost)
 	clear(pass)
 	if err != nil {
 		return err

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -61,6 +62,59 @@ func TestVersionAndHelp(t *testing.T) {
 		out, err := exec.Command(bin, arg).Output()
 		if err != nil || !strings.Contains(string(out), "rotor") {
 			t.Errorf("%s: %v %q", arg, err, out)
+		}
+	}
+	// Built from a git checkout with VCS stamping, --version names the
+	// commit (GOFLAGS here says -buildvcs=false; the flag overrides it).
+	rev, err := exec.Command("git", "rev-parse", "--short=12", "HEAD").Output()
+	if err != nil {
+		t.Skipf("not a git checkout (%v): the revision cannot be checked", err)
+	}
+	stamped := filepath.Join(t.TempDir(), "rotor")
+	if out, err := exec.Command("go", "build", "-buildvcs=true", "-o", stamped, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build -buildvcs=true: %v\n%s", err, out)
+	}
+	out, err := exec.Command(stamped, "--version").Output()
+	if want := "revision " + strings.TrimSpace(string(rev)); err != nil || !strings.Contains(string(out), want) {
+		t.Errorf("--version of a stamped build: %q, %v; want %q", out, err, want)
+	}
+	if out, err := exec.Command(bin, "version").Output(); err != nil || !strings.Contains(string(out), "revision unknown") {
+		t.Errorf("version of an unstamped build: %q, %v; want it to say the revision is unknown", out, err)
+	}
+}
+
+// Listening on a port below 1024 without the privilege: one line naming
+// the address and the two ways out, exit 2 (a configuration error, which
+// systemd does not restart). As root the binary runs as nobody.
+func TestPrivilegedPortExit2(t *testing.T) {
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_unprivileged_port_start"); err == nil && strings.TrimSpace(string(b)) != "1024" {
+		t.Skipf("ip_unprivileged_port_start is %s: any user may bind low ports here", strings.TrimSpace(string(b)))
+	}
+	bin := rotorBinary(t)
+	argv := []string{bin, "--pool", "127.0.0.2", "--http-listen", "127.0.0.1:81", "--socks-listen", ""}
+	if os.Geteuid() == 0 {
+		setpriv, err := exec.LookPath("setpriv")
+		if err != nil {
+			t.Skip("root, and no setpriv (util-linux) to run rotor as another user")
+		}
+		// nobody must be able to reach the binary.
+		if err := os.Chmod(filepath.Dir(bin), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		argv = append([]string{setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"}, argv...)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+		t.Fatalf("exit: %v, want status 2; stderr: %s", err, stderr.String())
+	}
+	msg := stderr.String()
+	for _, want := range []string{"127.0.0.1:81", "a port of 1024 or more", "setcap cap_net_bind_service=+ep " + bin} {
+		if !strings.Contains(msg, want) || strings.Count(msg, "\n") != 1 {
+			t.Errorf("stderr %q: want one line with %q", msg, want)
 		}
 	}
 }

@@ -152,6 +152,16 @@ func (cc *clientConn) rejectHead(err error, start time.Time) {
 // handle answers one request. keep reports whether the connection may
 // carry another request; handedOff that a tunnel now owns it.
 func (cc *clientConn) handle(req *request, start time.Time) (keep, handedOff bool) {
+	if req.method != http.MethodConnect && req.scheme == "" {
+		// Before any 407: a browser opening the proxy's address as a web
+		// page should learn what rotor is, not be asked for a password.
+		closeAfter := !cc.drain(req)
+		cc.writeError(http.StatusBadRequest, "origin-form request "+quote(req.target)+
+			": this is a proxy, not a web server: set it as the HTTP proxy of your client, which then sends absolute-form (GET http://host/path) or CONNECT",
+			closeAfter, nil)
+		cc.s.logRequest(req, identity{}, nil, netip.Addr{}, http.StatusBadRequest, 0, 0, start, nil)
+		return !closeAfter, false
+	}
 	usr, who, sess, ok, serr := cc.s.authorize(req, cc.client)
 	if be, backoff := errors.AsType[*auth.BackoffError](serr); backoff {
 		// Not a 407: a browser would prompt again, and nothing was checked.

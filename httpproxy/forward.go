@@ -52,13 +52,6 @@ func (cc *clientConn) forward(r *request, who identity, sess pool.Session, start
 			done()
 		}
 	}()
-	if r.scheme == "" {
-		closeAfter := !cc.drain(r)
-		cc.writeError(http.StatusBadRequest, "origin-form request "+quote(r.target)+
-			"; this is a proxy: send absolute-form (GET http://host/path) or CONNECT", closeAfter, nil)
-		s.logRequest(r, who, nil, netip.Addr{}, http.StatusBadRequest, 0, 0, start, nil)
-		return !closeAfter, false
-	}
 	if r.scheme != "http" && r.scheme != "https" {
 		cc.writeError(http.StatusBadRequest, "unsupported scheme "+quote(r.scheme), true, nil)
 		s.logRequest(r, who, nil, netip.Addr{}, http.StatusBadRequest, 0, 0, start, nil)

@@ -148,8 +148,10 @@ func dialMessage(target string, cl pool.Class) string {
 		why = "network unreachable"
 	case pool.ClassHostUnreachable:
 		why = "host unreachable"
+	case pool.ClassNoSuchHost:
+		why = "no such host"
 	case pool.ClassDNS:
-		why = "name does not resolve in the source address's family"
+		why = "the name does not resolve to an address of the pool's families"
 	case pool.ClassTimeout:
 		why = "timed out"
 	case pool.ClassBadTarget:

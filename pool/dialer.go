@@ -19,6 +19,10 @@ import (
 // of the source picked for it (an IPv4 source never dials an AAAA answer).
 var ErrNoAddress = errors.New("host has no address in the source's family")
 
+// ErrNoSuchHost is returned for a name that does not exist: no address of
+// either family.
+var ErrNoSuchHost = errors.New("no such host")
+
 // ErrBadTarget is returned for a target that is not host:port with a port
 // in 1-65535.
 var ErrBadTarget = errors.New("bad target address")
@@ -369,17 +373,22 @@ func (d *Dialer) dial(ctx context.Context, src *Source, local netip.Addr, host s
 		ctx, cancel = context.WithTimeout(ctx, d.timeout)
 		defer cancel()
 	}
-	network, lookup := "tcp4", "ip4"
+	lookup := "ip4"
 	if src.Addr.Is6() {
-		network, lookup = "tcp6", "ip6"
+		lookup = "ip6"
 	}
 	ips, err := d.lookup(ctx, host, lookup)
-	if err != nil {
-		// An empty answer for this family is a *net.DNSError with
-		// IsNotFound set; say which family was asked for.
-		if dnsErr, ok := errors.AsType[*net.DNSError](err); ok && dnsErr.IsNotFound {
-			return nil, fmt.Errorf("resolve %s for %s source %s: %w (%w)", host, network[3:], src.Label, ErrNoAddress, err)
+	if errors.Is(err, ErrNoSuchHost) {
+		// Go reports a name without an answer of this family as it
+		// reports a name that does not exist: ask for both to tell them
+		// apart, and say which family the source needed.
+		if _, err := d.lookup(ctx, host, "ip"); err != nil {
+			return nil, err
 		}
+		return nil, fmt.Errorf("resolve %s: %w: it has %s addresses only, and source %s is %s",
+			host, ErrNoAddress, otherFamily(src), src.Label, familyName(src))
+	}
+	if err != nil {
 		return nil, err
 	}
 	return d.dialAnswers(ctx, src, local, host, ips, port)
@@ -394,10 +403,28 @@ func (d *Dialer) lookup(ctx context.Context, host, network string) ([]netip.Addr
 		defer cancel()
 	}
 	ips, err := d.resolver.LookupNetIP(ctx, network, host)
+	if dnsErr, ok := errors.AsType[*net.DNSError](err); ok && dnsErr.IsNotFound {
+		return nil, fmt.Errorf("resolve %s: %w", host, ErrNoSuchHost)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", host, err)
 	}
 	return ips, nil
+}
+
+// familyName is "IPv4" or "IPv6", src's family; otherFamily the other.
+func familyName(src *Source) string {
+	if src.Addr.Is6() {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
+func otherFamily(src *Source) string {
+	if src.Addr.Is6() {
+		return "IPv4"
+	}
+	return "IPv6"
 }
 
 // dialAnswers tries each answer of src's family in order, as net.Dial
@@ -421,11 +448,8 @@ func (d *Dialer) dialAnswers(ctx context.Context, src *Source, local netip.Addr,
 		}
 	}
 	if firstErr == nil {
-		fam := "IPv4"
-		if src.Addr.Is6() {
-			fam = "IPv6"
-		}
-		firstErr = fmt.Errorf("resolve %s for %s source %s: %w", host, fam, src.Label, ErrNoAddress)
+		firstErr = fmt.Errorf("resolve %s: %w: it has %s addresses only, and source %s is %s",
+			host, ErrNoAddress, otherFamily(src), src.Label, familyName(src))
 	}
 	return nil, firstErr
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -123,8 +124,14 @@ func TestNameResolvesInSourceFamily(t *testing.T) {
 	})
 	d := NewDialer(loopbackPool(t, RoundRobin), DialerOptions{Timeout: 5 * time.Second, Resolver: res})
 	_, _, err := d.Dial(context.Background(), "v6only.test:80", Session{})
-	if !errors.Is(err, ErrNoAddress) || Classify(err) != ClassDNS {
-		t.Fatalf("v6-only name from an IPv4 pool: got %v, want ErrNoAddress", err)
+	if !errors.Is(err, ErrNoAddress) || Classify(err) != ClassDNS || !strings.Contains(err.Error(), "it has IPv6 addresses only, and source 127.0.0.") {
+		t.Fatalf("v6-only name from an IPv4 pool: got %v, want ErrNoAddress saying which family", err)
+	}
+	// A name that does not exist is told apart from one without an
+	// address of the source's family.
+	_, _, err = d.Dial(context.Background(), "nosuch.test:80", Session{})
+	if !errors.Is(err, ErrNoSuchHost) || Classify(err) != ClassNoSuchHost || errors.Is(err, ErrNoAddress) {
+		t.Fatalf("a name that does not exist: got %v (%v), want ErrNoSuchHost", err, Classify(err))
 	}
 	c, src, err := d.Dial(context.Background(), fmt.Sprintf("dual.test:%d", ap.Port()), Session{})
 	if err != nil {

@@ -25,12 +25,13 @@ const (
 	ClassNoSource              // no pool address of the target's family
 	ClassForbidden             // refused by the destination policy
 	ClassRateLimited           // every usable source at its --per-ip-rate
+	ClassNoSuchHost            // the name does not exist (NXDOMAIN, in every family)
 )
 
 // NumClasses is the number of Class values, for tables indexed by Class.
-const NumClasses = int(ClassRateLimited) + 1
+const NumClasses = int(ClassNoSuchHost) + 1
 
-var classNames = [...]string{"other", "refused", "net-unreachable", "host-unreachable", "dns", "timeout", "canceled", "bad-target", "no-source", "forbidden", "rate-limited"}
+var classNames = [...]string{"other", "refused", "net-unreachable", "host-unreachable", "dns", "timeout", "canceled", "bad-target", "no-source", "forbidden", "rate-limited", "no-such-host"}
 
 func (c Class) String() string { return classNames[c] }
 
@@ -50,6 +51,8 @@ func Classify(err error) Class {
 		return ClassBadTarget
 	case errors.Is(err, ErrNoSource):
 		return ClassNoSource
+	case errors.Is(err, ErrNoSuchHost):
+		return ClassNoSuchHost
 	case errors.Is(err, ErrNoAddress):
 		return ClassDNS
 	case errors.Is(err, syscall.ECONNREFUSED):

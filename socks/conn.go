@@ -329,7 +329,7 @@ func replyFor(cl pool.Class) byte {
 		return statute.RepConnectionRefused // 0x05
 	case pool.ClassNetUnreachable:
 		return statute.RepNetworkUnreachable // 0x03
-	case pool.ClassHostUnreachable, pool.ClassDNS, pool.ClassTimeout, pool.ClassNoSource:
+	case pool.ClassHostUnreachable, pool.ClassDNS, pool.ClassNoSuchHost, pool.ClassTimeout, pool.ClassNoSource:
 		return statute.RepHostUnreachable // 0x04
 	case pool.ClassForbidden:
 		return statute.RepRuleFailure // 0x02, not allowed by ruleset

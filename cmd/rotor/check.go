@@ -13,6 +13,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/spf13/pflag"
 
@@ -84,14 +85,18 @@ func check(ctx context.Context, fs *pflag.FlagSet, getenv func(string) string, o
 	for _, src := range p.Sources() {
 		saw, took, err := fetchFrom(ctx, d, src, u, timeout, insecure)
 		errText := ""
-		if err != nil {
-			failed++
+		switch addrs := bodyAddrs(saw); {
+		case err != nil:
 			errText = err.Error()
-		} else if !sawSource(saw, src) {
+		case len(addrs) == 0:
+			errText = "the body is not an IP address: use a URL that answers with the caller's address, e.g. https://api.ipify.org"
+		case !sawSource(addrs, src):
 			errText = "remote saw another address: NAT or a proxy between rotor and it?"
+		}
+		if errText != "" {
 			failed++
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", src.Label, saw, took.Round(time.Millisecond), errText)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", src.Label, printable(saw, 40), took.Round(time.Millisecond), errText)
 	}
 	tw.Flush()
 	if failed > 0 {
@@ -100,15 +105,42 @@ func check(ctx context.Context, fs *pflag.FlagSet, getenv func(string) string, o
 	return nil
 }
 
+// printable is what a remote sent, safe for a terminal (no control
+// bytes) and at most n bytes long.
+func printable(s string, n int) string {
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsGraphic(r) {
+			return r
+		}
+		return '?'
+	}, s)
+	if len(s) > n {
+		s = s[:n-3] + "..."
+	}
+	return s
+}
+
+// bodyAddrs returns the IP addresses in the first line of a body, which
+// may be the address alone or words and JSON around it.
+func bodyAddrs(saw string) []netip.Addr {
+	var out []netip.Addr
+	for _, f := range strings.FieldsFunc(saw, func(r rune) bool { return strings.ContainsRune(" \t\",{}=;", r) }) {
+		if a, err := netip.ParseAddr(f); err == nil {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out
+}
+
 // sawSource reports whether the remote's answer names src: the address,
 // or for a block an address inside it.
-func sawSource(saw string, src *pool.Source) bool {
-	for _, f := range strings.FieldsFunc(saw, func(r rune) bool { return r == ' ' || r == '"' || r == ',' || r == '\t' }) {
-		if a, err := netip.ParseAddr(f); err == nil && src.Prefix.Contains(a.Unmap()) {
+func sawSource(addrs []netip.Addr, src *pool.Source) bool {
+	for _, a := range addrs {
+		if src.Prefix.Contains(a) {
 			return true
 		}
 	}
-	return saw == src.Addr.String() || strings.Contains(saw, src.Addr.String())
+	return false
 }
 
 // fetchFrom GETs u from src on a fresh connection and returns the first

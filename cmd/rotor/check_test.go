@@ -50,6 +50,20 @@ func TestCheck(t *testing.T) {
 		t.Fatalf("check against a NAT-like remote: %v\n%s", err, out.String())
 	}
 
+	// A URL that does not answer with an address (a web page) is named
+	// as such, with a URL that does; what it sent is printed without its
+	// control bytes.
+	page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("<html>\x1b[31mhello</html>\n"))
+	}))
+	defer page.Close()
+	out.Reset()
+	err = checkArgs(t, []string{"--pool", "127.0.0.2", "--url", page.URL, "--allow-dest", "127.0.0.0/8"}, &out)
+	if err == nil || !strings.Contains(out.String(), "the body is not an IP address: use a URL that answers with the caller's address") ||
+		strings.Contains(out.String(), "\x1b") || strings.Contains(out.String(), "another address") {
+		t.Fatalf("check against a web page: %v\n%s", err, out.String())
+	}
+
 	// Without --allow-dest the policy refuses loopback: a clear error per row.
 	out.Reset()
 	if err := checkArgs(t, args[:4], &out); err == nil || !strings.Contains(out.String(), "forbidden") {

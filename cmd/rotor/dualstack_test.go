@@ -132,3 +132,37 @@ func TestDualStackImpossible(t *testing.T) {
 		t.Errorf("mixed pool, SOCKS5 to an unknown name: %v, want 0x04", err)
 	}
 }
+
+// A name that does not exist says "no such host" (502 body and log line),
+// apart from a name with no address of the pool's families, in a
+// single-family pool and a mixed one.
+func TestNoSuchHostMessage(t *testing.T) {
+	needIPv6Loopback(t)
+	res := target.FakeResolver(map[string][]netip.Addr{"v6.test": {netip.MustParseAddr("::1")}})
+	for _, pools := range [][]string{{"127.0.0.2/32"}, {"127.0.0.2/32", "::1/128"}} {
+		r := startRotorResolver(t, res, func(c *config.Config) {
+			c.Pool = nil
+			for _, p := range pools {
+				c.Pool = append(c.Pool, netip.MustParsePrefix(p))
+			}
+		})
+		client := proxyClient(r.httpURL(), 1)
+		_, err := getVia(context.Background(), client, "http://nosuch.test/")
+		if err == nil || !strings.Contains(err.Error(), `502 Bad Gateway: rotor: cannot reach "nosuch.test:80": no such host`) {
+			t.Errorf("pool %v, GET a name that does not exist: %v", pools, err)
+		}
+		client.CloseIdleConnections()
+		if l := r.waitLog("nosuch.test"); !strings.Contains(l, "resolve nosuch.test: no such host") || strings.Contains(l, "for 4 source") {
+			t.Errorf("pool %v: log lines:\n%s", pools, l)
+		}
+		if len(pools) == 1 {
+			_, err := getVia(context.Background(), client, "http://v6.test/")
+			if err == nil || !strings.Contains(err.Error(), "does not resolve to an address of the pool's families") {
+				t.Errorf("an IPv6-only name from an IPv4 pool: %v", err)
+			}
+			if l := r.waitLog("v6.test"); !strings.Contains(l, "it has IPv6 addresses only, and source 127.0.0.2 is IPv4") {
+				t.Errorf("log lines:\n%s", l)
+			}
+		}
+	}
+}

@@ -306,4 +306,17 @@ func TestUpstreamErrors(t *testing.T) {
 			t.Fatalf("origin-form request reached the target (%d connections)", n)
 		}
 	})
+	// A browser opening the proxy's address as a page sends no
+	// credentials: it gets the explanation, not a password prompt.
+	t.Run("origin-form without credentials is 400, not 407", func(t *testing.T) {
+		resp, err := http.Get("http://" + r.http + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest || resp.Header.Get("Proxy-Authenticate") != "" || !strings.Contains(string(body), "this is a proxy, not a web server") {
+			t.Fatalf("%s %v: %q, want the explanatory 400", resp.Status, resp.Header, body)
+		}
+	})
 }

@@ -13,7 +13,9 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-ARG VERSION=dev
+# The version --version prints (.git stays out of the build context, so Go
+# cannot stamp a revision): docker build --build-arg VERSION=v1.2.3 .
+ARG VERSION=
 RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/rotor ./cmd/rotor
 
 FROM scratch

@@ -16,6 +16,7 @@ import (
 // metrics label is the block. 127.0.0.0/8 is routed local on Linux, so
 // this runs without root; the IPv6 /64 test runs in a namespace.
 func TestBlockPoolRotation(t *testing.T) {
+	t.Parallel()
 	const block = "127.1.0.0/16"
 	ht := httpTarget(t)
 	peer := tcpTarget(t, target.WritePeer)
@@ -93,6 +94,7 @@ func TestBlockPoolRotation(t *testing.T) {
 
 // A block with no local route stops start-up with the command to run.
 func TestBlockNotRoutedExits2(t *testing.T) {
+	t.Parallel()
 	var stderr strings.Builder
 	code := run(context.Background(), []string{"--pool", "2001:db8:dead::/64", "--http-listen", "127.0.0.1:0", "--socks-listen", ""},
 		&strings.Builder{}, &stderr, func(string) string { return "" })

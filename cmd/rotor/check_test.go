@@ -25,6 +25,7 @@ func checkArgs(t *testing.T, args []string, out *bytes.Buffer) error {
 // remote does not see as itself (here: a target that always answers
 // 127.0.0.9) fails with exit 1.
 func TestCheck(t *testing.T) {
+	t.Parallel()
 	ht := httpTarget(t)
 	var out bytes.Buffer
 	args := []string{"--pool", strings.Join(poolAddrs, ","), "--url", "http://" + ht.Addr + "/ip", "--allow-dest", "127.0.0.0/8"}

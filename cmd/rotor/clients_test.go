@@ -47,6 +47,7 @@ func tlsTarget(t *testing.T) *httptest.Server {
 }
 
 func TestCurl(t *testing.T) {
+	t.Parallel()
 	curl := needCurl(t)
 	ht := httpTarget(t)
 	tls := tlsTarget(t)
@@ -98,6 +99,7 @@ func TestCurl(t *testing.T) {
 // Go's own proxy support: http:// (absolute-form for http, CONNECT for
 // https) and socks5:// proxy URLs.
 func TestGoNetHTTPClients(t *testing.T) {
+	t.Parallel()
 	ht := httpTarget(t)
 	tlsT := tlsTarget(t)
 	r := startRotor(t)

@@ -45,6 +45,7 @@ func needIPv6Loopback(t *testing.T) {
 // --prefer-family ipv4) and falls back to the other at once when the
 // first is refused. Over SOCKS5 (by name), CONNECT and HTTP forwarding.
 func TestDualStackNames(t *testing.T) {
+	t.Parallel()
 	needIPv6Loopback(t)
 	tcpPort := dualTargets(t, func(a string) (*target.Server, error) { return target.TCP(a, target.WritePeer) })
 	httpPort := dualTargets(t, target.HTTP)
@@ -93,6 +94,7 @@ func TestDualStackNames(t *testing.T) {
 // the documented errors: 502 over HTTP, reply 0x04 over SOCKS5, whether
 // it is a name or an address literal.
 func TestDualStackImpossible(t *testing.T) {
+	t.Parallel()
 	needIPv6Loopback(t)
 	res := target.FakeResolver(map[string][]netip.Addr{
 		"v4.test": {netip.MustParseAddr("127.0.0.1")},
@@ -137,6 +139,7 @@ func TestDualStackImpossible(t *testing.T) {
 // apart from a name with no address of the pool's families, in a
 // single-family pool and a mixed one.
 func TestNoSuchHostMessage(t *testing.T) {
+	t.Parallel()
 	needIPv6Loopback(t)
 	res := target.FakeResolver(map[string][]netip.Addr{"v6.test": {netip.MustParseAddr("::1")}})
 	for _, pools := range [][]string{{"127.0.0.2/32"}, {"127.0.0.2/32", "::1/128"}} {

@@ -61,6 +61,9 @@ func openTunnel(t *testing.T, r *rotor, how, addr string) net.Conn {
 // 1 GiB of random bytes each way through an echo target: both hashes
 // equal, and the client's half-close comes back as EOF after the last byte.
 func TestIntegrity1GiB(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: moves 1 GiB through each protocol")
+	}
 	const size = 1 << 30
 	echo := tcpTarget(t, target.Echo)
 	r := startRotor(t)
@@ -99,6 +102,7 @@ func TestIntegrity1GiB(t *testing.T) {
 // The target answers only after it sees EOF: a client that half-closes
 // must still get the full reply.
 func TestHalfCloseReplyArrives(t *testing.T) {
+	t.Parallel()
 	tgt := tcpTarget(t, target.CountThenReply)
 	r := startRotor(t)
 	for _, how := range []string{"connect", "socks5"} {
@@ -127,6 +131,7 @@ func TestHalfCloseReplyArrives(t *testing.T) {
 // Bytes a client sends right behind its CONNECT head, before the 200,
 // must reach the target, as must SOCKS5 optimistic data.
 func TestEarlyBytesForwarded(t *testing.T) {
+	t.Parallel()
 	tgt := tcpTarget(t, target.CountThenReply)
 	echo := tcpTarget(t, target.Echo)
 	r := startRotor(t)
@@ -167,6 +172,7 @@ func TestEarlyBytesForwarded(t *testing.T) {
 }
 
 func TestAuthFailuresAndSecretsStayOutOfLogs(t *testing.T) {
+	t.Parallel()
 	ht := httpTarget(t)
 	r := startRotor(t)
 	ctx := context.Background()
@@ -252,6 +258,7 @@ func socksRaw(t *testing.T, addr string, msg []byte) []byte {
 }
 
 func TestUpstreamErrors(t *testing.T) {
+	t.Parallel()
 	// A port with nothing listening: bind one, close it.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

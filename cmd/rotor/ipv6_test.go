@@ -14,6 +14,7 @@ import (
 // absolute-form http://[::1]:port) leave from the IPv6 source, IPv4
 // targets from the IPv4 ones.
 func TestIPv6Targets(t *testing.T) {
+	t.Parallel()
 	ln, err := net.Listen("tcp", "[::1]:0")
 	if err != nil {
 		t.Skipf("no IPv6 loopback: %v", err)

@@ -99,6 +99,9 @@ func TestTunnelIdleTimeout(t *testing.T) {
 // process) rotor neither crashes nor spins, and serves again once the
 // clients go away.
 func TestDescriptorExhaustion(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: runs rotor out of descriptors")
+	}
 	prlimit, err := exec.LookPath("prlimit")
 	if err != nil {
 		if os.Getenv("CI") != "" {

@@ -15,6 +15,7 @@ import (
 // With the default policy a client cannot reach the host's own services
 // through rotor, whatever it calls them, and nothing reaches the target.
 func TestDefaultPolicyRefusesLoopback(t *testing.T) {
+	t.Parallel()
 	tt := tcpTarget(t, target.WritePeer)
 	ht := httpTarget(t)
 	r := startRotor(t, func(c *config.Config) { c.AllowDest = nil })
@@ -66,6 +67,7 @@ func refusedEverywhere(t *testing.T, r *rotor, dst string) {
 // from an IPv6 source: on a subnet with a NAT64 gateway or a 6to4 relay
 // they would reach the IPv4 address.
 func TestEmbeddedIPv4Refused(t *testing.T) {
+	t.Parallel()
 	forms := []string{"64:ff9b::a9fe:a9fe", "64:ff9b::7f00:1", "64:ff9b:1:7f00:1::", "2002:7f00:1::1", "::ffff:0:127.0.0.1", "::127.0.0.1", "2001:0:7f00:1::cb00:7109"}
 	hosts := map[string][]netip.Addr{}
 	for i, a := range forms {
@@ -94,6 +96,7 @@ func TestEmbeddedIPv4Refused(t *testing.T) {
 // Linux connects to them as to the host itself, which put rotor's own
 // listener (and any wildcard-bound service) in reach.
 func TestUnspecifiedNeverDialled(t *testing.T) {
+	t.Parallel()
 	tt := started(t)(target.TCP(":0", target.WritePeer))
 	r := startRotor(t, func(c *config.Config) {
 		c.AllowDest = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}

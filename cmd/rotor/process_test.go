@@ -21,6 +21,7 @@ import (
 )
 
 func TestConfigErrorsExit2(t *testing.T) {
+	t.Parallel()
 	bin := rotorBinary(t)
 	for _, tc := range []struct {
 		name string
@@ -57,6 +58,7 @@ func TestConfigErrorsExit2(t *testing.T) {
 }
 
 func TestVersionAndHelp(t *testing.T) {
+	t.Parallel()
 	bin := rotorBinary(t)
 	for _, arg := range []string{"--version", "--help"} {
 		out, err := exec.Command(bin, arg).Output()
@@ -87,6 +89,7 @@ func TestVersionAndHelp(t *testing.T) {
 // the address and the two ways out, exit 2 (a configuration error, which
 // systemd does not restart). As root the binary runs as nobody.
 func TestPrivilegedPortExit2(t *testing.T) {
+	t.Parallel()
 	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_unprivileged_port_start"); err == nil && strings.TrimSpace(string(b)) != "1024" {
 		t.Skipf("ip_unprivileged_port_start is %s: any user may bind low ports here", strings.TrimSpace(string(b)))
 	}

@@ -14,6 +14,7 @@ import (
 
 // 100 requests each way, every address exactly 25 times.
 func TestRotationEachProtocol(t *testing.T) {
+	t.Parallel()
 	ht := httpTarget(t)
 	tt := tcpTarget(t, target.WritePeer)
 	ctx := context.Background()
@@ -44,6 +45,7 @@ func TestRotationEachProtocol(t *testing.T) {
 
 // HTTP and SOCKS5 share one pool: interleaved, the order is still strict.
 func TestRotationInterleavedIsOnePool(t *testing.T) {
+	t.Parallel()
 	ht := httpTarget(t)
 	tt := tcpTarget(t, target.WritePeer)
 	ctx := context.Background()
@@ -78,6 +80,7 @@ func TestRotationInterleavedIsOnePool(t *testing.T) {
 
 // 64 concurrent clients over all ways; under -race too the counts are exact.
 func TestRotationConcurrentClients(t *testing.T) {
+	t.Parallel()
 	ht := httpTarget(t)
 	tt := tcpTarget(t, target.WritePeer)
 	ctx := context.Background()
@@ -133,6 +136,7 @@ func TestRotationConcurrentClients(t *testing.T) {
 // One client connection, 12 requests: all four addresses in turn, and the
 // target sees no more upstream connections than the pool has addresses.
 func TestKeepAliveRotation(t *testing.T) {
+	t.Parallel()
 	ht := httpTarget(t)
 	r := startRotor(t)
 	client := proxyClient(r.httpURL(), 1)

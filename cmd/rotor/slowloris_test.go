@@ -16,6 +16,9 @@ import (
 // are closed at their head and handshake timeouts, and a good client's
 // p99 latency meanwhile stays under a second.
 func TestSlowloris(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: holds slow clients for seconds")
+	}
 	peer := tcpTarget(t, target.WritePeer)
 	ht := httpTarget(t)
 	r := startRotor(t, func(c *config.Config) {

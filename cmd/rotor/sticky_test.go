@@ -20,6 +20,7 @@ import (
 // one address, over HTTP forward, CONNECT and SOCKS5 alike; different
 // keys spread over the pool.
 func TestStickySessions(t *testing.T) {
+	t.Parallel()
 	ht := httpTarget(t)
 	peer := tcpTarget(t, target.WritePeer)
 	r := startRotor(t)
@@ -52,6 +53,7 @@ func TestStickySessions(t *testing.T) {
 // X-Rotor-Session does the same for clients that cannot change their user
 // name, and never reaches the origin.
 func TestStickyHeader(t *testing.T) {
+	t.Parallel()
 	var leaked atomic.Bool
 	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("X-Rotor-Session") != "" {
@@ -112,6 +114,7 @@ func TestStickyHeader(t *testing.T) {
 // Malformed or unknown parameters are an auth failure, logged with the
 // parameter; the password check is unchanged.
 func TestStickyBadParameters(t *testing.T) {
+	t.Parallel()
 	ht := httpTarget(t)
 	peer := tcpTarget(t, target.WritePeer)
 	r := startRotor(t)

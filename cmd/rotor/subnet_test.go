@@ -229,6 +229,9 @@ func TestSubnetDualStack(t *testing.T) {
 // none fails for want of a port. (From one address, the same burst runs
 // out of the 28k ephemeral ports: ROTOR_BURST_SINGLE=1 runs that too.)
 func TestSubnetBurst50k(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: opens 50,000 connections")
+	}
 	p := subnetNS(t, "b")
 	sink := target.Serve(listenInNS(t, p.ns, "[2001:db8:ff::2]:0"), func(c *net.TCPConn) {
 		_, _ = io.Copy(io.Discard, c) // until rotor's side closes

@@ -70,6 +70,7 @@ func startWithFiles(t *testing.T, poolFile, usersFile string, mutate ...func(*co
 // rotor passwd prints a line that, in a users file, lets that password in
 // over HTTP and SOCKS5, and no other.
 func TestPasswdAndUsersFile(t *testing.T) {
+	t.Parallel()
 	cmd := exec.Command(rotorBinary(t), "passwd", "--cost", "4", "alice")
 	cmd.Stdin = strings.NewReader("correct horse battery\n")
 	out, err := cmd.Output()
@@ -105,6 +106,7 @@ func TestPasswdAndUsersFile(t *testing.T) {
 // Each user's requests leave only from its pool: a tag of the pool file,
 // an entry, or (no pool=) the whole pool.
 func TestUserPools(t *testing.T) {
+	t.Parallel()
 	peer := tcpTarget(t, target.WritePeer)
 	ht := httpTarget(t)
 	r := startWithFiles(t,
@@ -144,6 +146,7 @@ func TestUserPools(t *testing.T) {
 // 0x01 beyond), and rate= its requests per second; other users are not
 // affected.
 func TestUserLimits(t *testing.T) {
+	t.Parallel()
 	echo := tcpTarget(t, target.Echo)
 	peer := tcpTarget(t, target.WritePeer)
 	r := startWithFiles(t, "127.0.0.2\n127.0.0.3\n",
@@ -233,6 +236,7 @@ func dialFrom(local string) *net.Dialer {
 // method 0x00 and HTTP without Proxy-Authorization. Everyone else still
 // authenticates.
 func TestAllowClients(t *testing.T) {
+	t.Parallel()
 	peer := tcpTarget(t, target.WritePeer)
 	ht := httpTarget(t)
 	r := startRotor(t, func(c *config.Config) {
@@ -388,6 +392,7 @@ func socksOnlyUserPass(t *testing.T, sock, local, user, pass, dst string) (strin
 // (a trusted client offering only 0x02) and HTTP. A failed login's name
 // is unverified too; a checked one is "user".
 func TestUnverifiedNames(t *testing.T) {
+	t.Parallel()
 	peer := tcpTarget(t, target.WritePeer)
 	ht := httpTarget(t)
 	r := startRotor(t, func(c *config.Config) {
@@ -416,7 +421,12 @@ func TestUnverifiedNames(t *testing.T) {
 	if len(seen) != 2 {
 		t.Errorf("sessions k1 (SOCKS5) and k2 (HTTP) used %v, want one address each", seen)
 	}
+	// Each line is written as its request ends, just after the answer.
 	logs := r.waitLog(`"unverified_user":"mallory"`)
+	for end := time.Now().Add(5 * time.Second); strings.Count(logs, `"unverified_user":"mallory"`) < 8 && time.Now().Before(end); {
+		time.Sleep(10 * time.Millisecond)
+		logs = r.log.String()
+	}
 	if strings.Contains(logs, `"user":"mallory`) {
 		t.Errorf("an unchecked name was logged as user:\n%s", logs)
 	}

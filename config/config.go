@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
@@ -351,6 +352,17 @@ func ParsePool(s string) ([]netip.Prefix, error) {
 	return out, nil
 }
 
+// openConfigFile opens a file rotor reads at start-up and on every reload.
+// Refused, it says which user rotor runs as: under systemd's DynamicUser
+// or in the container image that is not the file's owner.
+func openConfigFile(path string) (*os.File, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrPermission) {
+		return nil, fmt.Errorf("%w (rotor runs as uid %d, gid %d: make the file readable by it)", err, os.Getuid(), os.Getgid())
+	}
+	return f, err
+}
+
 // ReadPoolFile reads a pool file: one entry (address or CIDR block) per
 // line, optionally followed by tags that users' pool= settings name:
 //
@@ -361,7 +373,7 @@ func ParsePool(s string) ([]netip.Prefix, error) {
 // Blank lines and lines starting with # are ignored. Errors name the file
 // and line.
 func ReadPoolFile(path string) ([]netip.Prefix, map[string][]netip.Prefix, error) {
-	f, err := os.Open(path)
+	f, err := openConfigFile(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("pool file: %w", err)
 	}
@@ -409,7 +421,7 @@ func ReadPoolFile(path string) ([]netip.Prefix, map[string][]netip.Prefix, error
 func ReadUsers(c Config) ([]auth.UserSpec, error) {
 	var users []auth.UserSpec
 	if c.UsersFile != "" {
-		f, err := os.Open(c.UsersFile)
+		f, err := openConfigFile(c.UsersFile)
 		if err != nil {
 			return nil, fmt.Errorf("users file: %w", err)
 		}

@@ -85,16 +85,17 @@ func TestVersionAndHelp(t *testing.T) {
 	}
 }
 
-// Listening on a port below 1024 without the privilege: one line naming
-// the address and the two ways out, exit 2 (a configuration error, which
-// systemd does not restart). As root the binary runs as nobody.
-func TestPrivilegedPortExit2(t *testing.T) {
+// Mistakes of an unprivileged rotor (systemd's DynamicUser, the container
+// image): a port below 1024, and a users file it may not read. Each is one
+// line naming what and how to fix it, exit 2 (a configuration error,
+// which systemd does not restart). As root the binary runs as nobody.
+func TestUnprivilegedErrorsExit2(t *testing.T) {
 	t.Parallel()
 	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_unprivileged_port_start"); err == nil && strings.TrimSpace(string(b)) != "1024" {
 		t.Skipf("ip_unprivileged_port_start is %s: any user may bind low ports here", strings.TrimSpace(string(b)))
 	}
 	bin := rotorBinary(t)
-	argv := []string{bin, "--pool", "127.0.0.2", "--http-listen", "127.0.0.1:81", "--socks-listen", ""}
+	var prefix []string
 	if os.Geteuid() == 0 {
 		setpriv, err := exec.LookPath("setpriv")
 		if err != nil {
@@ -104,20 +105,38 @@ func TestPrivilegedPortExit2(t *testing.T) {
 		if err := os.Chmod(filepath.Dir(bin), 0o755); err != nil {
 			t.Fatal(err)
 		}
-		argv = append([]string{setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"}, argv...)
+		prefix = []string{setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"}
 	}
-	cmd := exec.Command(argv[0], argv[1:]...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	err := cmd.Run()
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != 2 {
-		t.Fatalf("exit: %v, want status 2; stderr: %s", err, stderr.String())
+	secret := filepath.Join(t.TempDir(), "users")
+	if err := os.WriteFile(secret, []byte("u:{PLAIN}p\n"), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	msg := stderr.String()
-	for _, want := range []string{"127.0.0.1:81", "a port of 1024 or more", "setcap cap_net_bind_service=+ep " + bin} {
-		if !strings.Contains(msg, want) || strings.Count(msg, "\n") != 1 {
-			t.Errorf("stderr %q: want one line with %q", msg, want)
+	if os.Geteuid() != 0 {
+		if err := os.Chmod(secret, 0o000); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--http-listen", "127.0.0.1:81", "--socks-listen", ""}, []string{"127.0.0.1:81", "a port of 1024 or more", "setcap cap_net_bind_service=+ep " + bin}},
+		{[]string{"--http-listen", "127.0.0.1:0", "--socks-listen", "", "--users-file", secret}, []string{secret, "permission denied", "make the file readable"}},
+	} {
+		argv := append(append(prefix, bin, "--pool", "127.0.0.2"), tc.args...)
+		cmd := exec.Command(argv[0], argv[1:]...)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+			t.Fatalf("%v: exit %v, want status 2; stderr: %s", tc.args, err, stderr.String())
+		}
+		msg := stderr.String()
+		for _, want := range tc.want {
+			if !strings.Contains(msg, want) || strings.Count(msg, "\n") != 1 {
+				t.Errorf("stderr %q: want one line with %q", msg, want)
+			}
 		}
 	}
 }

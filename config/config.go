@@ -19,7 +19,9 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/rotor-proxy/rotor/auth"
+	"github.com/rotor-proxy/rotor/httpproxy"
 	"github.com/rotor-proxy/rotor/pool"
+	"github.com/rotor-proxy/rotor/socks"
 )
 
 // Config is rotor's whole configuration. It is built by Parse and not
@@ -106,9 +108,9 @@ const (
 	DefaultDialTimeout      = 10 * time.Second
 	DefaultDNSTimeout       = 5 * time.Second
 	DefaultKeepAliveTimeout = 2 * time.Minute
-	DefaultMaxHeaderBytes   = 64 << 10
-	DefaultHandshakeTimeout = 10 * time.Second
-	DefaultHeaderTimeout    = 30 * time.Second
+	DefaultMaxHeaderBytes   = httpproxy.DefaultMaxHeaderBytes
+	DefaultHandshakeTimeout = socks.DefaultHandshakeTimeout
+	DefaultHeaderTimeout    = httpproxy.DefaultHeaderTimeout
 	DefaultShutdownTimeout  = 10 * time.Second
 	DefaultIdleTimeout      = 10 * time.Minute
 )

@@ -7,7 +7,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/rotor-proxy/rotor/auth"
-	"github.com/rotor-proxy/rotor/config"
 	"github.com/rotor-proxy/rotor/pool"
 )
 
@@ -56,7 +55,7 @@ type identity struct {
 }
 
 // authorize checks Proxy-Authorization: Basic, whose user name may carry
-// session parameters (config.ParseUser); a client that cannot change its
+// session parameters (auth.SplitSession); a client that cannot change its
 // user name may send X-Rotor-Session: KEY instead, which is never forwarded (see
 // writeRequestHead). A client from an --allow-clients
 // network needs no credentials (any it sends are still checked against
@@ -73,7 +72,7 @@ func (s *Server) authorize(r *request, client netip.Addr) (usr *auth.User, who i
 	creds, _ := r.fields.get("Proxy-Authorization")
 	basic, pass, has := parseBasic(creds)
 	if has {
-		if who.name, sess, err = config.ParseUser(basic); err != nil {
+		if who.name, sess, err = auth.SplitSession(basic); err != nil {
 			return nil, identity{}, pool.Session{}, false, err
 		}
 	}
@@ -93,7 +92,7 @@ func (s *Server) authorize(r *request, client netip.Addr) (usr *auth.User, who i
 		return nil, identity{}, pool.Session{}, false, nil
 	}
 	if sess.Key == "" && header != "" {
-		if sess, err = config.ParseSessionKey(header); err != nil {
+		if sess, err = auth.ParseSessionKey(header); err != nil {
 			return nil, identity{}, pool.Session{}, false, err
 		}
 	}

@@ -25,10 +25,15 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/rotor-proxy/rotor/auth"
-	"github.com/rotor-proxy/rotor/config"
 	"github.com/rotor-proxy/rotor/metrics"
 	"github.com/rotor-proxy/rotor/pool"
 	"github.com/rotor-proxy/rotor/tunnel"
+)
+
+// Defaults for what Options leaves zero.
+const (
+	DefaultHeaderTimeout  = 30 * time.Second
+	DefaultMaxHeaderBytes = 64 << 10
 )
 
 // Options configure a Server. Dialer is required.
@@ -38,7 +43,7 @@ type Options struct {
 	// means no authentication and the Dialer's whole pool.
 	Access *auth.Live
 	// HeaderTimeout bounds reading a request head; zero means
-	// config.DefaultHeaderTimeout.
+	// DefaultHeaderTimeout.
 	HeaderTimeout time.Duration
 	// IdleTimeout closes a keep-alive client connection idle this long;
 	// zero means two minutes.
@@ -61,7 +66,7 @@ type Options struct {
 	Listener *metrics.Listener
 	// MaxHeaderBytes caps a request head (431 beyond), an origin's
 	// response head (502 beyond) and a chunked body's trailer section;
-	// zero means config.DefaultMaxHeaderBytes (64 KiB, as Squid and
+	// zero means DefaultMaxHeaderBytes (64 KiB, as Squid and
 	// g3proxy).
 	MaxHeaderBytes int
 	// MaxIdleConns caps idle upstream connections in all, and
@@ -88,13 +93,13 @@ type Server struct {
 // New returns a server; call Serve to start it.
 func New(o Options) *Server {
 	if o.HeaderTimeout <= 0 {
-		o.HeaderTimeout = config.DefaultHeaderTimeout
+		o.HeaderTimeout = DefaultHeaderTimeout
 	}
 	if o.IdleTimeout <= 0 {
 		o.IdleTimeout = 2 * time.Minute
 	}
 	if o.MaxHeaderBytes <= 0 {
-		o.MaxHeaderBytes = config.DefaultMaxHeaderBytes
+		o.MaxHeaderBytes = DefaultMaxHeaderBytes
 	}
 	if o.UpstreamIdleTimeout <= 0 {
 		o.UpstreamIdleTimeout = 90 * time.Second

@@ -16,7 +16,6 @@ import (
 	"github.com/things-go/go-socks5/statute"
 
 	"github.com/rotor-proxy/rotor/auth"
-	"github.com/rotor-proxy/rotor/config"
 	"github.com/rotor-proxy/rotor/metrics"
 	"github.com/rotor-proxy/rotor/pool"
 	"github.com/rotor-proxy/rotor/tunnel"
@@ -260,7 +259,7 @@ func (s *Server) authenticate(c net.Conn, br *bufio.Reader, ss *session, st *aut
 	if err != nil {
 		return fmt.Errorf("auth: %w", err)
 	}
-	user, sticky, perr := config.ParseUser(string(up.User))
+	user, sticky, perr := auth.SplitSession(string(up.User))
 	ss.user, ss.sticky = user, sticky
 	ok := perr == nil
 	var cerr error

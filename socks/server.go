@@ -17,11 +17,13 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/rotor-proxy/rotor/auth"
-	"github.com/rotor-proxy/rotor/config"
 	"github.com/rotor-proxy/rotor/metrics"
 	"github.com/rotor-proxy/rotor/pool"
 	"github.com/rotor-proxy/rotor/tunnel"
 )
+
+// DefaultHandshakeTimeout bounds a handshake when Options says nothing.
+const DefaultHandshakeTimeout = 10 * time.Second
 
 // Options configure a Server. Dialer is required.
 type Options struct {
@@ -30,7 +32,7 @@ type Options struct {
 	// means no authentication and the Dialer's whole pool.
 	Access *auth.Live
 	// HandshakeTimeout bounds greeting, auth, request and dial together.
-	// Zero means config.DefaultHandshakeTimeout.
+	// Zero means DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
 	// IdleTimeout closes a tunnel that moves no byte either way for this
 	// long; zero means never.
@@ -61,7 +63,7 @@ type Server struct {
 // New returns a server; call Serve to start it.
 func New(o Options) *Server {
 	if o.HandshakeTimeout <= 0 {
-		o.HandshakeTimeout = config.DefaultHandshakeTimeout
+		o.HandshakeTimeout = DefaultHandshakeTimeout
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{opts: o, baseCtx: ctx, cancel: cancel}

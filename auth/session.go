@@ -1,4 +1,4 @@
-package config
+package auth
 
 import (
 	"errors"
@@ -12,7 +12,8 @@ import (
 // ErrBadSession marks a user name whose session parameters do not parse.
 var ErrBadSession = errors.New("bad session parameter")
 
-// ParseUser splits a user name into the configured user and its session
+// SplitSession splits a user name as a client sends it into the configured
+// user and its session
 // parameters, the convention of commercial rotating proxies:
 //
 //	USER                               no session: every request rotates
@@ -21,7 +22,7 @@ var ErrBadSession = errors.New("bad session parameter")
 //
 // KEY is 1 to 64 letters, digits, '_' or '.'. Anything else after USER is
 // an error naming the parameter, which callers answer as an auth failure.
-func ParseUser(name string) (user string, s pool.Session, err error) {
+func SplitSession(name string) (user string, s pool.Session, err error) {
 	i := strings.Index(name, "-session-")
 	if i < 0 {
 		return name, pool.Session{}, nil

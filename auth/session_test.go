@@ -1,4 +1,4 @@
-package config
+package auth
 
 import (
 	"errors"
@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-func TestParseUser(t *testing.T) {
+func TestSplitSession(t *testing.T) {
 	for _, tc := range []struct {
 		in   string
 		user string
@@ -26,15 +26,15 @@ func TestParseUser(t *testing.T) {
 		{in: "alice-session-k1-ttl", bad: true},
 		{in: "alice-session-k%1", bad: true},
 	} {
-		user, s, err := ParseUser(tc.in)
+		user, s, err := SplitSession(tc.in)
 		if tc.bad {
 			if !errors.Is(err, ErrBadSession) {
-				t.Errorf("ParseUser(%q) = %q %+v %v, want ErrBadSession", tc.in, user, s, err)
+				t.Errorf("SplitSession(%q) = %q %+v %v, want ErrBadSession", tc.in, user, s, err)
 			}
 			continue
 		}
 		if err != nil || user != tc.user || s.Key != tc.key || s.TTL != tc.ttl {
-			t.Errorf("ParseUser(%q) = %q %+v %v, want %q %q %s", tc.in, user, s, err, tc.user, tc.key, tc.ttl)
+			t.Errorf("SplitSession(%q) = %q %+v %v, want %q %q %s", tc.in, user, s, err, tc.user, tc.key, tc.ttl)
 		}
 	}
 }

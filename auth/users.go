@@ -28,6 +28,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/rotor-proxy/rotor/pool"
+	"github.com/rotor-proxy/rotor/serve"
 )
 
 // secretKind is how a user's password is stored.
@@ -445,21 +446,21 @@ var dummyDigest = sha256.Sum256([]byte("rotor: no such user"))
 // Admit applies the user's limits to one request or connection: ok false
 // means refuse it (429 / SOCKS5 0x01), with which limit in why. When ok,
 // done must be called when the request or tunnel ends.
-func (usr *User) Admit() (done func(), why string, ok bool) {
+func (usr *User) Admit() (done func(), why serve.Hit, ok bool) {
 	if usr == nil {
-		return noop, "", true
+		return noop, serve.None, true
 	}
 	if usr.limiter != nil && !usr.limiter.Allow() {
-		return nil, "user-rate", false
+		return nil, serve.UserRate, false
 	}
 	if usr.maxConns > 0 {
 		if usr.conns.Add(1) > usr.maxConns {
 			usr.conns.Add(-1)
-			return nil, "user-max-conns", false
+			return nil, serve.UserMaxConns, false
 		}
-		return usr.release, "", true
+		return usr.release, serve.None, true
 	}
-	return noop, "", true
+	return noop, serve.None, true
 }
 
 func (usr *User) release() { usr.conns.Add(-1) }

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/rotor-proxy/rotor/pool"
+	"github.com/rotor-proxy/rotor/serve"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -186,7 +187,7 @@ func TestAdmit(t *testing.T) {
 	d1, _, ok1 := a.Admit()
 	d2, _, ok2 := a.Admit()
 	_, why, ok3 := a.Admit()
-	if !ok1 || !ok2 || ok3 || why != "user-max-conns" {
+	if !ok1 || !ok2 || ok3 || why != serve.UserMaxConns {
 		t.Fatalf("max-conns 2: %v %v %v %q", ok1, ok2, ok3, why)
 	}
 	d1()
@@ -200,7 +201,7 @@ func TestAdmit(t *testing.T) {
 	for i := 0; i < 10; i++ {
 		if _, why, ok := b.Admit(); ok {
 			n++
-		} else if why != "user-rate" {
+		} else if why != serve.UserRate {
 			t.Fatalf("why %q", why)
 		}
 	}

@@ -7,7 +7,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/rotor-proxy/rotor/tunnel"
+	"github.com/rotor-proxy/rotor/serve"
 )
 
 // After a few wrong passwords from one address, its requests get 429
@@ -16,7 +16,7 @@ import (
 // and counted as auth-backoff, without the password.
 func TestWrongPasswordsBackOff(t *testing.T) {
 	logs := &logBuf{}
-	var hits tunnel.Hits
+	var hits serve.Hits
 	proxy, _ := testProxy(t, func(o *Options) { o.Log = zerolog.New(logs); o.Hits = &hits })
 	rc := dialProxy(t, proxy)
 	get := func(pw string) *http.Response {
@@ -52,7 +52,7 @@ func TestWrongPasswordsBackOff(t *testing.T) {
 		t.Errorf("right password during back-off: %s, want 429 (unchecked)", resp.Status)
 	}
 	// Counted as the log line is written, just after the answer.
-	waitFor(t, func() bool { return hits.AuthBackoff.Load() == 2 }, "auth-backoff counted twice")
+	waitFor(t, func() bool { return hits.Load(serve.AuthBackoff) == 2 }, "auth-backoff counted twice")
 	if l := logs.String(); !strings.Contains(l, `"limit":"auth-backoff"`) || strings.Contains(l, "guess-") || strings.Contains(l, users["alice"]) {
 		t.Errorf("log lines:\n%s", l)
 	}

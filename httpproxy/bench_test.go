@@ -49,7 +49,7 @@ func BenchmarkForward(b *testing.B) {
 				Access: auth.Static(auth.SingleUser(user, pass)), Log: log, Metrics: m})
 			ln, _ := net.Listen("tcp", "127.0.0.1:0")
 			go func() { _ = s.Serve(ln) }()
-			defer s.Close()
+			defer closeNow(s)
 			c, err := net.Dial("tcp", ln.Addr().String())
 			if err != nil {
 				b.Fatal(err)

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/rotor-proxy/rotor/auth"
-	"github.com/rotor-proxy/rotor/tunnel"
+	"github.com/rotor-proxy/rotor/serve"
 )
 
 // clientConn is one client connection and its buffers.
@@ -35,7 +35,7 @@ var (
 
 func (s *Server) serveConn(c net.Conn) {
 	if err := s.conns.Add(c); err != nil {
-		if err == tunnel.ErrLimit {
+		if err == serve.ErrLimit {
 			// Refused cleanly: everyone already connected carries on.
 			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
 			_, _ = io.WriteString(c, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"+
@@ -77,9 +77,9 @@ func (cc *clientConn) serve() (handedOff bool) {
 		if err != nil {
 			// Idle keep-alive timeout, client gone, or closed by shutdown.
 			if wait == s.opts.IdleTimeout && errors.Is(err, os.ErrDeadlineExceeded) {
-				s.opts.Hits.Add("keepalive-timeout")
-				s.opts.Log.Debug().Str("proto", "http").Str("client", cc.c.RemoteAddr().String()).
-					Str("timeout", "keepalive-timeout").Msg("idle keep-alive connection closed")
+				s.opts.Hits.Add(serve.KeepAliveTimeout)
+				serve.KeepAliveTimeout.Field(s.opts.Log.Debug().Str("proto", "http").Str("client", cc.c.RemoteAddr().String())).
+					Msg("idle keep-alive connection closed")
 			}
 			return false
 		}
@@ -117,15 +117,15 @@ func (cc *clientConn) serve() (handedOff bool) {
 // sense to answer at all.
 func (cc *clientConn) rejectHead(err error, start time.Time) {
 	var br *badRequest
-	status, name := 0, ""
+	status, hit := 0, serve.None
 	switch {
 	case errors.As(err, &br):
 		status = br.status
 	case errors.Is(err, errHeadTooLarge) || errors.Is(err, bufio.ErrBufferFull):
-		status, name = http.StatusRequestHeaderFieldsTooLarge, "max-header-bytes"
+		status, hit = http.StatusRequestHeaderFieldsTooLarge, serve.MaxHeaderBytes
 		br = &badRequest{status, "request head larger than " + strconv.Itoa(cc.s.opts.MaxHeaderBytes) + " bytes"}
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		status, name = http.StatusRequestTimeout, "header-timeout"
+		status, hit = http.StatusRequestTimeout, serve.HeaderTimeout
 		br = &badRequest{status, "request head not received in time"}
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
 		// The client went away mid-head: nobody to answer.
@@ -139,14 +139,8 @@ func (cc *clientConn) rejectHead(err error, start time.Time) {
 	}
 	e := cc.s.opts.Log.Warn().Str("proto", "http").Str("client", cc.c.RemoteAddr().String()).Int("status", status).
 		Dur("dur_ms", time.Since(start)).Err(err)
-	switch name {
-	case "header-timeout":
-		e = e.Str("timeout", name)
-	case "max-header-bytes":
-		e = e.Str("limit", name)
-	}
-	cc.s.opts.Hits.Add(name)
-	e.Msg("bad request head")
+	cc.s.opts.Hits.Add(hit)
+	hit.Field(e).Msg("bad request head")
 }
 
 // handle answers one request. keep reports whether the connection may
@@ -168,7 +162,7 @@ func (cc *clientConn) handle(req *request, start time.Time) (keep, handedOff boo
 		closeAfter := req.method == http.MethodConnect || !cc.drain(req)
 		cc.writeError(http.StatusTooManyRequests, "too many failed logins from this address: retry later", closeAfter,
 			[]string{"Retry-After", strconv.Itoa(int(be.RetryAfter/time.Second) + 1)})
-		cc.s.logRequest(req, identity{}, nil, netip.Addr{}, http.StatusTooManyRequests, 0, 0, start, &limitError{name: "auth-backoff", err: serr})
+		cc.s.logRequest(req, identity{}, nil, netip.Addr{}, http.StatusTooManyRequests, 0, 0, start, &limitError{hit: serve.AuthBackoff, err: serr})
 		return !closeAfter, false
 	}
 	if !ok {
@@ -184,9 +178,9 @@ func (cc *clientConn) handle(req *request, start time.Time) (keep, handedOff boo
 	done, why, admitted := usr.Admit()
 	if !admitted {
 		closeAfter := req.method == http.MethodConnect || !cc.drain(req)
-		cc.writeError(http.StatusTooManyRequests, "user "+quote(who.name)+" is over its "+why+" limit", closeAfter,
+		cc.writeError(http.StatusTooManyRequests, "user "+quote(who.name)+" is over its "+why.String()+" limit", closeAfter,
 			[]string{"Retry-After", "1"})
-		cc.s.logRequest(req, who, nil, netip.Addr{}, http.StatusTooManyRequests, 0, 0, start, &limitError{name: why})
+		cc.s.logRequest(req, who, nil, netip.Addr{}, http.StatusTooManyRequests, 0, 0, start, &limitError{hit: why})
 		return !closeAfter, false
 	}
 	if req.method == http.MethodConnect {
@@ -195,18 +189,17 @@ func (cc *clientConn) handle(req *request, start time.Time) (keep, handedOff boo
 	return cc.forward(req, who, sess, start, done)
 }
 
-// limitError is a request refused by a limit, named as in the log field
-// "limit" and in the limit hit counters, with what the limit said.
+// limitError is a request refused by a limit, with what the limit said.
 type limitError struct {
-	name string
-	err  error
+	hit serve.Hit
+	err error
 }
 
 func (e *limitError) Error() string {
 	if e.err != nil {
 		return e.err.Error()
 	}
-	return "over the " + e.name + " limit"
+	return "over the " + e.hit.String() + " limit"
 }
 
 func (e *limitError) Unwrap() error { return e.err }

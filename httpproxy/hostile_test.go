@@ -21,7 +21,7 @@ import (
 	"github.com/rotor-proxy/rotor/auth"
 	"github.com/rotor-proxy/rotor/internal/target"
 	"github.com/rotor-proxy/rotor/pool"
-	"github.com/rotor-proxy/rotor/tunnel"
+	"github.com/rotor-proxy/rotor/serve"
 )
 
 // Two users of the hostile-origin tests.
@@ -593,7 +593,7 @@ func TestBodyIdleTimeout(t *testing.T) {
 				io.CopyN(io.Discard, br, int64(length))
 				io.Copy(io.Discard, br)
 			})
-			hits := &tunnel.Hits{}
+			hits := &serve.Hits{}
 			proxy, _ := testProxy(t, func(o *Options) { o.TunnelIdleTimeout = 300 * time.Millisecond; o.Hits = hits })
 			c, err := net.Dial("tcp", proxy)
 			if err != nil {
@@ -617,7 +617,7 @@ func TestBodyIdleTimeout(t *testing.T) {
 			case <-time.After(20 * time.Second):
 				t.Fatal("rotor did not close the origin connection")
 			}
-			waitFor(t, func() bool { return hits.IdleTimeout.Load() == 1 }, "idle-timeout counted once")
+			waitFor(t, func() bool { return hits.Load(serve.IdleTimeout) == 1 }, "idle-timeout counted once")
 		})
 	}
 }

@@ -3,6 +3,7 @@ package httpproxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/base64"
 	"fmt"
 	"io"
@@ -21,7 +22,7 @@ import (
 	"github.com/rotor-proxy/rotor/auth"
 	"github.com/rotor-proxy/rotor/internal/target"
 	"github.com/rotor-proxy/rotor/pool"
-	"github.com/rotor-proxy/rotor/tunnel"
+	"github.com/rotor-proxy/rotor/serve"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -313,12 +314,12 @@ func TestSilentOriginIs504(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hits := &tunnel.Hits{}
+	hits := &serve.Hits{}
 	s := New(Options{Dialer: pool.NewDialer(p, pool.DialerOptions{Timeout: 5 * time.Second}), HeaderTimeout: 300 * time.Millisecond,
 		Log: zerolog.Nop(), Hits: hits})
 	pl, _ := net.Listen("tcp", "127.0.0.1:0")
 	go func() { _ = s.Serve(pl) }()
-	defer s.Close()
+	defer closeNow(s)
 	start := time.Now()
 	status := rawStatus(t, pl.Addr().String(), "GET http://"+ln.Addr().String()+"/ HTTP/1.1\r\nHost: x\r\n\r\n")
 	if status != http.StatusGatewayTimeout {
@@ -329,10 +330,17 @@ func TestSilentOriginIs504(t *testing.T) {
 	}
 	// The hit is counted when the request is logged, just after the 504
 	// is written: wait for it.
-	for deadline := time.Now().Add(2 * time.Second); hits.ResponseTimeout.Load() != 1 && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(2 * time.Second); hits.Load(serve.ResponseTimeout) != 1 && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if n := hits.ResponseTimeout.Load(); n != 1 {
+	if n := hits.Load(serve.ResponseTimeout); n != 1 {
 		t.Fatalf("counted %d response timeouts, want 1", n)
 	}
+}
+
+// closeNow shuts s down without a drain: every connection closes at once.
+func closeNow(s *Server) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = s.Shutdown(ctx)
 }

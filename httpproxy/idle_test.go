@@ -13,7 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/rotor-proxy/rotor/pool"
-	"github.com/rotor-proxy/rotor/tunnel"
+	"github.com/rotor-proxy/rotor/serve"
 )
 
 // Idle upstream connections are keyed by the address dialled, not its
@@ -37,7 +37,7 @@ func TestIdleKeyedByAddress(t *testing.T) {
 			t.Fatalf("request %d to %s: %v %v %q", i, host, resp, err, b)
 		}
 	}
-	if idle := s.IdleUpstreams(); idle > 2 {
+	if idle := s.idle.idle(); idle > 2 {
 		t.Fatalf("%d idle upstream connections after %d requests to one origin from 2 sources, want at most 2", idle, n)
 	}
 }
@@ -51,11 +51,11 @@ func TestIdleCap(t *testing.T) {
 		if _, _, err := rc.do("GET http://"+o+"/ HTTP/1.1\r\nHost: "+o+"\r\n"+authHeader+"\r\n", http.MethodGet); err != nil {
 			t.Fatal(err)
 		}
-		if idle := s.IdleUpstreams(); idle > 3 {
+		if idle := s.idle.idle(); idle > 3 {
 			t.Fatalf("%d idle connections, cap 3", idle)
 		}
 	}
-	if idle := s.IdleUpstreams(); idle != 3 {
+	if idle := s.idle.idle(); idle != 3 {
 		t.Fatalf("%d idle connections after 8 origins, want the cap, 3", idle)
 	}
 }
@@ -64,7 +64,7 @@ func TestIdleCap(t *testing.T) {
 // under pressure the oldest is closed to admit a new client instead of
 // refusing it.
 func TestIdleYieldsToNewClients(t *testing.T) {
-	limit := tunnel.NewLimiter(2, zerolog.Nop())
+	limit := serve.NewLimiter(2, zerolog.Nop())
 	proxy, s := testProxy(t, func(opt *Options) { opt.Limiter = limit })
 	o := origin(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
 	rc := dialProxy(t, proxy)
@@ -72,16 +72,16 @@ func TestIdleYieldsToNewClients(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool { return s.Active() == 0 }, "the client connection to close")
-	if s.IdleUpstreams() != 1 {
-		t.Fatalf("%d idle, want 1", s.IdleUpstreams())
+	if s.idle.idle() != 1 {
+		t.Fatalf("%d idle, want 1", s.idle.idle())
 	}
 	// Two new clients: the second needs the idle connection's slot.
 	a, b := dialProxy(t, proxy), dialProxy(t, proxy)
 	// Both admitted before either sends a request: the second one's slot
 	// can only have come from closing the idle connection.
 	waitFor(t, func() bool { return s.Active() == 2 }, "both clients admitted")
-	if s.IdleUpstreams() != 0 {
-		t.Fatalf("%d idle after the limiter reclaimed a slot, want 0", s.IdleUpstreams())
+	if s.idle.idle() != 0 {
+		t.Fatalf("%d idle after the limiter reclaimed a slot, want 0", s.idle.idle())
 	}
 	for i, rc := range []*rawClient{a, b} {
 		resp, body, err := rc.do("GET http://"+o+"/x HTTP/1.1\r\nHost: "+o+"\r\n"+authHeader+"\r\n", http.MethodGet)
@@ -101,13 +101,13 @@ func TestDropSourceClosesIdle(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if s.IdleUpstreams() != 2 {
-		t.Fatalf("%d idle, want 2", s.IdleUpstreams())
+	if s.idle.idle() != 2 {
+		t.Fatalf("%d idle, want 2", s.idle.idle())
 	}
 	srcs := s.opts.Dialer.Pool().Sources()
 	s.DropSource(srcs[0])
-	if s.IdleUpstreams() != 1 {
-		t.Fatalf("%d idle after dropping one source, want 1", s.IdleUpstreams())
+	if s.idle.idle() != 1 {
+		t.Fatalf("%d idle after dropping one source, want 1", s.idle.idle())
 	}
 }
 
@@ -143,3 +143,6 @@ func TestIdleReusedAfterDeadline(t *testing.T) {
 		t.Fatalf("origin saw %d connections for 2 sequential requests, want 1 (reused)", n)
 	}
 }
+
+// idle is how many connections are idle now.
+func (p *idlePool) idle() int { return int(p.n.Load()) }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/rotor-proxy/rotor/metrics"
 	"github.com/rotor-proxy/rotor/pool"
+	"github.com/rotor-proxy/rotor/serve"
 	"github.com/rotor-proxy/rotor/tunnel"
 )
 
@@ -38,7 +39,7 @@ func (s *Server) logRequest(r *request, who identity, src *pool.Source, local ne
 		m.Bytes(up, down)
 	}
 	if !s.opts.Log.WithLevel(levelFor(status)).Enabled() {
-		s.count(err, status)
+		s.count(err)
 		return
 	}
 	s.log(reqInfo(r, who), src, local, status, up, down, start, err)
@@ -52,7 +53,7 @@ func levelFor(status int) zerolog.Level {
 }
 
 func (s *Server) log(r requestInfo, src *pool.Source, local netip.Addr, status int, up, down int64, start time.Time, err error) {
-	s.count(err, status)
+	s.count(err)
 	lvl := levelFor(status)
 	e := s.opts.Log.WithLevel(lvl)
 	if !e.Enabled() {
@@ -81,44 +82,30 @@ func (s *Server) log(r requestInfo, src *pool.Source, local netip.Addr, status i
 	}
 	e = e.Int("status", status).Int64("up", up).Int64("down", down).Dur("dur_ms", time.Since(start))
 	if err != nil {
-		e = e.Err(err)
-		if name := timeoutName(err, status); name != "" {
-			e = e.Str("timeout", name)
-		}
-		if name := limitName(err); name != "" {
-			e = e.Str("limit", name)
-		}
+		e = hitOf(err).Field(e.Err(err))
 	}
 	e.Msg(proto)
 }
 
-// timeoutName names the timeout behind err, if any.
-func timeoutName(err error, status int) string {
-	switch {
+// hitOf is the timeout or limit that ended a request, if one did.
+func hitOf(err error) serve.Hit {
+	switch le, isLimit := errors.AsType[*limitError](err); {
+	case isLimit:
+		return le.hit
 	case errors.Is(err, tunnel.ErrIdle):
-		return "idle-timeout"
+		return serve.IdleTimeout
 	case errors.Is(err, errResponseTimeout):
-		return "response-timeout"
+		return serve.ResponseTimeout
+	case pool.Classify(err) == pool.ClassRateLimited:
+		return serve.PerIPRate
 	}
-	return pool.TimeoutName(err)
-}
-
-// limitName names the limit that refused a request, if one did.
-func limitName(err error) string {
-	if le, ok := errors.AsType[*limitError](err); ok {
-		return le.name
-	}
-	if pool.Classify(err) == pool.ClassRateLimited {
-		return "per-ip-rate"
-	}
-	return ""
+	return pool.TimeoutHit(err)
 }
 
 // count counts the timeout or limit behind err, if any, once per request.
-func (s *Server) count(err error, status int) {
+func (s *Server) count(err error) {
 	if err != nil {
-		s.opts.Hits.Add(timeoutName(err, status))
-		s.opts.Hits.Add(limitName(err))
+		s.opts.Hits.Add(hitOf(err))
 	}
 }
 

@@ -27,6 +27,7 @@ import (
 	"github.com/rotor-proxy/rotor/auth"
 	"github.com/rotor-proxy/rotor/metrics"
 	"github.com/rotor-proxy/rotor/pool"
+	"github.com/rotor-proxy/rotor/serve"
 	"github.com/rotor-proxy/rotor/tunnel"
 )
 
@@ -57,9 +58,9 @@ type Options struct {
 	Log                 zerolog.Logger
 	// Limiter caps client connections, shared by both listeners; nil
 	// means no cap.
-	Limiter *tunnel.Limiter
+	Limiter *serve.Limiter
 	// Hits counts timeouts and limits by name; nil counts nothing.
-	Hits *tunnel.Hits
+	Hits *serve.Hits
 	// Metrics counts per source address; Listener counts this listener's
 	// auth failures. Both may be nil.
 	Metrics  *metrics.Metrics
@@ -80,8 +81,8 @@ type Options struct {
 type Server struct {
 	opts   Options
 	idle   *idlePool // idle upstream connections, per source
-	acc    tunnel.Acceptor
-	conns  tunnel.Tracker
+	acc    serve.Acceptor
+	conns  serve.Tracker
 	parker tunnel.Parker // idle tunnels wait here without goroutines
 
 	baseCtx context.Context // ends at forced close, cancelling dials
@@ -136,14 +137,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// Close closes the listeners, every client connection and every tunnel now.
-func (s *Server) Close() error {
-	s.acc.Close()
-	s.conns.CloseAll()
-	s.stop()
-	return nil
-}
-
 func (s *Server) stop() {
 	s.cancel()
 	s.acc.Wait()
@@ -161,9 +154,6 @@ func (s *Server) stop() {
 // rotation (health, a removed address, a reload), and a request must not
 // be sent on a connection whose replies may no longer arrive.
 func (s *Server) DropSource(src *pool.Source) { s.idle.drop(src) }
-
-// IdleUpstreams is the number of idle upstream connections kept now.
-func (s *Server) IdleUpstreams() int { return s.idle.idle() }
 
 // bodyLimits bound a chunked body's trailer section as a head is bounded.
 func (s *Server) bodyLimits() bodyLimits {

@@ -11,7 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/rotor-proxy/rotor/pool"
-	"github.com/rotor-proxy/rotor/tunnel"
+	"github.com/rotor-proxy/rotor/serve"
 )
 
 // upConn is a connection to an origin, from one source address.
@@ -72,7 +72,7 @@ type idlePool struct {
 	timeout   time.Duration
 	max       int64
 	perSource int
-	limit     *tunnel.Limiter
+	limit     *serve.Limiter
 	n         atomic.Int64 // idle connections in all shards
 }
 
@@ -85,7 +85,7 @@ type idleShard struct {
 	head, tail *upConn // oldest, newest
 }
 
-func newIdlePool(p *pool.Pool, timeout time.Duration, max, perSource int, limit *tunnel.Limiter) *idlePool {
+func newIdlePool(p *pool.Pool, timeout time.Duration, max, perSource int, limit *serve.Limiter) *idlePool {
 	return &idlePool{
 		shards:  pool.NewTable(p, func(*pool.Source) *idleShard { return &idleShard{byKey: map[upKey][]*upConn{}} }),
 		timeout: timeout, max: int64(max), perSource: perSource, limit: limit,
@@ -269,9 +269,6 @@ func (p *idlePool) closeAll(us []*upConn) {
 		u.close()
 	}
 }
-
-// idle is how many connections are idle now.
-func (p *idlePool) idle() int { return int(p.n.Load()) }
 
 // remove takes u out of the shard's key list and age list; the caller
 // holds the lock.

@@ -6,7 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/rotor-proxy/rotor/pool"
-	"github.com/rotor-proxy/rotor/tunnel"
+	"github.com/rotor-proxy/rotor/serve"
 )
 
 // sourceState reports each source's rotation state when scraped, from the
@@ -44,7 +44,7 @@ func (c *sourceState) Collect(ch chan<- prometheus.Metric) {
 type Listener struct {
 	name         string
 	active       func() int
-	hits         *tunnel.Hits
+	hits         *serve.Hits
 	authFailures prometheus.Counter
 }
 
@@ -97,12 +97,12 @@ func (ls *listeners) Collect(ch chan<- prometheus.Metric) {
 	defer ls.mu.Unlock()
 	for _, l := range ls.list {
 		ch <- prometheus.MustNewConstMetric(activeDesc, prometheus.GaugeValue, float64(l.active()), l.name)
-		l.hits.Each(func(name, kind string, n int64) {
-			d := timeoutDesc
-			if kind == "limit" {
-				d = limitDesc
+		l.hits.Each(func(h serve.Hit, n int64) {
+			d := limitDesc
+			if h.IsTimeout() {
+				d = timeoutDesc
 			}
-			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(n), l.name, name)
+			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(n), l.name, h.String())
 		})
 	}
 	ls.auth.Collect(ch)

@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/rotor-proxy/rotor/pool"
+	"github.com/rotor-proxy/rotor/serve"
 	"github.com/rotor-proxy/rotor/tunnel"
 )
 
@@ -237,7 +238,7 @@ func (m *Metrics) Probed(src *pool.Source, err error) {
 // AddListener exports a listener's active connections (read from active
 // at scrape time), its timeout and limit hits, and returns its auth
 // failure counter.
-func (m *Metrics) AddListener(name string, active func() int, hits *tunnel.Hits) *Listener {
+func (m *Metrics) AddListener(name string, active func() int, hits *serve.Hits) *Listener {
 	if m == nil {
 		return nil
 	}
@@ -266,6 +267,3 @@ func (m *Metrics) Handler(ready func() error) http.Handler {
 	})
 	return mux
 }
-
-// Registry is the registry behind /metrics, for tests and embedding.
-func (m *Metrics) Registry() *prometheus.Registry { return m.reg }

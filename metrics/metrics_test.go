@@ -15,7 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/rotor-proxy/rotor/pool"
-	"github.com/rotor-proxy/rotor/tunnel"
+	"github.com/rotor-proxy/rotor/serve"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -67,8 +67,8 @@ func (e *testErr) Unwrap() error { return e.err }
 func TestExposition(t *testing.T) {
 	p := testPool(t)
 	m := New(func() *pool.Pool { return p }, "v1.2.3")
-	var hits tunnel.Hits
-	hits.Add("max-conns")
+	var hits serve.Hits
+	hits.Add(serve.MaxConns)
 	m.AddListener("http", func() int { return 3 }, &hits).AuthFailed()
 	m.Probed(p.Sources()[0], errors.New("x"))
 	want := []string{
@@ -78,7 +78,7 @@ func TestExposition(t *testing.T) {
 		"rotor_listener_active_connections", "rotor_listener_auth_failures_total",
 		"rotor_listener_timeouts_total", "rotor_listener_limit_hits_total",
 	}
-	n, err := testutil.GatherAndCount(m.Registry(), want...)
+	n, err := testutil.GatherAndCount(m.reg, want...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +101,7 @@ rotor_listener_limit_hits_total{limit="per-ip-rate",listener="http"} 0
 rotor_listener_limit_hits_total{limit="user-max-conns",listener="http"} 0
 rotor_listener_limit_hits_total{limit="user-rate",listener="http"} 0
 `
-	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(expected), "rotor_listener_limit_hits_total"); err != nil {
+	if err := testutil.GatherAndCompare(m.reg, strings.NewReader(expected), "rotor_listener_limit_hits_total"); err != nil {
 		t.Error(err)
 	}
 }
@@ -139,7 +139,7 @@ func TestDashboardAndREADMEUseRealMetrics(t *testing.T) {
 // exported is the set of family names m's registry gathers.
 func exported(t *testing.T, m *Metrics) map[string]bool {
 	t.Helper()
-	fams, err := m.Registry().Gather()
+	fams, err := m.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,8 @@ import (
 	"net"
 	"os"
 	"syscall"
+
+	"github.com/rotor-proxy/rotor/serve"
 )
 
 // Class sorts dial errors into what a client is told. Both listeners map
@@ -77,15 +79,15 @@ func Classify(err error) Class {
 	return ClassOther
 }
 
-// TimeoutName names which bound a timed-out dial hit: "dns-timeout" when
-// resolving the name timed out, "dial-timeout" otherwise. It is "" for an
-// error that is not a timeout.
-func TimeoutName(err error) string {
+// TimeoutHit says which bound a timed-out dial hit: DNSTimeout when
+// resolving the name timed out, DialTimeout otherwise; None for an error
+// that is not a timeout.
+func TimeoutHit(err error) serve.Hit {
 	if Classify(err) != ClassTimeout {
-		return ""
+		return serve.None
 	}
 	if _, ok := errors.AsType[*net.DNSError](err); ok {
-		return "dns-timeout"
+		return serve.DNSTimeout
 	}
-	return "dial-timeout"
+	return serve.DialTimeout
 }

@@ -36,7 +36,7 @@ func TestBadSOCKSInput(t *testing.T) {
 	s := New(Options{Dialer: pool.NewDialer(p, pool.DialerOptions{Timeout: 5 * time.Second, Resolver: countingResolver(&queries),
 		Policy: pool.NewPolicy(nil, nil)}),
 		Access: auth.Static(auth.SingleUser(user, pass)), HandshakeTimeout: 500 * time.Millisecond, Log: zerolog.Nop()})
-	addr := serve(t, s)
+	addr := serveOn(t, s)
 
 	auth := append([]byte{5, 1, 2}, authMsg(user, pass)...)
 	domain := func(name string) []byte {

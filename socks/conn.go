@@ -18,6 +18,7 @@ import (
 	"github.com/rotor-proxy/rotor/auth"
 	"github.com/rotor-proxy/rotor/metrics"
 	"github.com/rotor-proxy/rotor/pool"
+	"github.com/rotor-proxy/rotor/serve"
 	"github.com/rotor-proxy/rotor/tunnel"
 )
 
@@ -37,7 +38,7 @@ type session struct {
 	usr    *auth.User       // nil when no credentials were needed
 	done   func()           // releases the user's max-conns slot
 	sticky pool.Session     // from the user name's session parameters, with the pool to use
-	limit  string           // the limit that refused the connection, if one did
+	limit  serve.Hit        // the limit that refused the connection, if one did
 	dst    statute.AddrSpec // formatted only when logged
 	hasDst bool
 	src    *pool.Source
@@ -48,7 +49,7 @@ type session struct {
 
 func (s *Server) serveConn(c net.Conn) {
 	if err := s.conns.Add(c); err != nil {
-		if err == tunnel.ErrLimit {
+		if err == serve.ErrLimit {
 			c.Close() // SOCKS5 has no way to say "busy" before the greeting
 		}
 		return
@@ -85,22 +86,22 @@ func (s *Server) end(c net.Conn, target net.Conn, ss *session, start time.Time) 
 	if ss.done != nil {
 		ss.done()
 	}
-	s.opts.Hits.Add(timeoutName(ss))
+	s.opts.Hits.Add(timeoutHit(ss))
 	s.opts.Hits.Add(ss.limit)
 	s.logSession(c, ss, time.Since(start))
 }
 
-// timeoutName names the timeout that ended a session, if one did.
-func timeoutName(ss *session) string {
+// timeoutHit is the timeout that ended a session, if one did.
+func timeoutHit(ss *session) serve.Hit {
 	switch {
 	case ss.err == nil:
-		return ""
+		return serve.None
 	case errors.Is(ss.err, tunnel.ErrIdle):
-		return "idle-timeout"
+		return serve.IdleTimeout
 	case ss.reply == noReply && errors.Is(ss.err, os.ErrDeadlineExceeded):
-		return "handshake-timeout"
+		return serve.HandshakeTimeout
 	}
-	return pool.TimeoutName(ss.err)
+	return pool.TimeoutHit(ss.err)
 }
 
 // handshake runs greeting, auth, request, dial and reply. On success it
@@ -190,7 +191,7 @@ func (s *Server) handshake(c net.Conn, ss *session) (*net.TCPConn, []byte, error
 	if err != nil {
 		cl := pool.Classify(err)
 		if cl == pool.ClassRateLimited {
-			ss.limit = "per-ip-rate"
+			ss.limit = serve.PerIPRate
 		}
 		return nil, nil, s.fail(c, ss, replyFor(cl), err)
 	}
@@ -287,7 +288,7 @@ func (s *Server) authenticate(c net.Conn, br *bufio.Reader, ss *session, st *aut
 		return fmt.Errorf("%w: %w", errAuthFailed, perr)
 	case errors.Is(cerr, auth.ErrBackoff):
 		// RFC 1929 has one failure status: the log tells them apart.
-		ss.limit = "auth-backoff"
+		ss.limit = serve.AuthBackoff
 		return fmt.Errorf("%w: %w", errAuthFailed, cerr)
 	case !ok:
 		return errAuthFailed
@@ -364,12 +365,7 @@ func (s *Server) logSession(c net.Conn, ss *session, d time.Duration) {
 		e = e.Uint8("reply", ss.reply)
 	}
 	e = e.Int64("up", ss.stats.Up).Int64("down", ss.stats.Down).Dur("dur_ms", d)
-	if name := timeoutName(ss); name != "" {
-		e = e.Str("timeout", name)
-	}
-	if ss.limit != "" {
-		e = e.Str("limit", ss.limit)
-	}
+	e = ss.limit.Field(timeoutHit(ss).Field(e))
 	if ss.err != nil && !isQuietClose(ss.err) {
 		e = e.Err(ss.err)
 		if ss.reply == noReply {

@@ -19,6 +19,7 @@ import (
 	"github.com/rotor-proxy/rotor/auth"
 	"github.com/rotor-proxy/rotor/metrics"
 	"github.com/rotor-proxy/rotor/pool"
+	"github.com/rotor-proxy/rotor/serve"
 	"github.com/rotor-proxy/rotor/tunnel"
 )
 
@@ -40,9 +41,9 @@ type Options struct {
 	Log         zerolog.Logger
 	// Limiter caps client connections, shared by both listeners; nil
 	// means no cap.
-	Limiter *tunnel.Limiter
+	Limiter *serve.Limiter
 	// Hits counts timeouts and limits by name; nil counts nothing.
-	Hits *tunnel.Hits
+	Hits *serve.Hits
 	// Metrics counts per source address; Listener counts this listener's
 	// auth failures. Both may be nil.
 	Metrics  *metrics.Metrics
@@ -52,8 +53,8 @@ type Options struct {
 // Server is a SOCKS5 proxy. It is safe to call Serve on several listeners.
 type Server struct {
 	opts   Options
-	acc    tunnel.Acceptor
-	conns  tunnel.Tracker
+	acc    serve.Acceptor
+	conns  serve.Tracker
 	parker tunnel.Parker // idle tunnels wait here without goroutines
 
 	baseCtx context.Context // ends at forced close, cancelling dials
@@ -87,16 +88,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.acc.Wait()
 	s.parker.Close()
 	return err
-}
-
-// Close closes the listeners and every connection now.
-func (s *Server) Close() error {
-	s.acc.Close()
-	s.conns.CloseAll()
-	s.cancel()
-	s.acc.Wait()
-	s.parker.Close()
-	return nil
 }
 
 // Active returns the number of open client connections.

@@ -30,11 +30,11 @@ func startServer(t *testing.T, creds *auth.Live, handshake time.Duration) (*Serv
 		t.Fatal(err)
 	}
 	s := New(Options{Dialer: pool.NewDialer(p, pool.DialerOptions{Timeout: 5 * time.Second, Resolver: target.OfflineResolver()}), Access: creds, HandshakeTimeout: handshake, Log: zerolog.Nop()})
-	return s, serve(t, s)
+	return s, serveOn(t, s)
 }
 
-// serve runs s on 127.0.0.1 until cleanup and returns its address.
-func serve(t *testing.T, s *Server) string {
+// serveOn runs s on 127.0.0.1 until cleanup and returns its address.
+func serveOn(t *testing.T, s *Server) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -42,7 +42,7 @@ func serve(t *testing.T, s *Server) string {
 	}
 	done := make(chan struct{})
 	go func() { defer close(done); _ = s.Serve(ln) }()
-	t.Cleanup(func() { s.Close(); <-done })
+	t.Cleanup(func() { closeNow(s); <-done })
 	return ln.Addr().String()
 }
 
@@ -208,4 +208,11 @@ func TestDomainTargets(t *testing.T) {
 	if !bytes.HasPrefix(out, []byte{5, 0, 5, 4}) {
 		t.Fatalf("unresolvable: got % x, want reply 04", out)
 	}
+}
+
+// closeNow shuts s down without a drain: every connection closes at once.
+func closeNow(s *Server) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = s.Shutdown(ctx)
 }

@@ -1,8 +1,8 @@
-// Package tunnel holds the connection plumbing both listeners share: the
-// one relay every tunnel uses (HTTP CONNECT and SOCKS5 alike), the Parker
-// that holds idle tunnels without goroutines, the accept loop, the set of
-// live connections a server drains on shutdown, the connection Limiter,
-// and the Hits counters of timeouts and limits.
+// Package tunnel moves bytes: the one relay every tunnel uses (HTTP
+// CONNECT, WebSocket upgrades and SOCKS5 alike), splicing between kernel
+// sockets, propagating half-closes, ending idle tunnels, and the Parker
+// that holds idle tunnels without goroutines. Accepting and counting
+// connections is package serve's.
 package tunnel
 
 import (
@@ -92,18 +92,6 @@ func Start(client, target net.Conn, early []byte, o Options, done func(Stats, er
 		r.dirs[1].loop()
 	})
 	return &Tunnel{r}
-}
-
-// Relay is Start that waits for the end and returns what it moved.
-func Relay(client, target net.Conn, early []byte, o Options) (Stats, error) {
-	type result struct {
-		st  Stats
-		err error
-	}
-	ch := make(chan result, 1)
-	Start(client, target, early, o, func(st Stats, err error) { ch <- result{st, err} })
-	r := <-ch
-	return r.st, r.err
 }
 
 // relay is the state two directions of one tunnel share.

@@ -1,7 +1,6 @@
 package tunnel
 
 import (
-	"context"
 	"errors"
 	"io"
 	"net"
@@ -40,7 +39,7 @@ func relayed(t *testing.T, early []byte) (client, target *net.TCPConn, done <-ch
 	proxyTarget, target := pair(t)
 	ch := make(chan Stats, 1)
 	go func() {
-		st, _ := Relay(proxyClient, proxyTarget, early, Options{})
+		st, _ := relayWait(proxyClient, proxyTarget, early, Options{})
 		proxyClient.Close()
 		proxyTarget.Close()
 		ch <- st
@@ -92,41 +91,12 @@ func TestRelayEndsOnReset(t *testing.T) {
 
 func isReset(err error) bool { return errors.Is(err, syscall.ECONNRESET) }
 
-func TestTrackerDrain(t *testing.T) {
-	var tr Tracker
-	a, b := pair(t)
-	tr.Add(a)
-	go func() {
-		time.Sleep(50 * time.Millisecond)
-		tr.Remove(a)
-	}()
-	if err := tr.Drain(context.Background()); err != nil {
-		t.Fatalf("drain: %v", err)
-	}
-	if tr.Add(b) == nil {
-		t.Fatal("Add after Drain accepted a connection")
-	}
-	// Drain with a deadline closes what is left.
-	var tr2 Tracker
-	c, d := pair(t)
-	tr2.Add(c)
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	if err := tr2.Drain(ctx); err == nil {
-		t.Fatal("drain with a live conn returned nil")
-	}
-	_ = d.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := d.Read(make([]byte, 1)); err != io.EOF {
-		t.Fatalf("peer read %v, want EOF after forced close", err)
-	}
-}
-
 func relayedIdle(t *testing.T, idle time.Duration) (client, target *net.TCPConn, done <-chan error) {
 	client, proxyClient := pair(t)
 	proxyTarget, target := pair(t)
 	ch := make(chan error, 1)
 	go func() {
-		_, err := Relay(proxyClient, proxyTarget, nil, Options{Idle: idle})
+		_, err := relayWait(proxyClient, proxyTarget, nil, Options{Idle: idle})
 		proxyClient.Close()
 		proxyTarget.Close()
 		ch <- err
@@ -286,4 +256,16 @@ func TestParkedHalfClose(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
+}
+
+// relayWait is Start that waits for the end and returns what it moved.
+func relayWait(client, target net.Conn, early []byte, o Options) (Stats, error) {
+	type result struct {
+		st  Stats
+		err error
+	}
+	ch := make(chan result, 1)
+	Start(client, target, early, o, func(st Stats, err error) { ch <- result{st, err} })
+	r := <-ch
+	return r.st, r.err
 }

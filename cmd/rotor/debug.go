@@ -7,14 +7,14 @@ import (
 	"net/http/pprof"
 	"time"
 
-	"github.com/rotor-proxy/rotor/tunnel"
+	"github.com/rotor-proxy/rotor/serve"
 )
 
 // startDebug serves net/http/pprof on addr (validated as loopback by
 // config), and /debug/limits: how often each timeout and limit was hit.
 // It is for profiling, for the benchmark tool's goroutine counts and for
 // operators; the server lives until the process exits.
-func startDebug(addr string, hits func() *tunnel.Hits) (net.Addr, error) {
+func startDebug(addr string, hits func() *serve.Hits) (net.Addr, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err

@@ -20,8 +20,8 @@ import (
 	"github.com/rotor-proxy/rotor/httpproxy"
 	"github.com/rotor-proxy/rotor/metrics"
 	"github.com/rotor-proxy/rotor/pool"
+	"github.com/rotor-proxy/rotor/serve"
 	"github.com/rotor-proxy/rotor/socks"
-	"github.com/rotor-proxy/rotor/tunnel"
 )
 
 // errConfig marks errors that are the user's configuration (exit 2).
@@ -40,8 +40,8 @@ type instance struct {
 	httpAddr   net.Addr // nil when disabled
 	socksAddr  net.Addr
 	listeners  []net.Listener
-	httpHits   tunnel.Hits // timeouts and limits hit, by name
-	socksHits  tunnel.Hits
+	httpHits   serve.Hits // timeouts and limits hit, by name
+	socksHits  serve.Hits
 	metrics    *metrics.Metrics // nil without --metrics-listen
 	metricsLn  net.Listener
 	metricsSrv *http.Server
@@ -158,7 +158,7 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 	if in.metricsLn != nil {
 		in.metrics = metrics.New(d.Pool, version)
 	}
-	limit := tunnel.NewLimiter(cfg.MaxConns, log)
+	limit := serve.NewLimiter(cfg.MaxConns, log)
 	if hl != nil {
 		hl = &onceCloseListener{Listener: hl}
 		in.listeners = append(in.listeners, hl)
@@ -301,7 +301,7 @@ func (in *instance) ready() error {
 }
 
 // hits is how often each timeout and limit was hit, both listeners added.
-func (in *instance) hits() *tunnel.Hits { return tunnel.Sum(&in.httpHits, &in.socksHits) }
+func (in *instance) hits() *serve.Hits { return serve.Sum(&in.httpHits, &in.socksHits) }
 
 func (in *instance) serve(f func() error) {
 	in.wg.Add(1)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/rotor-proxy/rotor/config"
 	"github.com/rotor-proxy/rotor/internal/target"
+	"github.com/rotor-proxy/rotor/serve"
 )
 
 // At the connection limit new clients are refused cleanly (503 over HTTP,
@@ -69,7 +70,7 @@ func TestConnectionLimit(t *testing.T) {
 	if !strings.Contains(r.log.String(), `"limit":"max-conns"`) {
 		t.Error("refusals at the limit were not logged")
 	}
-	if n := r.hits().MaxConns.Load(); n < 2 {
+	if n := r.hits().Load(serve.MaxConns); n < 2 {
 		t.Errorf("counted %d refusals at the limit, want at least 2", n)
 	}
 }
@@ -87,7 +88,7 @@ func TestTunnelIdleTimeout(t *testing.T) {
 			t.Fatalf("%s: %v, want the tunnel closed by rotor at its idle timeout", how, err)
 		}
 	}
-	if n := waitCount(func() int64 { return r.hits().IdleTimeout.Load() }, 2); n != 2 {
+	if n := waitCount(func() int64 { return r.hits().Load(serve.IdleTimeout) }, 2); n != 2 {
 		t.Fatalf("counted %d idle timeouts, want 2", n)
 	}
 	if !strings.Contains(r.waitLog(`"timeout":"idle-timeout"`), `"timeout":"idle-timeout"`) {

@@ -44,11 +44,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		}
 		return c.exec(ctx, stdio{stdin: os.Stdin, stdout: stdout, stderr: stderr, getenv: getenv}, args[1:])
 	}
-	return serve(ctx, args, stdout, stderr, getenv)
+	return runProxy(ctx, args, stdout, stderr, getenv)
 }
 
-// serve runs the proxy until ctx ends or a listener fails.
-func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+// runProxy runs the proxy until ctx ends or a listener fails.
+func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
 	cfg, err := config.Parse(args, getenv)
 	if errors.Is(err, pflag.ErrHelp) {
 		usage(stdout)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/rotor-proxy/rotor/config"
 	"github.com/rotor-proxy/rotor/internal/target"
+	"github.com/rotor-proxy/rotor/serve"
 )
 
 // needNetns skips without root or iproute2, except in CI (root), where
@@ -97,7 +98,7 @@ func TestBlackholedTargetTimesOut(t *testing.T) {
 	if _, err := getVia(ctx, proxyClient(r.httpURL(), 1), "http://"+dst+"/"); err == nil || !strings.Contains(err.Error(), "504") {
 		t.Fatalf("GET via HTTP to a black hole: %v, want 504", err)
 	}
-	if n := waitCount(func() int64 { return r.hits().DialTimeout.Load() }, 3); n != 3 {
+	if n := waitCount(func() int64 { return r.hits().Load(serve.DialTimeout) }, 3); n != 3 {
 		t.Fatalf("counted %d dial timeouts, want 3", n)
 	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/rotor-proxy/rotor/config"
 	"github.com/rotor-proxy/rotor/internal/target"
+	"github.com/rotor-proxy/rotor/serve"
 )
 
 // 1,000 clients that send one byte every 500 ms (half HTTP, half SOCKS5)
@@ -109,8 +110,8 @@ func TestSlowloris(t *testing.T) {
 		t.Fatalf("%d of %d slow clients still open past their 2s timeout", open, slow)
 	}
 	// Each was counted once, by name, and logged with it.
-	h := waitCount(func() int64 { return r.hits().HeaderTimeout.Load() }, slow/2)
-	if h, s := h, waitCount(func() int64 { return r.hits().HandshakeTimeout.Load() }, slow/2); h != slow/2 || s != slow/2 {
+	h := waitCount(func() int64 { return r.hits().Load(serve.HeaderTimeout) }, slow/2)
+	if h, s := h, waitCount(func() int64 { return r.hits().Load(serve.HandshakeTimeout) }, slow/2); h != slow/2 || s != slow/2 {
 		t.Fatalf("counted %d header-timeout and %d handshake-timeout, want %d each", h, s, slow/2)
 	}
 	for _, name := range []string{`"timeout":"header-timeout"`, `"timeout":"handshake-timeout"`} {

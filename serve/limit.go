@@ -1,4 +1,4 @@
-package tunnel
+package serve
 
 import (
 	"sync/atomic"
@@ -67,7 +67,7 @@ func (l *Limiter) Acquire() bool {
 		l.refused.Add(1)
 		now := time.Now().UnixNano()
 		if last := l.lastLog.Load(); now-last >= int64(time.Second) && l.lastLog.CompareAndSwap(last, now) {
-			l.log.Warn().Str("limit", "max-conns").Int64("max", l.max).Int64("refused", l.refused.Swap(0)).
+			l.log.Warn().Stringer("limit", MaxConns).Int64("max", l.max).Int64("refused", l.refused.Swap(0)).
 				Msg("connection limit reached; refusing new clients")
 		}
 		return false
@@ -81,12 +81,4 @@ func (l *Limiter) Release() {
 		return
 	}
 	l.n.Add(-1)
-}
-
-// InUse returns the slots taken.
-func (l *Limiter) InUse() int64 {
-	if l == nil {
-		return 0
-	}
-	return l.n.Load()
 }

@@ -1,4 +1,4 @@
-package tunnel
+package serve
 
 import (
 	"context"
@@ -18,7 +18,7 @@ type Tracker struct {
 	// Remove gives it back, so no path can leak one.
 	Limit *Limiter
 	// Hits, when set, counts the clients refused at the limit
-	// ("max-conns") for this server.
+	// (MaxConns) for this server.
 	Hits *Hits
 
 	mu       sync.Mutex
@@ -49,7 +49,7 @@ func (t *Tracker) Add(c net.Conn) error {
 		return ErrDraining
 	}
 	if !t.Limit.Acquire() {
-		t.Hits.Add("max-conns")
+		t.Hits.Add(MaxConns)
 		return ErrLimit
 	}
 	if t.conns == nil {

@@ -13,7 +13,7 @@ import (
 //
 //	go test -run '^$' -bench Check -benchmem ./auth/
 func BenchmarkCheck(b *testing.B) {
-	sha := SingleUser("scraper", "a-long-proxy-password")
+	sha, _ := Build([]UserSpec{PlainUser("scraper", "a-long-proxy-password")}, nil, nil)
 	specs, err := ParseUsers(strings.NewReader(
 		"scraper:$2y$10$FhmB6wMlMcdE7UEXjldB7eOais0RHb.C4PoeXDN/ScHrb.j.mx7Ai")) // bcrypt -C 10 of "a-long-proxy-password"
 	if err != nil {

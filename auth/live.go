@@ -72,13 +72,3 @@ func (s *State) PoolFor(usr *User) *pool.Pool {
 	}
 	return nil
 }
-
-// Static is a Live that never changes: users (nil for none) over the
-// pool of whoever dials, without an allowlist. For tests and embedding.
-func Static(users *Users) *Live { return NewLive(&State{Users: users}, nil) }
-
-// SingleUser is a Users of one user with no limits.
-func SingleUser(name, pass string) *Users {
-	u, _ := Build([]UserSpec{PlainUser(name, pass)}, nil, nil)
-	return u
-}

@@ -30,7 +30,7 @@ func bcryptLine(t testing.TB, name, pass string) string {
 
 func testPool(t testing.TB) *pool.Pool {
 	t.Helper()
-	p, err := pool.New([]netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3"),
+	p, err := newPool([]netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3"),
 		netip.MustParseAddr("127.0.0.4"), netip.MustParseAddr("127.0.0.5")}, pool.RoundRobin)
 	if err != nil {
 		t.Fatal(err)
@@ -278,8 +278,23 @@ func TestUnknownNameCostsAWrongPassword(t *testing.T) {
 	if _, err := u.Check(nil, netip.Addr{}, []byte("mallory"), []byte("x")); err == nil {
 		t.Fatal("unknown user accepted")
 	}
-	sha := SingleUser("carol", "y")
+	sha := singleUser("carol", "y")
 	if sha.dummy != nil {
 		t.Fatal("no bcrypt users, yet a dummy bcrypt hash")
 	}
+}
+
+// newPool is a pool of single addresses.
+func newPool(addrs []netip.Addr, s pool.Strategy) (*pool.Pool, error) {
+	var entries []netip.Prefix
+	for _, a := range addrs {
+		entries = append(entries, pool.Single(a))
+	}
+	return pool.NewPrefixes(entries, s)
+}
+
+// singleUser is a Users of one plain-password user with no limits.
+func singleUser(name, pass string) *Users {
+	u, _ := Build([]UserSpec{PlainUser(name, pass)}, nil, nil)
+	return u
 }

@@ -15,7 +15,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/rotor-proxy/rotor/auth"
+	"github.com/rotor-proxy/rotor/internal/testkit"
 	"github.com/rotor-proxy/rotor/metrics"
 	"github.com/rotor-proxy/rotor/pool"
 )
@@ -35,7 +35,7 @@ func BenchmarkForward(b *testing.B) {
 		}
 		b.Run(variant, func(b *testing.B) {
 			origin := benchOrigin(b)
-			p, err := pool.New([]netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")}, pool.RoundRobin)
+			p, err := testkit.Pool([]netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")}, pool.RoundRobin)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -46,7 +46,7 @@ func BenchmarkForward(b *testing.B) {
 				dopts.OnDial = m.Dialed
 			}
 			s := New(Options{Dialer: pool.NewDialer(p, dopts),
-				Access: auth.Static(auth.SingleUser(user, pass)), Log: log, Metrics: m})
+				Access: testkit.Access(testkit.OneUser(user, pass)), Log: log, Metrics: m})
 			ln, _ := net.Listen("tcp", "127.0.0.1:0")
 			go func() { _ = s.Serve(ln) }()
 			defer closeNow(s)

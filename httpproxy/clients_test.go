@@ -19,6 +19,8 @@ import (
 	"golang.org/x/net/websocket"
 
 	"github.com/rotor-proxy/rotor/auth"
+	"github.com/rotor-proxy/rotor/dest"
+	"github.com/rotor-proxy/rotor/internal/testkit"
 	"github.com/rotor-proxy/rotor/pool"
 )
 
@@ -92,8 +94,8 @@ func requireInCI(t *testing.T, why string) {
 func TestExpectContinueRefusedAtOnce(t *testing.T) {
 	o := origin(t, func(http.ResponseWriter, *http.Request) { t.Error("origin reached") })
 	proxy, _ := testProxy(t, func(opt *Options) {
-		p, _ := pool.New([]netip.Addr{netip.MustParseAddr("127.0.0.2")}, pool.RoundRobin)
-		opt.Dialer = pool.NewDialer(p, pool.DialerOptions{Timeout: 5 * time.Second, Policy: pool.NewPolicy(nil, nil)})
+		p, _ := testkit.Pool([]netip.Addr{netip.MustParseAddr("127.0.0.2")}, pool.RoundRobin)
+		opt.Dialer = pool.NewDialer(p, pool.DialerOptions{Timeout: 5 * time.Second, Policy: dest.NewPolicy(nil, nil)})
 	})
 	for name, creds := range map[string]string{"no credentials": "", "wrong password": basic(user, "wrong"), "forbidden target": authHeader} {
 		t.Run(name, func(t *testing.T) {
@@ -189,7 +191,7 @@ func TestUnbracketedIPv6(t *testing.T) {
 	defer srv.Close()
 	port := fmt.Sprint(ln.Addr().(*net.TCPAddr).Port)
 	proxy, _ := testProxy(t, func(opt *Options) {
-		p, _ := pool.New([]netip.Addr{netip.MustParseAddr("::1")}, pool.RoundRobin)
+		p, _ := testkit.Pool([]netip.Addr{netip.MustParseAddr("::1")}, pool.RoundRobin)
 		opt.Dialer = pool.NewDialer(p, pool.DialerOptions{Timeout: 5 * time.Second})
 	})
 	rc := dialProxy(t, proxy)
@@ -213,12 +215,12 @@ func TestUnbracketedIPv6(t *testing.T) {
 func TestLatin1Credentials(t *testing.T) {
 	o := origin(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
 	proxy, _ := testProxy(t, func(opt *Options) {
-		p, _ := pool.New([]netip.Addr{netip.MustParseAddr("127.0.0.2")}, pool.RoundRobin)
+		p, _ := testkit.Pool([]netip.Addr{netip.MustParseAddr("127.0.0.2")}, pool.RoundRobin)
 		us, err := auth.Build([]auth.UserSpec{auth.PlainUser("jürgen", "pässwörd")}, p, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		opt.Access = auth.Static(us)
+		opt.Access = testkit.Access(us)
 	})
 	latin1 := []byte{'j', 0xfc, 'r', 'g', 'e', 'n', ':', 'p', 0xe4, 's', 's', 'w', 0xf6, 'r', 'd'}
 	for name, creds := range map[string][]byte{"ISO-8859-1": latin1, "UTF-8": []byte("jürgen:pässwörd")} {

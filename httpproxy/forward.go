@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/rotor-proxy/rotor/dest"
 	"github.com/rotor-proxy/rotor/pool"
 	"github.com/rotor-proxy/rotor/tunnel"
 )
@@ -58,7 +59,7 @@ func (cc *clientConn) forward(r *request, who identity, sess pool.Session, start
 		return false, false
 	}
 	x := &exchange{cc: cc, r: r, who: who, sess: sess, start: start, fam: pool.Any}
-	if ip, ok := pool.ParseHost(r.host); ok {
+	if ip, ok := dest.ParseHost(r.host); ok {
 		x.ip = ip
 		x.fam = pool.FamilyOf(r.host)
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/rotor-proxy/rotor/auth"
 	"github.com/rotor-proxy/rotor/internal/target"
+	"github.com/rotor-proxy/rotor/internal/testkit"
 	"github.com/rotor-proxy/rotor/pool"
 	"github.com/rotor-proxy/rotor/serve"
 )
@@ -49,7 +50,7 @@ func (l *logBuf) String() string {
 // above plus u/p; set may change the options first.
 func testProxy(t *testing.T, set func(*Options)) (string, *Server) {
 	t.Helper()
-	p, err := pool.New([]netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")}, pool.RoundRobin)
+	p, err := testkit.Pool([]netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")}, pool.RoundRobin)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +63,7 @@ func testProxy(t *testing.T, set func(*Options)) (string, *Server) {
 		t.Fatal(err)
 	}
 	o := Options{Dialer: pool.NewDialer(p, pool.DialerOptions{Timeout: 5 * time.Second, Resolver: target.OfflineResolver()}),
-		Access: auth.Static(us), Log: zerolog.Nop()}
+		Access: testkit.Access(us), Log: zerolog.Nop()}
 	if set != nil {
 		set(&o)
 	}
@@ -252,7 +253,7 @@ func TestUpstreamNotSharedBetweenUsers(t *testing.T) {
 			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
 		}
 	})
-	p, err := pool.New([]netip.Addr{netip.MustParseAddr("127.0.0.2")}, pool.RoundRobin)
+	p, err := testkit.Pool([]netip.Addr{netip.MustParseAddr("127.0.0.2")}, pool.RoundRobin)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -352,7 +353,7 @@ func TestRetryOnlyWhatIsSafe(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o, seen := staleOrigin(t)
-			p, err := pool.New([]netip.Addr{netip.MustParseAddr("127.0.0.2")}, pool.RoundRobin)
+			p, err := testkit.Pool([]netip.Addr{netip.MustParseAddr("127.0.0.2")}, pool.RoundRobin)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -19,8 +19,8 @@ import (
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
-	"github.com/rotor-proxy/rotor/auth"
 	"github.com/rotor-proxy/rotor/internal/target"
+	"github.com/rotor-proxy/rotor/internal/testkit"
 	"github.com/rotor-proxy/rotor/pool"
 	"github.com/rotor-proxy/rotor/serve"
 )
@@ -34,7 +34,7 @@ func startProxy(t *testing.T, dialTimeout time.Duration) string {
 	t.Helper()
 	addr, _ := testProxy(t, func(o *Options) {
 		o.Dialer = pool.NewDialer(o.Dialer.Pool(), pool.DialerOptions{Timeout: dialTimeout, Resolver: target.OfflineResolver()})
-		o.Access = auth.Static(auth.SingleUser(user, pass))
+		o.Access = testkit.Access(testkit.OneUser(user, pass))
 	})
 	return addr
 }
@@ -310,7 +310,7 @@ func TestSilentOriginIs504(t *testing.T) {
 			c.Close()
 		}
 	}()
-	p, err := pool.New([]netip.Addr{netip.MustParseAddr("127.0.0.2")}, pool.RoundRobin)
+	p, err := testkit.Pool([]netip.Addr{netip.MustParseAddr("127.0.0.2")}, pool.RoundRobin)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/rotor-proxy/rotor/internal/testkit"
 	"github.com/rotor-proxy/rotor/pool"
 	"github.com/rotor-proxy/rotor/serve"
 )
@@ -124,7 +125,7 @@ func TestIdleReusedAfterDeadline(t *testing.T) {
 			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 		}
 	})
-	p, err := pool.New([]netip.Addr{netip.MustParseAddr("127.0.0.2")}, pool.RoundRobin)
+	p, err := testkit.Pool([]netip.Addr{netip.MustParseAddr("127.0.0.2")}, pool.RoundRobin)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/rotor-proxy/rotor/dest"
 )
 
 // ErrNoAddress is returned when a host name has no address in the family
@@ -35,7 +37,7 @@ type Dialer struct {
 	timeout    time.Duration
 	dnsTimeout time.Duration
 	resolver   *net.Resolver
-	policy     *Policy
+	policy     *dest.Policy
 	onChange   func(src *Source, up bool, err error)
 	onDial     func(src *Source, took time.Duration, err error)
 	prefer     Family
@@ -51,7 +53,7 @@ type DialerOptions struct {
 	// Resolver resolves host names; nil means net.DefaultResolver.
 	Resolver *net.Resolver
 	// Policy refuses forbidden destinations; nil allows every address.
-	Policy *Policy
+	Policy *dest.Policy
 	// DNSTimeout bounds resolving a name; zero means Timeout alone.
 	DNSTimeout time.Duration
 	// OnChange, when set, is told each time a source goes out of rotation
@@ -157,7 +159,7 @@ func (d *Dialer) Dial(ctx context.Context, target string, s Session) (*net.TCPCo
 	if err != nil {
 		return nil, nil, err
 	}
-	if ip, ok := ParseHost(host); ok {
+	if ip, ok := dest.ParseHost(host); ok {
 		return d.DialAddr(ctx, netip.AddrPortFrom(ip, port), s)
 	}
 	return d.DialName(ctx, host, port, s)
@@ -364,7 +366,7 @@ func (d *Dialer) dialIP(ctx context.Context, src *Source, local netip.Addr, dst 
 // dial connects from local (an address of src) to host, which is
 // resolved in src's family when it is a name.
 func (d *Dialer) dial(ctx context.Context, src *Source, local netip.Addr, host string, port uint16) (*net.TCPConn, error) {
-	if ip, ok := ParseHost(host); ok {
+	if ip, ok := dest.ParseHost(host); ok {
 		return d.dialIP(ctx, src, local, netip.AddrPortFrom(ip, port))
 	}
 	// A name: the timeout bounds resolution and connects together.

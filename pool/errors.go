@@ -7,6 +7,7 @@ import (
 	"os"
 	"syscall"
 
+	"github.com/rotor-proxy/rotor/dest"
 	"github.com/rotor-proxy/rotor/serve"
 )
 
@@ -45,7 +46,7 @@ func Classify(err error) Class {
 	switch {
 	case err == nil:
 		return ClassOther
-	case errors.Is(err, ErrForbidden):
+	case errors.Is(err, dest.ErrForbidden):
 		return ClassForbidden
 	case errors.Is(err, ErrRateLimited):
 		return ClassRateLimited

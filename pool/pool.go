@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/rotor-proxy/rotor/dest"
 )
 
 // Family restricts a pick to the sources that can reach a target.
@@ -46,7 +48,7 @@ func (f Family) String() string {
 // FamilyOf tells which sources can dial host: IPv4 or IPv6 for an address
 // literal (IPv4-mapped IPv6 counts as IPv4), Any for a name.
 func FamilyOf(host string) Family {
-	a, ok := ParseHost(host)
+	a, ok := dest.ParseHost(host)
 	if !ok {
 		return Any
 	}
@@ -124,15 +126,6 @@ type Pool struct {
 	burst    int
 	// nextIndex is the Index the next new source gets (see Rebuild).
 	nextIndex int
-}
-
-// New builds a pool of single addresses; see NewPrefixes.
-func New(addrs []netip.Addr, strategy Strategy) (*Pool, error) {
-	entries := make([]netip.Prefix, len(addrs))
-	for i, a := range addrs {
-		entries[i] = Single(a)
-	}
-	return NewPrefixes(entries, strategy)
 }
 
 // Single is the pool entry for one address: its /32 or /128.

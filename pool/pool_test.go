@@ -162,3 +162,12 @@ func TestFamilyOf(t *testing.T) {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// New builds a pool of single addresses, for this package's tests.
+func New(addrs []netip.Addr, strategy Strategy) (*Pool, error) {
+	entries := make([]netip.Prefix, len(addrs))
+	for i, a := range addrs {
+		entries[i] = Single(a)
+	}
+	return NewPrefixes(entries, strategy)
+}

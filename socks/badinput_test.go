@@ -14,7 +14,8 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/rotor-proxy/rotor/auth"
+	"github.com/rotor-proxy/rotor/dest"
+	"github.com/rotor-proxy/rotor/internal/testkit"
 	"github.com/rotor-proxy/rotor/pool"
 )
 
@@ -29,13 +30,13 @@ func countingResolver(n *atomic.Int64) *net.Resolver {
 
 func TestBadSOCKSInput(t *testing.T) {
 	var queries atomic.Int64
-	p, err := pool.New([]netip.Addr{netip.MustParseAddr("127.0.0.2")}, pool.RoundRobin)
+	p, err := testkit.Pool([]netip.Addr{netip.MustParseAddr("127.0.0.2")}, pool.RoundRobin)
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := New(Options{Dialer: pool.NewDialer(p, pool.DialerOptions{Timeout: 5 * time.Second, Resolver: countingResolver(&queries),
-		Policy: pool.NewPolicy(nil, nil)}),
-		Access: auth.Static(auth.SingleUser(user, pass)), HandshakeTimeout: 500 * time.Millisecond, Log: zerolog.Nop()})
+		Policy: dest.NewPolicy(nil, nil)}),
+		Access: testkit.Access(testkit.OneUser(user, pass)), HandshakeTimeout: 500 * time.Millisecond, Log: zerolog.Nop()})
 	addr := serveOn(t, s)
 
 	auth := append([]byte{5, 1, 2}, authMsg(user, pass)...)

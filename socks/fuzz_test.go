@@ -9,7 +9,8 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/rotor-proxy/rotor/auth"
+	"github.com/rotor-proxy/rotor/dest"
+	"github.com/rotor-proxy/rotor/internal/testkit"
 	"github.com/rotor-proxy/rotor/pool"
 )
 
@@ -47,12 +48,12 @@ func FuzzHandshake(f *testing.F) {
 	} {
 		f.Add(seed)
 	}
-	p, err := pool.New([]netip.Addr{netip.MustParseAddr("127.0.0.2")}, pool.RoundRobin)
+	p, err := testkit.Pool([]netip.Addr{netip.MustParseAddr("127.0.0.2")}, pool.RoundRobin)
 	if err != nil {
 		f.Fatal(err)
 	}
-	s := New(Options{Dialer: pool.NewDialer(p, pool.DialerOptions{Timeout: time.Second, Resolver: failingResolver(), Policy: pool.DenyAll()}),
-		Access: auth.Static(auth.SingleUser(user, pass)), Log: zerolog.Nop()})
+	s := New(Options{Dialer: pool.NewDialer(p, pool.DialerOptions{Timeout: time.Second, Resolver: failingResolver(), Policy: &dest.Policy{Deny: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}}}),
+		Access: testkit.Access(testkit.OneUser(user, pass)), Log: zerolog.Nop()})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c := &memConn{in: bytes.NewReader(data)}
 		target, _, err := s.handshake(c, &session{reply: noReply})

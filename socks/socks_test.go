@@ -16,6 +16,7 @@ import (
 
 	"github.com/rotor-proxy/rotor/auth"
 	"github.com/rotor-proxy/rotor/internal/target"
+	"github.com/rotor-proxy/rotor/internal/testkit"
 	"github.com/rotor-proxy/rotor/pool"
 )
 
@@ -25,7 +26,7 @@ const user, pass = "alice", "wonderland"
 
 func startServer(t *testing.T, creds *auth.Live, handshake time.Duration) (*Server, string) {
 	t.Helper()
-	p, err := pool.New([]netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")}, pool.RoundRobin)
+	p, err := testkit.Pool([]netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")}, pool.RoundRobin)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +90,7 @@ func connectIPv4(ap netip.AddrPort, cmd byte) []byte {
 }
 
 func TestProtocol(t *testing.T) {
-	_, addr := startServer(t, auth.Static(auth.SingleUser(user, pass)), 5*time.Second)
+	_, addr := startServer(t, testkit.Access(testkit.OneUser(user, pass)), 5*time.Second)
 	target := peerServer(t)
 	greetAuth := append([]byte{5, 1, 2}, authMsg(user, pass)...)
 	for _, tc := range []struct {
@@ -145,7 +146,7 @@ func TestNoCredentials(t *testing.T) {
 // A client that stops mid-handshake is closed at the deadline, and other
 // clients are served meanwhile.
 func TestHandshakeDeadline(t *testing.T) {
-	s, addr := startServer(t, auth.Static(auth.SingleUser(user, pass)), 300*time.Millisecond)
+	s, addr := startServer(t, testkit.Access(testkit.OneUser(user, pass)), 300*time.Millisecond)
 	target := peerServer(t)
 	for _, partial := range [][]byte{{}, {5}, {5, 1, 2}, {5, 1, 2, 1, 5, 'a'}, append([]byte{5, 1, 2}, authMsg(user, pass)...)} {
 		c, err := net.Dial("tcp", addr)

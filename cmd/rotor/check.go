@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/rotor-proxy/rotor/config"
+	"github.com/rotor-proxy/rotor/dest"
 	"github.com/rotor-proxy/rotor/pool"
 )
 
@@ -73,7 +74,7 @@ func check(ctx context.Context, fs *pflag.FlagSet, getenv func(string) string, o
 		return fmt.Errorf("%w: %w", errConfig, err)
 	}
 	// The same policy as the server's, the host's own addresses included.
-	policy := pool.NewPolicy(allowDest, nil)
+	policy := dest.NewPolicy(allowDest, nil)
 	if err := policy.LoadHostAddrs(); err != nil {
 		return err
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/rotor-proxy/rotor/auth"
 	"github.com/rotor-proxy/rotor/config"
+	"github.com/rotor-proxy/rotor/dest"
 	"github.com/rotor-proxy/rotor/httpproxy"
 	"github.com/rotor-proxy/rotor/metrics"
 	"github.com/rotor-proxy/rotor/pool"
@@ -133,7 +134,7 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 	}
 	// It refuses the host's own addresses too: read here, before the
 	// first request, and kept current by WatchAddresses below.
-	policy := pool.NewPolicy(cfg.AllowDest, self)
+	policy := dest.NewPolicy(cfg.AllowDest, self)
 	if err := policy.LoadHostAddrs(); err != nil {
 		closeListeners(hl, sl, in.metricsLn)
 		return nil, err

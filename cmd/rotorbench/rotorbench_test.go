@@ -11,9 +11,9 @@ import (
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
-	"github.com/rotor-proxy/rotor/auth"
 	"github.com/rotor-proxy/rotor/httpproxy"
 	"github.com/rotor-proxy/rotor/internal/target"
+	"github.com/rotor-proxy/rotor/internal/testkit"
 	"github.com/rotor-proxy/rotor/pool"
 	"github.com/rotor-proxy/rotor/socks"
 )
@@ -59,12 +59,12 @@ func inProcessRotor(t *testing.T) (httpAddr, socksAddr string) {
 	for _, a := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"} {
 		addrs = append(addrs, netip.MustParseAddr(a))
 	}
-	p, err := pool.New(addrs, pool.RoundRobin)
+	p, err := testkit.Pool(addrs, pool.RoundRobin)
 	if err != nil {
 		t.Fatal(err)
 	}
 	d := pool.NewDialer(p, pool.DialerOptions{Timeout: 5 * time.Second, Resolver: target.OfflineResolver()})
-	creds := auth.Static(auth.SingleUser(benchUser, benchPass))
+	creds := testkit.Access(testkit.OneUser(benchUser, benchPass))
 	hs := httpproxy.New(httpproxy.Options{Dialer: d, Access: creds, Log: zerolog.Nop()})
 	ss := socks.New(socks.Options{Dialer: d, Access: creds, Log: zerolog.Nop()})
 	hl, _ := net.Listen("tcp", "127.0.0.1:0")

@@ -1,12 +1,18 @@
-package pool
+// Package dest decides which destinations rotor may connect to: the
+// policy that keeps a proxy reachable from outside from becoming a way
+// into the host's own services, its private networks or a cloud metadata
+// endpoint, and the parser that reads every spelling of an IP address a
+// client may send (inet_aton's included) as the address it denotes.
+//
+// The dialer (package pool) checks every address it is about to dial,
+// after name resolution; the listeners never see a forbidden address.
+package dest
 
 import (
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"strconv"
-	"strings"
 	"sync/atomic"
 )
 
@@ -19,11 +25,12 @@ var ErrForbidden = errors.New("destination forbidden by policy")
 // runs on the address actually dialled, after name resolution, so a name
 // that resolves (or re-resolves) to a forbidden address is refused too.
 //
-// The zero Policy allows everything; NewPolicy builds the default one.
+// The zero Policy refuses only the unspecified addresses; NewPolicy
+// builds the default one. A nil *Policy allows everything.
 type Policy struct {
-	deny  []netip.Prefix
-	allow []netip.Prefix   // exceptions to deny (--allow-dest)
-	self  []netip.AddrPort // rotor's own listeners
+	Deny  []netip.Prefix   // refused ranges (NewPolicy: DefaultDeny)
+	Allow []netip.Prefix   // exceptions to Deny and the host's addresses (--allow-dest)
+	Self  []netip.AddrPort // rotor's own listeners, refused whatever Allow says
 	// host holds every address configured on the host's interfaces: a
 	// service bound to the wildcard address answers on each of them, so
 	// dialling one is dialling the host. Replaced whole from the kernel's
@@ -59,7 +66,7 @@ func DefaultDeny() []netip.Prefix {
 // also rotor's own listen addresses (self). The host's own addresses are
 // refused once LoadHostAddrs or SetHostAddrs has told it what they are.
 func NewPolicy(allow []netip.Prefix, self []netip.AddrPort) *Policy {
-	return &Policy{deny: DefaultDeny(), allow: allow, self: self}
+	return &Policy{Deny: DefaultDeny(), Allow: allow, Self: self}
 }
 
 // Check returns nil if dst may be dialled, or an error wrapping
@@ -94,12 +101,12 @@ func (p *Policy) refuses(ip netip.Addr, port uint16) string {
 		// so no --allow-dest opens them.
 		return ip.String() + " is the unspecified address, which reaches this host"
 	}
-	for _, s := range p.self {
+	for _, s := range p.Self {
 		if port == s.Port() && (ip == s.Addr().Unmap() || s.Addr().IsUnspecified()) {
 			return netip.AddrPortFrom(ip, port).String() + " is rotor's own listener"
 		}
 	}
-	for _, a := range p.allow {
+	for _, a := range p.Allow {
 		if a.Contains(ip) {
 			return ""
 		}
@@ -109,7 +116,7 @@ func (p *Policy) refuses(ip netip.Addr, port uint16) string {
 			return ip.String() + " is an address of this host (open it with --allow-dest)"
 		}
 	}
-	for _, d := range p.deny {
+	for _, d := range p.Deny {
 		if d.Contains(ip) {
 			return fmt.Sprintf("%s is in %s (open it with --allow-dest)", ip, d)
 		}
@@ -201,62 +208,4 @@ func (p *Policy) LoadHostAddrs() error {
 	}
 	p.SetHostAddrs(addrs)
 	return nil
-}
-
-// ParseHost returns the address a host names when it is an IP literal,
-// including the spellings inet_aton(3) accepts and that some resolvers and
-// clients honour: "127.1", "2130706433", "0x7f000001", "0177.0.0.1". Such
-// a host is treated as the address it denotes, never sent to DNS.
-func ParseHost(host string) (netip.Addr, bool) {
-	if a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")); err == nil {
-		return a.Unmap().WithZone(""), true
-	}
-	return parseLegacyIPv4(host)
-}
-
-// parseLegacyIPv4 parses inet_aton's forms: 1 to 4 dot-separated parts,
-// each decimal, octal (leading 0) or hex (0x); the last part fills the
-// remaining bytes.
-func parseLegacyIPv4(s string) (netip.Addr, bool) {
-	if s == "" || strings.HasSuffix(s, ".") {
-		return netip.Addr{}, false
-	}
-	parts := strings.Split(s, ".")
-	if len(parts) > 4 {
-		return netip.Addr{}, false
-	}
-	var vals []uint64
-	for _, p := range parts {
-		base := 10
-		switch {
-		case len(p) > 2 && (p[:2] == "0x" || p[:2] == "0X"):
-			base, p = 16, p[2:]
-		case len(p) > 1 && p[0] == '0':
-			base, p = 8, p[1:]
-		}
-		v, err := strconv.ParseUint(p, base, 32)
-		if err != nil {
-			return netip.Addr{}, false
-		}
-		vals = append(vals, v)
-	}
-	var ip uint64
-	for i, v := range vals[:len(vals)-1] {
-		if v > 255 {
-			return netip.Addr{}, false
-		}
-		ip |= v << (24 - 8*uint(i))
-	}
-	last := vals[len(vals)-1]
-	if rest := uint(8 * (4 - len(vals) + 1)); last >= 1<<rest {
-		return netip.Addr{}, false
-	}
-	ip |= last
-	return netip.AddrFrom4([4]byte{byte(ip >> 24), byte(ip >> 16), byte(ip >> 8), byte(ip)}), true
-}
-
-// DenyAll refuses every destination: for fuzzing the protocol code with
-// whatever addresses the fuzzer invents, without a packet leaving.
-func DenyAll() *Policy {
-	return &Policy{deny: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}}
 }

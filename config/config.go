@@ -21,6 +21,7 @@ import (
 	"github.com/rotor-proxy/rotor/auth"
 	"github.com/rotor-proxy/rotor/httpproxy"
 	"github.com/rotor-proxy/rotor/pool"
+	"github.com/rotor-proxy/rotor/pool/health"
 	"github.com/rotor-proxy/rotor/socks"
 )
 
@@ -258,7 +259,7 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 		}
 	}
 	if c.HealthTarget = str("health-target"); c.HealthTarget != "" {
-		if err := pool.ParseHealthTarget(c.HealthTarget); err != nil {
+		if err := health.ParseTarget(c.HealthTarget); err != nil {
 			return Config{}, err
 		}
 	}

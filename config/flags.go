@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/rotor-proxy/rotor/pool"
+	"github.com/rotor-proxy/rotor/pool/health"
 )
 
 // flagDef is one flag: its default's type is the flag's type, and env
@@ -70,10 +71,10 @@ func flagGroups() []flagGroup {
 		}},
 		{"Health", []flagDef{
 			{"health-target", "HEALTH_TARGET", "", "host:port or http(s) URL probed from every source address each --health-interval; empty: no active probes"},
-			{"health-interval", "HEALTH_INTERVAL", pool.DefaultHealthInterval, "how often sources are probed, and addresses that could not be bound re-checked"},
+			{"health-interval", "HEALTH_INTERVAL", health.DefaultInterval, "how often sources are probed, and addresses that could not be bound re-checked"},
 			{"health-timeout", "HEALTH_TIMEOUT", time.Duration(0), "bound on one probe; 0: the smaller of --health-interval and 10s"},
-			{"health-fall", "HEALTH_FALL", pool.DefaultHealthFall, "consecutive failed probes that take a source out of rotation"},
-			{"health-rise", "HEALTH_RISE", pool.DefaultHealthRise, "consecutive passed probes that bring a source back"},
+			{"health-fall", "HEALTH_FALL", health.DefaultFall, "consecutive failed probes that take a source out of rotation"},
+			{"health-rise", "HEALTH_RISE", health.DefaultRise, "consecutive passed probes that bring a source back"},
 		}},
 		{"Observability", []flagDef{
 			{"metrics-listen", "METRICS_ADDR", "", "serve Prometheus /metrics, /healthz and /readyz on this address; empty disables"},

@@ -54,7 +54,7 @@ func (x *exchange) fail(err error) bool {
 		x.deadline(cc.c, false)
 		cc.writeError(status, msg, closeAfter, nil)
 	}
-	s.logRequest(r, x.who, x.src, x.local(), status, r.bodyRead(), 0, x.start, err)
+	s.logRequest(r, x.who, x.eg.Src, x.local(), status, r.bodyRead(), 0, x.start, err)
 	return !closeAfter && status != 0
 }
 
@@ -86,12 +86,12 @@ func (x *exchange) upgrade(resp *response, done func()) (keep, handedOff bool) {
 	x.deadline(cc.c, false)
 	if err := cc.bw.Flush(); err != nil {
 		uc.close()
-		s.logRequest(x.r, x.who, x.src, uc.local, resp.status, 0, 0, x.start, err)
+		s.logRequest(x.r, x.who, x.eg.Src, uc.local, resp.status, 0, 0, x.start, err)
 		return false, false
 	}
 	_ = cc.c.SetDeadline(time.Time{})
 	_ = uc.c.SetDeadline(time.Time{})
-	s.opts.Metrics.Source(x.src).Request(metrics.HTTP, nil)
-	s.startTunnel(cc.c, uc.c, cc.takeBuffered(), reqInfo(x.r, x.who), x.src, uc.local, http.StatusSwitchingProtocols, x.start, done)
+	s.opts.Metrics.Source(x.eg.Src).Request(metrics.HTTP, nil)
+	s.startTunnel(cc.c, uc.c, cc.takeBuffered(), reqInfo(x.r, x.who), x.eg.Src, uc.local, http.StatusSwitchingProtocols, x.start, done)
 	return false, true
 }

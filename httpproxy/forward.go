@@ -30,7 +30,7 @@ type exchange struct {
 	sess  pool.Session
 	start time.Time
 
-	src    *pool.Source
+	eg     pool.Egress // chosen before dialling when the idle pool may serve; Src nil otherwise
 	fam    pool.Family
 	ip     netip.Addr // the target, when an address literal
 	reuse  bool       // the connection may come from and go back to the idle pool
@@ -68,13 +68,13 @@ func (cc *clientConn) forward(r *request, who identity, sess pool.Session, start
 	// choose the family (see pool.Dialer.DialName), so it dials afresh;
 	// so does a block source, which binds a new random address each time.
 	if x.fam != pool.Any || !s.opts.Dialer.PoolFor(sess).Mixed() {
-		src, err := s.opts.Dialer.Pick(s.baseCtx, x.fam, sess)
+		eg, err := s.opts.Dialer.Choose(s.baseCtx, x.fam, sess)
 		if err != nil {
 			return x.fail(err), false
 		}
-		x.src = src
+		x.eg = eg
 	}
-	x.reuse = x.src != nil && !x.src.Block && r.upgrade == "" && !r.bodyIgnorable()
+	x.reuse = x.eg.Src != nil && !x.eg.Src.Block && r.upgrade == "" && !r.bodyIgnorable()
 	for attempt := 0; ; attempt++ {
 		if err := x.open(attempt == 0); err != nil {
 			return x.fail(err), false
@@ -99,21 +99,21 @@ func (x *exchange) open(mayReuse bool) error {
 	s := x.cc.s
 	x.uc, x.reused = nil, false
 	if mayReuse && x.reuse {
-		if uc := s.idle.take(x.src, x.key(x.src.Addr)); uc != nil {
+		if uc := s.idle.take(x.eg.Src, x.key(x.eg.Local)); uc != nil {
 			x.uc, x.reused = uc, true
 			return nil
 		}
 	}
-	uc, used, err := s.dialUpstream(x.src, x.sess, x.r)
-	if err != nil && x.src != nil && pool.IsLocal(err) {
-		// The source left the host: DialFrom took it out of rotation;
-		// try once from another.
-		if next, perr := s.opts.Dialer.Pick(s.baseCtx, x.fam, x.sess); perr == nil && next != x.src {
+	uc, used, err := s.dialUpstream(x.eg, x.sess, x.r)
+	if err != nil && x.eg.Src != nil && pool.IsLocal(err) {
+		// The source left the host: OpenTCP took it out of rotation;
+		// try once over another egress.
+		if next, cerr := s.opts.Dialer.Choose(s.baseCtx, x.fam, x.sess); cerr == nil && next.Src != x.eg.Src {
 			uc, used, err = s.dialUpstream(next, x.sess, x.r)
 		}
 	}
-	if used != nil {
-		x.src = used
+	if used.Src != nil {
+		x.eg = used
 	}
 	if err != nil {
 		return err
@@ -315,7 +315,7 @@ var errResponseTimeout = errors.New("response-timeout")
 // respond copies the response to the client and logs the request.
 func (x *exchange) respond(resp *response) bool {
 	down, keep, err := x.relay(resp)
-	x.cc.s.logRequest(x.r, x.who, x.src, x.uc.local, resp.status, x.r.bodyRead(), down, x.start, err)
+	x.cc.s.logRequest(x.r, x.who, x.eg.Src, x.uc.local, resp.status, x.r.bodyRead(), down, x.start, err)
 	return keep
 }
 
@@ -325,7 +325,7 @@ func (x *exchange) respond(resp *response) bool {
 // its method ignores. Otherwise it closes the connection.
 func (x *exchange) release(resp *response, framed bool) {
 	if framed && x.reuse && resp.reusable && !x.cut && x.r.bodyDone() {
-		x.cc.s.idle.put(x.src, x.uc)
+		x.cc.s.idle.put(x.eg.Src, x.uc)
 	} else {
 		x.uc.close()
 	}
@@ -457,20 +457,26 @@ func idle(err error) error {
 // bodyBufs holds the copy buffers for bodies.
 var bodyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
-// dialUpstream opens a connection to the request's origin from src, or
-// from the source the dialer picks when src is nil, with TLS for https.
-// It returns the source used.
-func (s *Server) dialUpstream(src *pool.Source, sess pool.Session, r *request) (*upConn, *pool.Source, error) {
+// dialUpstream opens a connection to the request's origin over eg, or
+// over the egress the dialer chooses when eg has no source, with TLS for
+// https. It returns the egress used (with a source, even on failure, for
+// the log).
+func (s *Server) dialUpstream(eg pool.Egress, sess pool.Session, r *request) (*upConn, pool.Egress, error) {
 	var c *net.TCPConn
 	var err error
 	hostport := r.hostport()
-	if src != nil {
-		c, err = s.opts.Dialer.DialFrom(s.baseCtx, src, hostport, sess)
+	if eg.Src != nil {
+		host, port, serr := pool.SplitTarget(hostport)
+		if err = serr; err == nil {
+			c, err = s.opts.Dialer.OpenTCP(s.baseCtx, eg, host, port)
+		}
 	} else {
+		var src *pool.Source
 		c, src, err = s.opts.Dialer.Dial(s.baseCtx, hostport, sess)
+		eg.Src = src
 	}
 	if err != nil {
-		return nil, src, err
+		return nil, eg, err
 	}
 	u := &upConn{c: c, raw: c}
 	if la, ok := c.LocalAddr().(*net.TCPAddr); ok {
@@ -483,11 +489,11 @@ func (s *Server) dialUpstream(src *pool.Source, sess pool.Session, r *request) (
 		cancel()
 		if err != nil {
 			c.Close()
-			return nil, src, fmt.Errorf("TLS handshake with %s: %w", hostport, err)
+			return nil, eg, fmt.Errorf("TLS handshake with %s: %w", hostport, err)
 		}
 		u.c = tc
 	}
 	u.br = bufio.NewReaderSize(countReader{u}, 4<<10)
 	u.bw = bufio.NewWriterSize(u.c, 4<<10)
-	return u, src, nil
+	return u, eg, nil
 }

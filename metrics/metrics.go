@@ -222,7 +222,7 @@ func (m *Metrics) Dialed(src *pool.Source, took time.Duration, err error) {
 	}
 }
 
-// Probed is the pool.HealthOptions.OnProbe hook.
+// Probed is the health.Options.OnProbe hook.
 func (m *Metrics) Probed(src *pool.Source, err error) {
 	s := m.Source(src)
 	if s == nil {

@@ -108,7 +108,7 @@ func (d *Dialer) addressChanged(a netip.Addr, added bool) {
 			src.gone.Store(true)
 			d.MarkDown(src, ErrAddressRemoved)
 		case src.gone.Swap(false):
-			d.markUp(src)
+			d.MarkUp(src)
 		}
 	}
 }

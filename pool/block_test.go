@@ -114,7 +114,8 @@ func TestBlockStartupCheck(t *testing.T) {
 	d := NewDialer(p, DialerOptions{})
 	seen := map[netip.Addr]bool{}
 	for i := 0; i < 20; i++ {
-		c, err := d.DialFrom(context.Background(), src, target, Session{})
+		host, port, _ := SplitTarget(target)
+		c, err := d.OpenTCP(context.Background(), Egress{Src: src, Local: src.Local()}, host, port)
 		if err != nil {
 			t.Fatal(err)
 		}

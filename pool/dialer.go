@@ -38,6 +38,7 @@ type Dialer struct {
 	dnsTimeout time.Duration
 	resolver   *net.Resolver
 	policy     *dest.Policy
+	prober     *Dialer // for health probes: no policy, no hooks (Probe)
 	onChange   func(src *Source, up bool, err error)
 	onDial     func(src *Source, took time.Duration, err error)
 	prefer     Family
@@ -91,6 +92,8 @@ func NewDialer(p *Pool, o DialerOptions) *Dialer {
 	d.net.KeepAlive = -1
 	d.free = d.net
 	d.free.Control = bindFree
+	// The prober shares the sockets' set-up, timeouts and resolver only.
+	d.prober = &Dialer{net: d.net, free: d.free, timeout: d.timeout, dnsTimeout: d.dnsTimeout, resolver: d.resolver}
 	return d
 }
 
@@ -145,17 +148,11 @@ func (d *Dialer) PoolFor(s Session) *Pool {
 	return d.Pool()
 }
 
-// Pick is the source a request of family f and session s leaves from;
-// the zero Session rotates over the dialer's pool.
-func (d *Dialer) Pick(ctx context.Context, f Family, s Session) (*Source, error) {
-	return d.pick(ctx, f, s)
-}
-
 // Dial connects to target ("host:port") from the next source that can
 // reach it, or the session's own one: see DialAddr and DialName. It
 // returns the source even when the dial fails, for logging.
 func (d *Dialer) Dial(ctx context.Context, target string, s Session) (*net.TCPConn, *Source, error) {
-	host, port, err := splitTarget(target)
+	host, port, err := SplitTarget(target)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -165,35 +162,27 @@ func (d *Dialer) Dial(ctx context.Context, target string, s Session) (*net.TCPCo
 	return d.DialName(ctx, host, port, s)
 }
 
-// local is the address a connection from src binds for session s.
-func (d *Dialer) local(src *Source, s Session) netip.Addr {
-	if src.Block && s.Key != "" {
-		return src.SessionLocal(s, time.Now())
-	}
-	return src.Local()
-}
-
-// withRetry dials from a picked source; if the dial fails on rotor's side
-// (IsLocal), it is tried once more from another source, and if the
-// address itself is gone (AddressGone) it leaves rotation at once.
-func (d *Dialer) withRetry(ctx context.Context, f Family, s Session, dial func(*Source) (*net.TCPConn, error)) (*net.TCPConn, *Source, error) {
-	src, err := d.pick(ctx, f, s)
+// withRetry opens a connection over a chosen egress; if it fails on
+// rotor's side (IsLocal), it is tried once more over another, and if the
+// address itself is gone (AddressGone) its source leaves rotation at once
+// (see OpenTCP).
+func (d *Dialer) withRetry(ctx context.Context, f Family, s Session, open func(Egress) (*net.TCPConn, error)) (*net.TCPConn, *Source, error) {
+	e, err := d.Choose(ctx, f, s)
 	if err != nil {
 		return nil, nil, err
 	}
-	c, err := dial(src)
+	c, err := open(e)
 	if err == nil || !IsLocal(err) {
-		return c, src, err
+		return c, e.Src, err
 	}
-	if AddressGone(err) {
-		d.MarkDown(src, err)
+	d.noteGone(e, err)
+	next, cerr := d.Choose(ctx, f, s)
+	if cerr != nil || next.Src == e.Src {
+		return nil, e.Src, err
 	}
-	next, perr := d.pick(ctx, f, s)
-	if perr != nil || next == src {
-		return nil, src, err
-	}
-	c, err = dial(next)
-	return c, next, err
+	c, err = open(next)
+	d.noteGone(next, err)
+	return c, next.Src, err
 }
 
 // IsLocal reports whether a dial failed on rotor's side of the connection
@@ -216,8 +205,8 @@ func AddressGone(err error) bool {
 	return errors.Is(err, syscall.EADDRNOTAVAIL)
 }
 
-// MarkDown takes src out of rotation until the health checker (see
-// Health) brings it back. Picks skip it meanwhile, unless every source is
+// MarkDown takes src out of rotation until the health checker (package
+// health) brings it back. Picks skip it meanwhile, unless every source is
 // down.
 func (d *Dialer) MarkDown(src *Source, err error) {
 	if !src.down.CompareAndSwap(false, true) {
@@ -229,8 +218,8 @@ func (d *Dialer) MarkDown(src *Source, err error) {
 	}
 }
 
-// markUp puts src back into rotation.
-func (d *Dialer) markUp(src *Source) {
+// MarkUp puts src back into rotation.
+func (d *Dialer) MarkUp(src *Source) {
 	if !src.down.CompareAndSwap(true, false) {
 		return
 	}
@@ -256,8 +245,8 @@ func (d *Dialer) DialAddr(ctx context.Context, dst netip.AddrPort, s Session) (*
 	if ip.Is4() {
 		f = IPv4
 	}
-	return d.withRetry(ctx, f, s, func(src *Source) (*net.TCPConn, error) {
-		return d.dialIP(ctx, src, d.local(src, s), netip.AddrPortFrom(ip, dst.Port()))
+	return d.withRetry(ctx, f, s, func(e Egress) (*net.TCPConn, error) {
+		return d.openTCP(ctx, e, netip.AddrPortFrom(ip, dst.Port()))
 	})
 }
 
@@ -272,8 +261,8 @@ func (d *Dialer) DialName(ctx context.Context, host string, port uint16, s Sessi
 		return nil, nil, fmt.Errorf("%w %q port %d", ErrBadTarget, host, port)
 	}
 	if !d.PoolFor(s).Mixed() {
-		return d.withRetry(ctx, Any, s, func(src *Source) (*net.TCPConn, error) {
-			return d.dial(ctx, src, d.local(src, s), host, port)
+		return d.withRetry(ctx, Any, s, func(e Egress) (*net.TCPConn, error) {
+			return d.dialHost(ctx, e, host, port)
 		})
 	}
 	if d.timeout > 0 {
@@ -306,8 +295,8 @@ func (d *Dialer) DialName(ctx context.Context, host string, port uint16, s Sessi
 	}
 	attempt := func(f Family) func(context.Context) (*net.TCPConn, *Source, error) {
 		return func(ctx context.Context) (*net.TCPConn, *Source, error) {
-			return d.withRetry(ctx, f, s, func(src *Source) (*net.TCPConn, error) {
-				return d.dialAnswers(ctx, src, d.local(src, s), host, byFam[f], port)
+			return d.withRetry(ctx, f, s, func(e Egress) (*net.TCPConn, error) {
+				return d.dialAnswers(ctx, e, host, byFam[f], port)
 			})
 		}
 	}
@@ -317,24 +306,10 @@ func (d *Dialer) DialName(ctx context.Context, host string, port uint16, s Sessi
 	return happyEyeballs(ctx, attempt(first), attempt(second))
 }
 
-// DialFrom connects to target ("host:port") from src (for a block, from
-// the session's address in it, or a random one). Host names resolve only
-// in src's family.
-func (d *Dialer) DialFrom(ctx context.Context, src *Source, target string, s Session) (*net.TCPConn, error) {
-	host, port, err := splitTarget(target)
-	if err != nil {
-		return nil, err
-	}
-	c, err := d.dial(ctx, src, d.local(src, s), host, port)
-	if err != nil && AddressGone(err) {
-		d.MarkDown(src, err)
-	}
-	return c, err
-}
-
-// dialIP connects from local (an address of src) to dst; the dialer's
-// Timeout bounds it.
-func (d *Dialer) dialIP(ctx context.Context, src *Source, local netip.Addr, dst netip.AddrPort) (*net.TCPConn, error) {
+// openTCP connects over e to dst; the dialer's Timeout bounds it. This is
+// the one place a TCP socket is bound to a pool address and connected.
+func (d *Dialer) openTCP(ctx context.Context, e Egress, dst netip.AddrPort) (*net.TCPConn, error) {
+	src, local := e.Src, e.Local
 	if err := d.policy.Check(dst); err != nil {
 		return nil, err
 	}
@@ -363,11 +338,12 @@ func (d *Dialer) dialIP(ctx context.Context, src *Source, local netip.Addr, dst 
 	return c, nil
 }
 
-// dial connects from local (an address of src) to host, which is
-// resolved in src's family when it is a name.
-func (d *Dialer) dial(ctx context.Context, src *Source, local netip.Addr, host string, port uint16) (*net.TCPConn, error) {
+// dialHost connects over e to host, which is resolved in the family of
+// e's source when it is a name.
+func (d *Dialer) dialHost(ctx context.Context, e Egress, host string, port uint16) (*net.TCPConn, error) {
+	src := e.Src
 	if ip, ok := dest.ParseHost(host); ok {
-		return d.dialIP(ctx, src, local, netip.AddrPortFrom(ip, port))
+		return d.openTCP(ctx, e, netip.AddrPortFrom(ip, port))
 	}
 	// A name: the timeout bounds resolution and connects together.
 	if d.timeout > 0 {
@@ -393,7 +369,7 @@ func (d *Dialer) dial(ctx context.Context, src *Source, local netip.Addr, host s
 	if err != nil {
 		return nil, err
 	}
-	return d.dialAnswers(ctx, src, local, host, ips, port)
+	return d.dialAnswers(ctx, e, host, ips, port)
 }
 
 // lookup resolves host in network ("ip", "ip4" or "ip6") within the DNS
@@ -431,14 +407,15 @@ func otherFamily(src *Source) string {
 
 // dialAnswers tries each answer of src's family in order, as net.Dial
 // does, until one connects or the context ends.
-func (d *Dialer) dialAnswers(ctx context.Context, src *Source, local netip.Addr, host string, ips []netip.Addr, port uint16) (*net.TCPConn, error) {
+func (d *Dialer) dialAnswers(ctx context.Context, e Egress, host string, ips []netip.Addr, port uint16) (*net.TCPConn, error) {
+	src := e.Src
 	var firstErr error
 	for _, ip := range ips {
 		ip = ip.Unmap()
 		if ip.Is4() != src.Addr.Is4() {
 			continue
 		}
-		c, err := d.dialIP(ctx, src, local, netip.AddrPortFrom(ip, port))
+		c, err := d.openTCP(ctx, e, netip.AddrPortFrom(ip, port))
 		if err == nil {
 			return c, nil
 		}
@@ -456,8 +433,8 @@ func (d *Dialer) dialAnswers(ctx context.Context, src *Source, local netip.Addr,
 	return nil, firstErr
 }
 
-// splitTarget splits "host:port" and checks the port.
-func splitTarget(target string) (string, uint16, error) {
+// SplitTarget splits "host:port" and checks the port.
+func SplitTarget(target string) (string, uint16, error) {
 	host, ps, err := net.SplitHostPort(target)
 	if err != nil {
 		return "", 0, fmt.Errorf("%w %q: %w", ErrBadTarget, target, err)

@@ -194,7 +194,7 @@ func newPool(entries []netip.Prefix, strategy Strategy, check bool, old *Pool) (
 			s = newSource(e, p.nextIndex)
 			p.nextIndex++
 			if check {
-				if err := checkSource(s); err != nil {
+				if err := s.Check(); err != nil {
 					return nil, err
 				}
 			}
@@ -256,9 +256,10 @@ func newSource(e netip.Prefix, index int) *Source {
 	return s
 }
 
-// checkSource checks at start-up (and when health re-checks a down
-// source) that the entry can be used: see checkBindable and checkBlock.
-func checkSource(s *Source) error {
+// Check reports whether the source's entry can be used now: its address
+// bound, its block routed to the host (see checkBindable and checkBlock).
+// Start-up checks every entry; the health checker re-checks a down one.
+func (s *Source) Check() error {
 	if s.Block {
 		return checkBlock(s)
 	}

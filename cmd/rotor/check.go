@@ -150,7 +150,11 @@ func fetchFrom(ctx context.Context, d *pool.Dialer, src *pool.Source, u *url.URL
 	tr := &http.Transport{
 		Proxy: nil,
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
-			c, err := d.DialFrom(ctx, src, addr, pool.Session{})
+			host, port, err := pool.SplitTarget(addr)
+			if err != nil {
+				return nil, err
+			}
+			c, err := d.OpenTCP(ctx, pool.Egress{Src: src, Local: src.Local()}, host, port)
 			if err != nil {
 				return nil, err
 			}

@@ -21,6 +21,7 @@ import (
 	"github.com/rotor-proxy/rotor/httpproxy"
 	"github.com/rotor-proxy/rotor/metrics"
 	"github.com/rotor-proxy/rotor/pool"
+	"github.com/rotor-proxy/rotor/pool/health"
 	"github.com/rotor-proxy/rotor/serve"
 	"github.com/rotor-proxy/rotor/socks"
 )
@@ -187,7 +188,7 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 
 	hctx, cancel := context.WithCancel(context.Background())
 	in.stopHealth = cancel
-	hopts := pool.HealthOptions{Target: cfg.HealthTarget, Interval: cfg.HealthInterval, Timeout: cfg.HealthTimeout, Fall: cfg.HealthFall, Rise: cfg.HealthRise,
+	hopts := health.Options{Target: cfg.HealthTarget, Interval: cfg.HealthInterval, Timeout: cfg.HealthTimeout, Fall: cfg.HealthFall, Rise: cfg.HealthRise,
 		OnAllDown: func() {
 			log.Error().Int("sources", len(d.Pool().Sources())).
 				Msg("every source address is down; still rotating through all of them")
@@ -196,7 +197,7 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 		hopts.OnProbe = in.metrics.Probed
 	}
 	in.wg.Add(2)
-	go func() { defer in.wg.Done(); d.Health(hctx, hopts) }()
+	go func() { defer in.wg.Done(); health.Run(hctx, d, hopts) }()
 	go func() {
 		defer in.wg.Done()
 		if err := d.WatchAddresses(hctx); err != nil {

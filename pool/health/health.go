@@ -1,4 +1,10 @@
-package pool
+// Package health probes the pool's sources and moves them out of rotation
+// and back: actively, by connecting to (or GETting) a target from every
+// source each interval with fall/rise thresholds, and passively, by
+// re-binding the address of a source that left rotation. It changes a
+// source's state only through the dialer (MarkDown, MarkUp), so the
+// dialer's OnChange hook hears every change whoever made it.
+package health
 
 import (
 	"context"
@@ -11,17 +17,19 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/rotor-proxy/rotor/pool"
 )
 
-// Health defaults, documented in README.
+// Defaults, documented in README.
 const (
-	DefaultHealthInterval = 30 * time.Second
-	DefaultHealthFall     = 3
-	DefaultHealthRise     = 2
+	DefaultInterval = 30 * time.Second
+	DefaultFall     = 3
+	DefaultRise     = 2
 )
 
-// HealthOptions configure the health checker.
-type HealthOptions struct {
+// Options configure the health checker.
+type Options struct {
 	// Target is probed from every source each interval: "host:port" (a TCP
 	// connect must succeed) or an http:// or https:// URL (a GET must
 	// answer with a status below 500). Empty means no active probes: down
@@ -38,15 +46,15 @@ type HealthOptions struct {
 	// Rise consecutive successes bring a down source back.
 	Rise int
 	// OnProbe, when set, is told each probe's outcome.
-	OnProbe func(src *Source, err error)
+	OnProbe func(src *pool.Source, err error)
 	// OnAllDown, when set, is called once per round while every source is
 	// down (picks then rotate through all of them anyway).
 	OnAllDown func()
 }
 
-// ParseHealthTarget checks a --health-target value: host:port, or an
-// http(s) URL with a host.
-func ParseHealthTarget(s string) error {
+// ParseTarget checks a --health-target value: host:port, or an http(s)
+// URL with a host.
+func ParseTarget(s string) error {
 	if strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://") {
 		u, err := url.Parse(s)
 		if err != nil {
@@ -57,33 +65,28 @@ func ParseHealthTarget(s string) error {
 		}
 		return nil
 	}
-	if _, _, err := splitTarget(s); err != nil {
+	if _, _, err := pool.SplitTarget(s); err != nil {
 		return fmt.Errorf("health target %q: want host:port or an http(s) URL: %w", s, err)
 	}
 	return nil
 }
 
-// Health probes the pool's sources and moves them out of and back into
+// Run probes the pool's sources of d and moves them out of and back into
 // rotation. Run it on its own goroutine; it ends with its context.
-func (d *Dialer) Health(ctx context.Context, o HealthOptions) {
+func Run(ctx context.Context, d *pool.Dialer, o Options) {
 	if o.Interval <= 0 {
-		o.Interval = DefaultHealthInterval
+		o.Interval = DefaultInterval
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = min(o.Interval, 10*time.Second)
 	}
 	if o.Fall <= 0 {
-		o.Fall = DefaultHealthFall
+		o.Fall = DefaultFall
 	}
 	if o.Rise <= 0 {
-		o.Rise = DefaultHealthRise
+		o.Rise = DefaultRise
 	}
-	h := &health{d: d, o: o, state: map[*Source]*probeState{}}
-	// Probes connect to an operator-chosen target, which may well be on a
-	// private network: the destination policy is for clients' requests.
-	// Probes dial from a given source, never picking: the probe dialer
-	// shares only the timeouts and resolver.
-	h.probe = NewDialer(d.Pool(), DialerOptions{Timeout: d.timeout, DNSTimeout: d.dnsTimeout, Resolver: d.resolver})
+	h := &health{d: d, o: o, state: map[*pool.Source]*probeState{}}
 	if strings.HasPrefix(o.Target, "http://") || strings.HasPrefix(o.Target, "https://") {
 		h.useHTTP = true
 	}
@@ -100,14 +103,13 @@ func (d *Dialer) Health(ctx context.Context, o HealthOptions) {
 }
 
 type health struct {
-	d       *Dialer
-	probe   *Dialer // d without policy or hooks
-	o       HealthOptions
+	d       *pool.Dialer
+	o       Options
 	useHTTP bool
 	// state is by source, kept across rounds for the sources of the
 	// current pool; only the round's goroutine for a source touches its
 	// entry.
-	state map[*Source]*probeState
+	state map[*pool.Source]*probeState
 }
 
 type probeState struct {
@@ -120,8 +122,9 @@ const probeParallel = 32
 
 func (h *health) round(ctx context.Context) {
 	p := h.d.Pool() // a reload may have replaced it since the last round
-	state := make(map[*Source]*probeState, len(p.sources))
-	for _, src := range p.sources {
+	sources := p.Sources()
+	state := make(map[*pool.Source]*probeState, len(sources))
+	for _, src := range sources {
 		st := h.state[src]
 		if st == nil {
 			st = &probeState{}
@@ -131,7 +134,7 @@ func (h *health) round(ctx context.Context) {
 	h.state = state
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, probeParallel)
-	for _, src := range p.sources {
+	for _, src := range sources {
 		if h.o.Target == "" && !src.Down() {
 			continue
 		}
@@ -149,8 +152,8 @@ func (h *health) round(ctx context.Context) {
 	}
 }
 
-func allDown(p *Pool) bool {
-	for _, s := range p.sources {
+func allDown(p *pool.Pool) bool {
+	for _, s := range p.Sources() {
 		if !s.Down() {
 			return false
 		}
@@ -159,19 +162,17 @@ func allDown(p *Pool) bool {
 }
 
 // check probes one source and applies the fall/rise thresholds.
-func (h *health) check(ctx context.Context, src *Source, st *probeState) {
-	var err error
+func (h *health) check(ctx context.Context, src *pool.Source, st *probeState) {
 	if h.o.Target == "" {
 		// Passive mode: only the address itself is checked.
-		err = checkSource(src)
-		if err == nil {
-			h.d.markUp(src)
+		if src.Check() == nil {
+			h.d.MarkUp(src)
 		}
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, h.o.Timeout)
 	defer cancel()
-	err = h.probeOnce(ctx, src)
+	err := h.probeOnce(ctx, src)
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		return // shutting down
 	}
@@ -182,24 +183,29 @@ func (h *health) check(ctx context.Context, src *Source, st *probeState) {
 		st.fails = 0
 		st.oks++
 		if src.Down() && st.oks >= h.o.Rise {
-			h.d.markUp(src)
+			h.d.MarkUp(src)
 		}
 		return
 	}
 	st.oks = 0
 	st.fails++
-	if AddressGone(err) || st.fails >= h.o.Fall {
+	if pool.AddressGone(err) || st.fails >= h.o.Fall {
 		h.d.MarkDown(src, fmt.Errorf("health probe %s: %w", h.o.Target, err))
 	}
 }
 
-func (h *health) probeOnce(ctx context.Context, src *Source) error {
+// probeOnce connects to the target from src, or GETs it. Probes connect
+// to an operator-chosen target, which may well be on a private network,
+// from a given source, never choosing: Dialer.Probe skips the destination
+// policy, which is for clients' requests, and the dial metrics.
+func (h *health) probeOnce(ctx context.Context, src *pool.Source) error {
+	e := pool.Egress{Src: src, Local: src.Local()}
 	if !h.useHTTP {
-		host, port, err := splitTarget(h.o.Target)
+		host, port, err := pool.SplitTarget(h.o.Target)
 		if err != nil {
 			return err
 		}
-		c, err := h.probe.dial(ctx, src, src.Local(), host, port)
+		c, err := h.d.Probe(ctx, e, host, port)
 		if err != nil {
 			return err
 		}
@@ -207,11 +213,11 @@ func (h *health) probeOnce(ctx context.Context, src *Source) error {
 	}
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
-			host, port, err := splitTarget(addr)
+			host, port, err := pool.SplitTarget(addr)
 			if err != nil {
 				return nil, err
 			}
-			return h.probe.dial(ctx, src, src.Local(), host, port)
+			return h.d.Probe(ctx, e, host, port)
 		},
 		DisableKeepAlives: true,
 		Proxy:             nil,

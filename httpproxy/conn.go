@@ -34,7 +34,7 @@ var (
 )
 
 func (s *Server) serveConn(c net.Conn) {
-	if err := s.conns.Add(c); err != nil {
+	if err := s.Conns.Add(c); err != nil {
 		if err == serve.ErrLimit {
 			// Refused cleanly: everyone already connected carries on.
 			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
@@ -58,7 +58,7 @@ func (s *Server) serveConn(c net.Conn) {
 	cc.bw.Reset(nil)
 	writers.Put(cc.bw)
 	if !handedOff {
-		s.conns.Remove(c)
+		s.Conns.Remove(c)
 		c.Close()
 	}
 }
@@ -87,7 +87,7 @@ func (cc *clientConn) serve() (handedOff bool) {
 			return false
 		}
 		if wait != s.opts.HeaderTimeout {
-			if !s.conns.Busy(cc.c) {
+			if !s.Conns.Busy(cc.c) {
 				return false
 			}
 			_ = cc.c.SetReadDeadline(time.Now().Add(s.opts.HeaderTimeout))
@@ -106,7 +106,7 @@ func (cc *clientConn) serve() (handedOff bool) {
 		if handedOff {
 			return true
 		}
-		if !keep || !s.conns.Idle(cc.c) {
+		if !keep || !s.Conns.Idle(cc.c) {
 			return false
 		}
 		wait = s.opts.IdleTimeout

@@ -23,7 +23,7 @@ func (cc *clientConn) connect(req *request, who identity, sess pool.Session, sta
 			done()
 		}
 	}()
-	up, src, err := s.opts.Dialer.Dial(s.baseCtx, target, sess)
+	up, src, err := s.opts.Dialer.Dial(s.Ctx, target, sess)
 	m := s.opts.Metrics.Source(src)
 	m.Request(metrics.Connect, err)
 	if err != nil {
@@ -70,17 +70,17 @@ func (cc *clientConn) takeBuffered() []byte {
 func (s *Server) startTunnel(c, up net.Conn, early []byte, info requestInfo, src *pool.Source, local netip.Addr, status int, start time.Time, done func()) {
 	m := s.opts.Metrics.Source(src)
 	m.TunnelOpened()
-	t := tunnel.Start(c, up, early, tunnel.Options{Idle: s.opts.TunnelIdleTimeout, Go: s.acc.Go, Parker: &s.parker,
+	t := tunnel.Start(c, up, early, tunnel.Options{Idle: s.opts.TunnelIdleTimeout, Go: s.Acc.Go, Parker: &s.Parker,
 		Count: m.TunnelCount()},
 		func(st tunnel.Stats, err error) {
 			done()
 			m.TunnelClosed()
 			up.Close()
-			s.conns.Remove(c)
+			s.Conns.Remove(c)
 			c.Close()
 			s.log(info, src, local, status, st.Up, st.Down, start, err)
 		})
-	s.conns.SetCloser(c, t.Close)
+	s.Conns.SetCloser(c, t.Close)
 }
 
 var established = []byte("HTTP/1.1 200 Connection established\r\n\r\n")

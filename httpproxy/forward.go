@@ -68,7 +68,7 @@ func (cc *clientConn) forward(r *request, who identity, sess pool.Session, start
 	// choose the family (see pool.Dialer.DialName), so it dials afresh;
 	// so does a block source, which binds a new random address each time.
 	if x.fam != pool.Any || !s.opts.Dialer.PoolFor(sess).Mixed() {
-		eg, err := s.opts.Dialer.Choose(s.baseCtx, x.fam, sess)
+		eg, err := s.opts.Dialer.Choose(s.Ctx, x.fam, sess)
 		if err != nil {
 			return x.fail(err), false
 		}
@@ -108,7 +108,7 @@ func (x *exchange) open(mayReuse bool) error {
 	if err != nil && x.eg.Src != nil && pool.IsLocal(err) {
 		// The source left the host: OpenTCP took it out of rotation;
 		// try once over another egress.
-		if next, cerr := s.opts.Dialer.Choose(s.baseCtx, x.fam, x.sess); cerr == nil && next.Src != x.eg.Src {
+		if next, cerr := s.opts.Dialer.Choose(s.Ctx, x.fam, x.sess); cerr == nil && next.Src != x.eg.Src {
 			uc, used, err = s.dialUpstream(next, x.sess, x.r)
 		}
 	}
@@ -468,11 +468,11 @@ func (s *Server) dialUpstream(eg pool.Egress, sess pool.Session, r *request) (*u
 	if eg.Src != nil {
 		host, port, serr := pool.SplitTarget(hostport)
 		if err = serr; err == nil {
-			c, err = s.opts.Dialer.OpenTCP(s.baseCtx, eg, host, port)
+			c, err = s.opts.Dialer.OpenTCP(s.Ctx, eg, host, port)
 		}
 	} else {
 		var src *pool.Source
-		c, src, err = s.opts.Dialer.Dial(s.baseCtx, hostport, sess)
+		c, src, err = s.opts.Dialer.Dial(s.Ctx, hostport, sess)
 		eg.Src = src
 	}
 	if err != nil {
@@ -484,7 +484,7 @@ func (s *Server) dialUpstream(eg pool.Egress, sess pool.Session, r *request) (*u
 	}
 	if r.scheme == "https" {
 		tc := tls.Client(c, &tls.Config{ServerName: r.host})
-		ctx, cancel := context.WithTimeout(s.baseCtx, 10*time.Second)
+		ctx, cancel := context.WithTimeout(s.Ctx, 10*time.Second)
 		err := tc.HandshakeContext(ctx)
 		cancel()
 		if err != nil {

@@ -28,7 +28,6 @@ import (
 	"github.com/rotor-proxy/rotor/metrics"
 	"github.com/rotor-proxy/rotor/pool"
 	"github.com/rotor-proxy/rotor/serve"
-	"github.com/rotor-proxy/rotor/tunnel"
 )
 
 // Defaults for what Options leaves zero.
@@ -79,16 +78,11 @@ type Options struct {
 
 // Server is an HTTP proxy.
 type Server struct {
+	serve.Core
 	opts   Options
-	idle   *idlePool // idle upstream connections, per source
-	acc    serve.Acceptor
-	conns  serve.Tracker
-	parker tunnel.Parker // idle tunnels wait here without goroutines
-
-	baseCtx context.Context // ends at forced close, cancelling dials
-	cancel  context.CancelFunc
-	reaper  chan struct{} // closed to stop the idle-connection reaper
-	reaped  chan struct{}
+	idle   *idlePool     // idle upstream connections, per source
+	reaper chan struct{} // closed to stop the idle-connection reaper
+	reaped chan struct{}
 }
 
 // New returns a server; call Serve to start it.
@@ -111,10 +105,8 @@ func New(o Options) *Server {
 	if o.MaxIdlePerSource <= 0 {
 		o.MaxIdlePerSource = DefaultMaxIdlePerSource
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{opts: o, baseCtx: ctx, cancel: cancel, reaper: make(chan struct{}), reaped: make(chan struct{})}
-	s.conns.Limit = o.Limiter
-	s.conns.Hits = o.Hits
+	s := &Server{opts: o, reaper: make(chan struct{}), reaped: make(chan struct{})}
+	s.Init(o.Limiter, o.Hits)
 	s.idle = newIdlePool(o.Dialer.Pool(), o.UpstreamIdleTimeout, o.MaxIdleConns, o.MaxIdlePerSource, o.Limiter)
 	o.Limiter.SetReclaim(s.idle.reclaim)
 	go s.reap()
@@ -124,30 +116,22 @@ func New(o Options) *Server {
 // Serve accepts connections on ln until Shutdown or Close; it returns nil
 // after those.
 func (s *Server) Serve(ln net.Listener) error {
-	return s.acc.Serve(ln, s.opts.Log, s.serveConn)
+	return s.Core.Serve(ln, s.opts.Log, s.serveConn)
 }
 
 // Shutdown stops accepting at once, closes idle keep-alive connections,
 // lets in-flight requests and tunnels finish until ctx ends, then closes
 // what is left.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.acc.Close()
-	err := s.conns.Drain(ctx)
-	s.stop()
-	return err
-}
-
-func (s *Server) stop() {
-	s.cancel()
-	s.acc.Wait()
-	select {
-	case <-s.reaper:
-	default:
-		close(s.reaper)
-	}
-	<-s.reaped
-	s.parker.Close()
-	s.idle.dropAll()
+	return s.Core.Shutdown(ctx, func() {
+		select {
+		case <-s.reaper: // an earlier Shutdown stopped it
+		default:
+			close(s.reaper)
+		}
+		<-s.reaped
+		s.idle.dropAll()
+	})
 }
 
 // DropSource closes the idle upstream connections from src: it left
@@ -176,4 +160,4 @@ func (s *Server) reap() {
 }
 
 // Active returns the number of open client connections, tunnels included.
-func (s *Server) Active() int { return s.conns.Len() }
+func (s *Server) Active() int { return s.Conns.Len() }

@@ -7,28 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotor-proxy/rotor/internal/target"
 	"go.uber.org/goleak"
 )
 
 // pair returns two ends of a loopback TCP connection.
-func pair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	a, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a.(*net.TCPConn), b.(*net.TCPConn)
-}
+func pair(t *testing.T) (*net.TCPConn, *net.TCPConn) { return target.TCPPair(t) }
 
 func TestTrackerDrain(t *testing.T) {
 	var tr Tracker

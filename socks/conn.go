@@ -48,7 +48,7 @@ type session struct {
 }
 
 func (s *Server) serveConn(c net.Conn) {
-	if err := s.conns.Add(c); err != nil {
+	if err := s.Conns.Add(c); err != nil {
 		if err == serve.ErrLimit {
 			c.Close() // SOCKS5 has no way to say "busy" before the greeting
 		}
@@ -66,14 +66,14 @@ func (s *Server) serveConn(c net.Conn) {
 	// accepting.
 	m := s.opts.Metrics.Source(ss.src)
 	m.TunnelOpened()
-	t := tunnel.Start(c, target, early, tunnel.Options{Idle: s.opts.IdleTimeout, Go: s.acc.Go, Parker: &s.parker,
+	t := tunnel.Start(c, target, early, tunnel.Options{Idle: s.opts.IdleTimeout, Go: s.Acc.Go, Parker: &s.Parker,
 		Count: m.TunnelCount()},
 		func(st tunnel.Stats, err error) {
 			m.TunnelClosed()
 			ss.stats, ss.err = st, err
 			s.end(c, target, ss, start)
 		})
-	s.conns.SetCloser(c, t.Close)
+	s.Conns.SetCloser(c, t.Close)
 }
 
 // end closes a connection (and its target) and logs it.
@@ -81,7 +81,7 @@ func (s *Server) end(c net.Conn, target net.Conn, ss *session, start time.Time) 
 	if target != nil {
 		target.Close()
 	}
-	s.conns.Remove(c)
+	s.Conns.Remove(c)
 	c.Close()
 	if ss.done != nil {
 		ss.done()
@@ -181,10 +181,10 @@ func (s *Server) handshake(c net.Conn, ss *session) (*net.TCPConn, []byte, error
 	if req.DstAddr.AddrType == statute.ATYPDomain {
 		// DialName refuses an empty name as a bad target (0x01) and sends
 		// no DNS query for it.
-		target, src, err = s.opts.Dialer.DialName(s.baseCtx, req.DstAddr.FQDN, uint16(req.DstAddr.Port), ss.sticky)
+		target, src, err = s.opts.Dialer.DialName(s.Ctx, req.DstAddr.FQDN, uint16(req.DstAddr.Port), ss.sticky)
 	} else {
 		ip, _ := netip.AddrFromSlice(req.DstAddr.IP)
-		target, src, err = s.opts.Dialer.DialAddr(s.baseCtx, netip.AddrPortFrom(ip, uint16(req.DstAddr.Port)), ss.sticky)
+		target, src, err = s.opts.Dialer.DialAddr(s.Ctx, netip.AddrPortFrom(ip, uint16(req.DstAddr.Port)), ss.sticky)
 	}
 	ss.src = src
 	s.opts.Metrics.Source(src).Request(metrics.SOCKS5, err)

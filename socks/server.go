@@ -20,7 +20,6 @@ import (
 	"github.com/rotor-proxy/rotor/metrics"
 	"github.com/rotor-proxy/rotor/pool"
 	"github.com/rotor-proxy/rotor/serve"
-	"github.com/rotor-proxy/rotor/tunnel"
 )
 
 // DefaultHandshakeTimeout bounds a handshake when Options says nothing.
@@ -52,13 +51,8 @@ type Options struct {
 
 // Server is a SOCKS5 proxy. It is safe to call Serve on several listeners.
 type Server struct {
-	opts   Options
-	acc    serve.Acceptor
-	conns  serve.Tracker
-	parker tunnel.Parker // idle tunnels wait here without goroutines
-
-	baseCtx context.Context // ends at forced close, cancelling dials
-	cancel  context.CancelFunc
+	serve.Core
+	opts Options
 }
 
 // New returns a server; call Serve to start it.
@@ -66,29 +60,22 @@ func New(o Options) *Server {
 	if o.HandshakeTimeout <= 0 {
 		o.HandshakeTimeout = DefaultHandshakeTimeout
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{opts: o, baseCtx: ctx, cancel: cancel}
-	s.conns.Limit = o.Limiter
-	s.conns.Hits = o.Hits
+	s := &Server{opts: o}
+	s.Init(o.Limiter, o.Hits)
 	return s
 }
 
 // Serve accepts connections on ln until Shutdown or Close. It returns nil
 // after those, or the listener's error.
 func (s *Server) Serve(ln net.Listener) error {
-	return s.acc.Serve(ln, s.opts.Log, s.serveConn)
+	return s.Core.Serve(ln, s.opts.Log, s.serveConn)
 }
 
 // Shutdown stops accepting at once, lets live connections finish until
 // ctx ends, then closes the rest and waits for their goroutines.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.acc.Close()
-	err := s.conns.Drain(ctx)
-	s.cancel()
-	s.acc.Wait()
-	s.parker.Close()
-	return err
+	return s.Core.Shutdown(ctx, nil)
 }
 
 // Active returns the number of open client connections.
-func (s *Server) Active() int { return s.conns.Len() }
+func (s *Server) Active() int { return s.Conns.Len() }

@@ -8,30 +8,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotor-proxy/rotor/internal/target"
 	"go.uber.org/goleak"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // pair returns two ends of a loopback TCP connection.
-func pair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	a, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a.(*net.TCPConn), b.(*net.TCPConn)
-}
+func pair(t *testing.T) (*net.TCPConn, *net.TCPConn) { return target.TCPPair(t) }
 
 // client <-> [proxyClient | Relay | proxyTarget] <-> target
 func relayed(t *testing.T, early []byte) (client, target *net.TCPConn, done <-chan Stats) {

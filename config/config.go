@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"net/netip"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/spf13/pflag"
 
 	"github.com/rotor-proxy/rotor/auth"
 	"github.com/rotor-proxy/rotor/httpproxy"
@@ -121,7 +123,7 @@ const (
 // pflag.ErrHelp is returned as is for -h/--help.
 func Parse(args []string, getenv func(string) string) (Config, error) {
 	fs := NewFlagSet("rotor")
-	fs.SetOutput(discard{})
+	fs.SetOutput(io.Discard)
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}
@@ -138,112 +140,149 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 			}
 		}
 	}
-	str := func(name string) string { v, _ := fs.GetString(name); return v }
-	dur := func(name string) time.Duration { v, _ := fs.GetDuration(name); return v }
-
+	f := flagValues{fs}
 	var c Config
-	var err error
-	c.ShowVersion, _ = fs.GetBool("version")
-	if c.ShowVersion {
+	if c.ShowVersion, _ = fs.GetBool("version"); c.ShowVersion {
 		return c, nil
 	}
-	c.AllowOpen, _ = fs.GetBool("allow-open")
-	if c.AllowDest, err = ParsePrefixes(str("allow-dest")); err != nil {
-		return Config{}, fmt.Errorf("--allow-dest: %w", err)
+	// In this order: the listener check needs the users and allowlist.
+	for _, step := range []func(*Config, flagValues) error{
+		parsePoolAndPolicy, parseTimeouts, parseUsers, parseRateLimit, parseListeners, parseHealth, parseObservability,
+	} {
+		if err := step(&c, f); err != nil {
+			return Config{}, err
+		}
 	}
-	c.PoolFile = str("pool-file")
+	return c, nil
+}
+
+// flagValues reads parsed flags by name; the names are NewFlagSet's, so a
+// lookup cannot fail.
+type flagValues struct{ fs *pflag.FlagSet }
+
+func (f flagValues) str(name string) string        { v, _ := f.fs.GetString(name); return v }
+func (f flagValues) dur(name string) time.Duration { v, _ := f.fs.GetDuration(name); return v }
+
+// parsePoolAndPolicy reads the pool, the strategy and family, the destination exceptions, and logging.
+func parsePoolAndPolicy(c *Config, f flagValues) error {
+	var err error
+	c.AllowOpen, _ = f.fs.GetBool("allow-open")
+	if c.AllowDest, err = ParsePrefixes(f.str("allow-dest")); err != nil {
+		return fmt.Errorf("--allow-dest: %w", err)
+	}
+	c.PoolFile = f.str("pool-file")
 	switch {
-	case c.PoolFile != "" && str("pool") != "":
-		return Config{}, fmt.Errorf("--pool-file %q and --pool (or IP_POOL) are both set: use one", c.PoolFile)
+	case c.PoolFile != "" && f.str("pool") != "":
+		return fmt.Errorf("--pool-file %q and --pool (or IP_POOL) are both set: use one", c.PoolFile)
 	case c.PoolFile != "":
 		if c.Pool, c.PoolTags, err = ReadPoolFile(c.PoolFile); err != nil {
-			return Config{}, err
+			return err
 		}
 	default:
-		if c.Pool, err = ParsePool(str("pool")); err != nil {
-			return Config{}, err
+		if c.Pool, err = ParsePool(f.str("pool")); err != nil {
+			return err
 		}
 	}
-	if c.Strategy, err = pool.ParseStrategy(str("strategy")); err != nil {
-		return Config{}, err
+	if c.Strategy, err = pool.ParseStrategy(f.str("strategy")); err != nil {
+		return err
 	}
-	switch str("prefer-family") {
+	switch f.str("prefer-family") {
 	case "ipv6":
 		c.Prefer = pool.IPv6
 	case "ipv4":
 		c.Prefer = pool.IPv4
 	default:
-		return Config{}, fmt.Errorf("--prefer-family %q: want ipv6 or ipv4", str("prefer-family"))
+		return fmt.Errorf("--prefer-family %q: want ipv6 or ipv4", f.str("prefer-family"))
 	}
-	if c.LogLevel, err = zerolog.ParseLevel(strings.ToLower(str("log-level"))); err != nil || str("log-level") == "" {
-		return Config{}, fmt.Errorf("unknown log level %q (want trace, debug, info, warn or error)", str("log-level"))
+	if c.LogLevel, err = zerolog.ParseLevel(strings.ToLower(f.str("log-level"))); err != nil || f.str("log-level") == "" {
+		return fmt.Errorf("unknown log level %q (want trace, debug, info, warn or error)", f.str("log-level"))
 	}
-	switch c.LogFormat = str("log-format"); c.LogFormat {
+	switch c.LogFormat = f.str("log-format"); c.LogFormat {
 	case "json", "console":
 	default:
-		return Config{}, fmt.Errorf("unknown log format %q (want json or console)", c.LogFormat)
+		return fmt.Errorf("unknown log format %q (want json or console)", c.LogFormat)
 	}
+	return nil
+}
+
+// parseTimeouts reads the timeouts, the connection cap and the request head cap.
+func parseTimeouts(c *Config, f flagValues) error {
 	for _, d := range []string{"dial-timeout", "dns-timeout", "keepalive-timeout", "handshake-timeout", "header-timeout", "idle-timeout", "shutdown-timeout"} {
-		if dur(d) <= 0 {
-			return Config{}, fmt.Errorf("--%s %s: must be positive", d, dur(d))
+		if f.dur(d) <= 0 {
+			return fmt.Errorf("--%s %s: must be positive", d, f.dur(d))
 		}
 	}
-	c.DialTimeout, c.HandshakeTimeout = dur("dial-timeout"), dur("handshake-timeout")
-	c.HeaderTimeout, c.ShutdownTimeout = dur("header-timeout"), dur("shutdown-timeout")
-	c.IdleTimeout = dur("idle-timeout")
-	c.DNSTimeout, c.KeepAliveTimeout = dur("dns-timeout"), dur("keepalive-timeout")
-	c.MaxConns, _ = fs.GetInt64("max-conns")
-	if c.MaxHeaderBytes, _ = fs.GetInt("max-header-bytes"); c.MaxHeaderBytes < 1024 || c.MaxHeaderBytes > 1<<20 {
-		return Config{}, fmt.Errorf("--max-header-bytes %d: want 1024 to 1048576", c.MaxHeaderBytes)
+	c.DialTimeout, c.HandshakeTimeout = f.dur("dial-timeout"), f.dur("handshake-timeout")
+	c.HeaderTimeout, c.ShutdownTimeout = f.dur("header-timeout"), f.dur("shutdown-timeout")
+	c.IdleTimeout = f.dur("idle-timeout")
+	c.DNSTimeout, c.KeepAliveTimeout = f.dur("dns-timeout"), f.dur("keepalive-timeout")
+	c.MaxConns, _ = f.fs.GetInt64("max-conns")
+	if c.MaxHeaderBytes, _ = f.fs.GetInt("max-header-bytes"); c.MaxHeaderBytes < 1024 || c.MaxHeaderBytes > 1<<20 {
+		return fmt.Errorf("--max-header-bytes %d: want 1024 to 1048576", c.MaxHeaderBytes)
 	}
 	switch {
 	case c.MaxConns < 0:
-		return Config{}, fmt.Errorf("--max-conns %d: must be positive, or 0 for the default", c.MaxConns)
+		return fmt.Errorf("--max-conns %d: must be positive, or 0 for the default", c.MaxConns)
 	case c.MaxConns == 0:
 		c.MaxConns = DefaultMaxConns()
 	}
+	return nil
+}
 
-	user, pass := str("user"), str("pass")
+// parseUsers reads the credentials: PROXY_USER and PROXY_PASS, the users file, the trusted networks.
+func parseUsers(c *Config, f flagValues) error {
+	var err error
+	user, pass := f.str("user"), f.str("pass")
 	switch {
 	case user == "" && pass != "":
-		return Config{}, errors.New("a password is set but no user (set --user or PROXY_USER)")
+		return errors.New("a password is set but no user (set --user or PROXY_USER)")
 	case user != "" && pass == "":
-		return Config{}, fmt.Errorf("user %q has no password (set PROXY_PASS or --pass)", user)
+		return fmt.Errorf("user %q has no password (set PROXY_PASS or --pass)", user)
 	case user != "":
 		if len(pass) > 255 {
-			return Config{}, fmt.Errorf("user %q: the password must be at most 255 bytes (SOCKS5 limit)", user)
+			return fmt.Errorf("user %q: the password must be at most 255 bytes (SOCKS5 limit)", user)
 		}
 		if err := auth.ValidName(user); err != nil {
-			return Config{}, err
+			return err
 		}
 		sc := auth.PlainUser(user, pass)
 		c.Shortcut = &sc
 	}
-	c.UsersFile = str("users-file")
-	if c.Users, err = ReadUsers(c); err != nil {
-		return Config{}, err
+	c.UsersFile = f.str("users-file")
+	if c.Users, err = ReadUsers(*c); err != nil {
+		return err
 	}
-	if c.AllowClients, err = ParsePrefixes(str("allow-clients")); err != nil {
-		return Config{}, fmt.Errorf("--allow-clients: %w", err)
+	if c.AllowClients, err = ParsePrefixes(f.str("allow-clients")); err != nil {
+		return fmt.Errorf("--allow-clients: %w", err)
 	}
-	if v := str("per-ip-rate"); v != "" {
+	return nil
+}
+
+// parseRateLimit reads --per-ip-rate and its burst and wait.
+func parseRateLimit(c *Config, f flagValues) error {
+	var err error
+	if v := f.str("per-ip-rate"); v != "" {
 		if c.PerIPRate, err = strconv.ParseFloat(strings.TrimSuffix(v, "/s"), 64); err != nil || c.PerIPRate <= 0 {
-			return Config{}, fmt.Errorf("--per-ip-rate %q: want uses per second, e.g. 5/s", v)
+			return fmt.Errorf("--per-ip-rate %q: want uses per second, e.g. 5/s", v)
 		}
 	}
-	if c.PerIPBurst, _ = fs.GetInt("per-ip-burst"); c.PerIPBurst < 0 {
-		return Config{}, fmt.Errorf("--per-ip-burst %d: must be positive", c.PerIPBurst)
+	if c.PerIPBurst, _ = f.fs.GetInt("per-ip-burst"); c.PerIPBurst < 0 {
+		return fmt.Errorf("--per-ip-burst %d: must be positive", c.PerIPBurst)
 	}
-	if c.PerIPWait = dur("per-ip-wait"); c.PerIPWait < 0 {
-		return Config{}, fmt.Errorf("--per-ip-wait %s: must not be negative", c.PerIPWait)
+	if c.PerIPWait = f.dur("per-ip-wait"); c.PerIPWait < 0 {
+		return fmt.Errorf("--per-ip-wait %s: must not be negative", c.PerIPWait)
 	}
+	return nil
+}
 
-	c.HTTPListen, c.SOCKSListen = str("http-listen"), str("socks-listen")
+// parseListeners reads the listeners, refusing an open proxy on a public address by accident.
+func parseListeners(c *Config, f flagValues) error {
+	c.HTTPListen, c.SOCKSListen = f.str("http-listen"), f.str("socks-listen")
 	if c.HTTPListen == "" && c.SOCKSListen == "" {
-		return Config{}, errors.New("both listeners are disabled (set --http-listen or --socks-listen)")
+		return errors.New("both listeners are disabled (set --http-listen or --socks-listen)")
 	}
 	if c.HTTPListen != "" && c.HTTPListen == c.SOCKSListen && !strings.HasSuffix(c.HTTPListen, ":0") {
-		return Config{}, fmt.Errorf("HTTP and SOCKS5 listen on the same address %q", c.HTTPListen)
+		return fmt.Errorf("HTTP and SOCKS5 listen on the same address %q", c.HTTPListen)
 	}
 	for _, l := range []struct{ name, addr string }{{"http-listen", c.HTTPListen}, {"socks-listen", c.SOCKSListen}} {
 		if l.addr == "" {
@@ -251,49 +290,59 @@ func Parse(args []string, getenv func(string) string) (Config, error) {
 		}
 		loopback, err := checkListen(l.addr)
 		if err != nil {
-			return Config{}, fmt.Errorf("--%s %q: %w", l.name, l.addr, err)
+			return fmt.Errorf("--%s %q: %w", l.name, l.addr, err)
 		}
 		if !loopback && len(c.Users) == 0 && len(c.AllowClients) == 0 && !c.AllowOpen {
-			return Config{}, fmt.Errorf("--%s %q is not a loopback address and no credentials are set: "+
+			return fmt.Errorf("--%s %q is not a loopback address and no credentials are set: "+
 				"set PROXY_USER and PROXY_PASS (or --users-file, or --allow-clients), or pass --allow-open to run an open proxy on purpose", l.name, l.addr)
 		}
 	}
-	if c.HealthTarget = str("health-target"); c.HealthTarget != "" {
+	return nil
+}
+
+// parseHealth reads the health checker.
+func parseHealth(c *Config, f flagValues) error {
+	if c.HealthTarget = f.str("health-target"); c.HealthTarget != "" {
 		if err := health.ParseTarget(c.HealthTarget); err != nil {
-			return Config{}, err
+			return err
 		}
 	}
-	if c.HealthInterval = dur("health-interval"); c.HealthInterval < 100*time.Millisecond {
-		return Config{}, fmt.Errorf("--health-interval %s: want at least 100ms", c.HealthInterval)
+	if c.HealthInterval = f.dur("health-interval"); c.HealthInterval < 100*time.Millisecond {
+		return fmt.Errorf("--health-interval %s: want at least 100ms", c.HealthInterval)
 	}
-	if c.HealthTimeout = dur("health-timeout"); c.HealthTimeout < 0 {
-		return Config{}, fmt.Errorf("--health-timeout %s: want 0 (automatic) or more", c.HealthTimeout)
+	if c.HealthTimeout = f.dur("health-timeout"); c.HealthTimeout < 0 {
+		return fmt.Errorf("--health-timeout %s: want 0 (automatic) or more", c.HealthTimeout)
 	}
-	c.HealthFall, _ = fs.GetInt("health-fall")
-	c.HealthRise, _ = fs.GetInt("health-rise")
+	c.HealthFall, _ = f.fs.GetInt("health-fall")
+	c.HealthRise, _ = f.fs.GetInt("health-rise")
 	for _, v := range []struct {
 		name string
 		n    int
 	}{{"health-fall", c.HealthFall}, {"health-rise", c.HealthRise}} {
 		if v.n < 1 || v.n > 100 {
-			return Config{}, fmt.Errorf("--%s %d: want 1 to 100", v.name, v.n)
+			return fmt.Errorf("--%s %d: want 1 to 100", v.name, v.n)
 		}
 	}
-	if c.MetricsListen = str("metrics-listen"); c.MetricsListen != "" {
+	return nil
+}
+
+// parseObservability reads the metrics and debug listeners.
+func parseObservability(c *Config, f flagValues) error {
+	if c.MetricsListen = f.str("metrics-listen"); c.MetricsListen != "" {
 		if _, err := checkListen(c.MetricsListen); err != nil {
-			return Config{}, fmt.Errorf("--metrics-listen %q: %w", c.MetricsListen, err)
+			return fmt.Errorf("--metrics-listen %q: %w", c.MetricsListen, err)
 		}
 	}
-	if c.DebugListen = str("debug-listen"); c.DebugListen != "" {
+	if c.DebugListen = f.str("debug-listen"); c.DebugListen != "" {
 		loopback, err := checkListen(c.DebugListen)
 		if err != nil {
-			return Config{}, fmt.Errorf("--debug-listen %q: %w", c.DebugListen, err)
+			return fmt.Errorf("--debug-listen %q: %w", c.DebugListen, err)
 		}
 		if !loopback {
-			return Config{}, fmt.Errorf("--debug-listen %q: profiles are served on loopback only", c.DebugListen)
+			return fmt.Errorf("--debug-listen %q: profiles are served on loopback only", c.DebugListen)
 		}
 	}
-	return c, nil
+	return nil
 }
 
 // DefaultMaxConns derives the connection cap from the open-file limit
@@ -511,7 +560,3 @@ func lookup(getenv func(string) string, name string) (string, bool) {
 	v := getenv(name)
 	return v, v != ""
 }
-
-type discard struct{}
-
-func (discard) Write(p []byte) (int, error) { return len(p), nil }

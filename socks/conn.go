@@ -118,13 +118,41 @@ func (s *Server) handshake(c net.Conn, ss *session) (*net.TCPConn, []byte, error
 		br.Reset(nil)
 		readers.Put(br)
 	}()
+	if err := s.negotiate(c, br, ss); err != nil {
+		return nil, nil, err
+	}
+	req, err := s.request(c, br, ss)
+	if err != nil {
+		return nil, nil, err
+	}
+	// The handshake is over; the dial has its own timeout, and a slow dial
+	// must not make the reply write miss the handshake deadline.
+	if err := c.SetDeadline(time.Time{}); err != nil {
+		return nil, nil, err
+	}
+	target, err := s.connect(c, ss, req)
+	if err != nil {
+		return nil, nil, err
+	}
+	// Bytes the client pipelined behind its request (optimistic data) sit
+	// in br; copied out so the buffer can go, they reach the target first.
+	var early []byte
+	if n := br.Buffered(); n > 0 {
+		b, _ := br.Peek(n)
+		early = append([]byte(nil), b...)
+	}
+	return target, early, nil
+}
 
+// negotiate reads the greeting, chooses the method, authenticates, and
+// applies the user's limits, which may refuse the request to come.
+func (s *Server) negotiate(c net.Conn, br *bufio.Reader, ss *session) error {
 	mr, err := statute.ParseMethodRequest(br)
 	if err != nil {
-		return nil, nil, fmt.Errorf("greeting: %w", err)
+		return fmt.Errorf("greeting: %w", err)
 	}
 	if mr.Ver != statute.VersionSocks5 {
-		return nil, nil, fmt.Errorf("greeting: SOCKS version %d, want 5", mr.Ver)
+		return fmt.Errorf("greeting: SOCKS version %d, want 5", mr.Ver)
 	}
 	var st *auth.State
 	if s.opts.Access != nil {
@@ -133,17 +161,17 @@ func (s *Server) handshake(c net.Conn, ss *session) (*net.TCPConn, []byte, error
 	trusted := s.trusted(c)
 	method := s.chooseMethod(mr.Methods, st, trusted)
 	if _, err := c.Write([]byte{statute.VersionSocks5, method}); err != nil {
-		return nil, nil, fmt.Errorf("greeting reply: %w", err)
+		return fmt.Errorf("greeting reply: %w", err)
 	}
 	if method == statute.MethodNoAcceptable {
 		if st != nil {
 			s.opts.Listener.AuthFailed() // no credentials offered
 		}
-		return nil, nil, fmt.Errorf("greeting: %w among %v", errNoMethod, mr.Methods)
+		return fmt.Errorf("greeting: %w among %v", errNoMethod, mr.Methods)
 	}
 	if method == statute.MethodUserPassAuth {
 		if err := s.authenticate(c, br, ss, st, trusted); err != nil {
-			return nil, nil, err
+			return err
 		}
 	}
 	ss.sticky.Pool = st.PoolFor(ss.usr)
@@ -152,32 +180,36 @@ func (s *Server) handshake(c net.Conn, ss *session) (*net.TCPConn, []byte, error
 		ss.limit = why
 		// The request must be read before a reply can be sent.
 		if _, err := statute.ParseRequest(br); err != nil {
-			return nil, nil, fmt.Errorf("request: %w", err)
+			return fmt.Errorf("request: %w", err)
 		}
-		return nil, nil, s.fail(c, ss, repGeneralFailure, fmt.Errorf("user %q is over its %s limit", ss.user, why))
+		return s.fail(c, ss, repGeneralFailure, fmt.Errorf("user %q is over its %s limit", ss.user, why))
 	}
 	ss.done = done
+	return nil
+}
 
+// request reads the request; only CONNECT is served.
+func (s *Server) request(c net.Conn, br *bufio.Reader, ss *session) (statute.Request, error) {
 	req, err := statute.ParseRequest(br)
 	if err != nil {
 		if errors.Is(err, statute.ErrUnrecognizedAddrType) {
-			return nil, nil, s.fail(c, ss, statute.RepAddrTypeNotSupported, fmt.Errorf("request: %w", err))
+			return req, s.fail(c, ss, statute.RepAddrTypeNotSupported, fmt.Errorf("request: %w", err))
 		}
-		return nil, nil, fmt.Errorf("request: %w", err)
+		return req, fmt.Errorf("request: %w", err)
 	}
 	ss.dst, ss.hasDst = req.DstAddr, true
 	if req.Command != statute.CommandConnect {
 		// BIND and UDP ASSOCIATE are not offered (yet).
-		return nil, nil, s.fail(c, ss, statute.RepCommandNotSupported, fmt.Errorf("request: command %d not supported", req.Command))
+		return req, s.fail(c, ss, statute.RepCommandNotSupported, fmt.Errorf("request: command %d not supported", req.Command))
 	}
+	return req, nil
+}
 
-	// The handshake is over; the dial has its own timeout, and a slow dial
-	// must not make the reply write miss the handshake deadline.
-	if err := c.SetDeadline(time.Time{}); err != nil {
-		return nil, nil, err
-	}
+// connect dials the request's target from the pool and sends the reply.
+func (s *Server) connect(c net.Conn, ss *session, req statute.Request) (*net.TCPConn, error) {
 	var target *net.TCPConn
 	var src *pool.Source
+	var err error
 	if req.DstAddr.AddrType == statute.ATYPDomain {
 		// DialName refuses an empty name as a bad target (0x01) and sends
 		// no DNS query for it.
@@ -193,21 +225,14 @@ func (s *Server) handshake(c net.Conn, ss *session) (*net.TCPConn, []byte, error
 		if cl == pool.ClassRateLimited {
 			ss.limit = serve.PerIPRate
 		}
-		return nil, nil, s.fail(c, ss, replyFor(cl), err)
+		return nil, s.fail(c, ss, replyFor(cl), err)
 	}
 	if err := writeReply(c, statute.RepSuccess, target.LocalAddr()); err != nil {
 		target.Close()
-		return nil, nil, fmt.Errorf("success reply: %w", err)
+		return nil, fmt.Errorf("success reply: %w", err)
 	}
 	ss.reply = statute.RepSuccess
-	// Bytes the client pipelined behind its request (optimistic data) sit
-	// in br; copied out so the buffer can go, they reach the target first.
-	var early []byte
-	if n := br.Buffered(); n > 0 {
-		b, _ := br.Peek(n)
-		early = append([]byte(nil), b...)
-	}
-	return target, early, nil
+	return target, nil
 }
 
 // chooseMethod applies RFC 1928 method selection. With credentials

@@ -102,42 +102,73 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 		return nil, fmt.Errorf("%w: %w", errConfig, err)
 	}
 	in := &instance{cfg: cfg, log: log, access: auth.NewLive(st, cfg.AllowClients), serveErr: make(chan error, 3)}
+	hl, sl, err := in.listen()
+	if err != nil {
+		return nil, err
+	}
+	d, err := in.newDialer(p, resolver, hl, sl)
+	if err != nil {
+		closeListeners(hl, sl, in.metricsLn)
+		return nil, err
+	}
+	in.serveProxies(d, hl, sl)
+	in.watch(d)
+	if in.metricsLn != nil {
+		in.metricsSrv = &http.Server{Handler: in.metrics.Handler(in.ready), ReadHeaderTimeout: 10 * time.Second}
+		in.serve(func() error {
+			if err := in.metricsSrv.Serve(in.metricsLn); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("metrics listener: %w", err)
+			}
+			return nil
+		})
+	}
+	return in, nil
+}
+
+// listen opens the metrics listener (in.metricsLn) and the proxies' (nil
+// when disabled); on error none stays open.
+func (in *instance) listen() (hl, sl net.Listener, err error) {
+	cfg := in.cfg
 	if cfg.MetricsListen != "" {
 		if in.metricsLn, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
-			return nil, listenError("metrics", cfg.MetricsListen, err)
+			return nil, nil, listenError("metrics", cfg.MetricsListen, err)
 		}
 	}
-
 	// No TCP keepalive probes on client connections: four setsockopt calls
 	// per accept, and tunnels are bounded by --idle-timeout instead.
 	lc := net.ListenConfig{KeepAlive: -1}
-	var hl, sl net.Listener
 	if cfg.HTTPListen != "" {
 		if hl, err = lc.Listen(context.Background(), "tcp", cfg.HTTPListen); err != nil {
 			closeListeners(in.metricsLn)
-			return nil, listenError("HTTP", cfg.HTTPListen, err)
+			return nil, nil, listenError("HTTP", cfg.HTTPListen, err)
 		}
 	}
 	if cfg.SOCKSListen != "" {
 		if sl, err = lc.Listen(context.Background(), "tcp", cfg.SOCKSListen); err != nil {
 			closeListeners(hl, in.metricsLn)
-			return nil, listenError("SOCKS5", cfg.SOCKSListen, err)
+			return nil, nil, listenError("SOCKS5", cfg.SOCKSListen, err)
 		}
 	}
+	return hl, sl, nil
+}
+
+// newDialer builds the destination policy and the dialer over p, with the
+// hooks that log and count source changes and dials.
+func (in *instance) newDialer(p *pool.Pool, resolver *net.Resolver, listeners ...net.Listener) (*pool.Dialer, error) {
+	cfg, log := in.cfg, in.log
 	// The policy refuses rotor's own listeners as destinations, whatever
 	// --allow-dest says: a request for them would loop through the proxy,
 	// or read rotor's metrics.
 	var self []netip.AddrPort
-	for _, l := range []net.Listener{hl, sl, in.metricsLn} {
+	for _, l := range append(listeners, in.metricsLn) {
 		if l != nil {
 			self = append(self, l.Addr().(*net.TCPAddr).AddrPort())
 		}
 	}
 	// It refuses the host's own addresses too: read here, before the
-	// first request, and kept current by WatchAddresses below.
+	// first request, and kept current by WatchAddresses (see watch).
 	policy := dest.NewPolicy(cfg.AllowDest, self)
 	if err := policy.LoadHostAddrs(); err != nil {
-		closeListeners(hl, sl, in.metricsLn)
 		return nil, err
 	}
 	dopts := pool.DialerOptions{Prefer: cfg.Prefer, RateWait: cfg.PerIPWait, Timeout: cfg.DialTimeout, DNSTimeout: cfg.DNSTimeout, Resolver: resolver,
@@ -160,6 +191,13 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 	if in.metricsLn != nil {
 		in.metrics = metrics.New(d.Pool, version)
 	}
+	return d, nil
+}
+
+// serveProxies starts the HTTP and SOCKS5 servers on their listeners
+// (either may be nil), sharing one connection limit.
+func (in *instance) serveProxies(d *pool.Dialer, hl, sl net.Listener) {
+	cfg, log := in.cfg, in.log
 	limit := serve.NewLimiter(cfg.MaxConns, log)
 	if hl != nil {
 		hl = &onceCloseListener{Listener: hl}
@@ -185,7 +223,12 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 		})
 		in.serve(func() error { return in.socks.Serve(sl) })
 	}
+}
 
+// watch starts the health checker and the follower of the host's address
+// changes, both ended by stopHealth.
+func (in *instance) watch(d *pool.Dialer) {
+	cfg, log := in.cfg, in.log
 	hctx, cancel := context.WithCancel(context.Background())
 	in.stopHealth = cancel
 	hopts := health.Options{Target: cfg.HealthTarget, Interval: cfg.HealthInterval, Timeout: cfg.HealthTimeout, Fall: cfg.HealthFall, Rise: cfg.HealthRise,
@@ -204,17 +247,6 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 			log.Warn().Err(err).Msg("not following the host's address changes: a removed address leaves rotation when a bind fails, and an address added to the host is not refused as a destination")
 		}
 	}()
-
-	if in.metricsLn != nil {
-		in.metricsSrv = &http.Server{Handler: in.metrics.Handler(in.ready), ReadHeaderTimeout: 10 * time.Second}
-		in.serve(func() error {
-			if err := in.metricsSrv.Serve(in.metricsLn); !errors.Is(err, http.ErrServerClosed) {
-				return fmt.Errorf("metrics listener: %w", err)
-			}
-			return nil
-		})
-	}
-	return in, nil
 }
 
 // buildState resolves cfg's users against p.

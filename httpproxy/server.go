@@ -1,20 +1,28 @@
 // Package httpproxy serves rotor's HTTP/1.1 proxy: CONNECT tunnels and
-// absolute-form forwarding, both taking a fresh source address from the
+// absolute-form forwarding, both leaving from an egress chosen from the
 // shared pool.
 //
-//	conn loop ─▶ read head ─▶ auth ─┬─ CONNECT ─▶ dial from pool ─▶ 200 ─▶ tunnel.Start
-//	    ▲                           └─ GET http://… ─▶ Pick ─▶ upstream conn of that source ─▶ response
+//	conn loop ─▶ read head ─▶ auth ─┬─ CONNECT ─▶ Dialer.Dial ─▶ 200 ─▶ tunnel.Start
+//	    ▲                           └─ GET http://… ─▶ Choose ─▶ idle conn, or OpenTCP ─▶ response
 //	    └──────────── keep-alive ◀──────────────────────────────────────────┘
+//
+// A CONNECT: serve.Core accepts the connection (conn.go), readRequest
+// reads the head within the header timeout (head.go, request.go),
+// authorize checks the credentials (auth.go), connect.go asks the dialer
+// (package pool, which checks package dest's policy) for a connection
+// from the next source, answers 200 and hands both sockets to
+// tunnel.Start. An absolute-form request goes through forward.go instead:
+// the head is rewritten without hop-by-hop fields (headers.go), sent on
+// an idle upstream connection of the same user, egress and origin
+// (upstream.go) or a new one, and the response is framed and copied back
+// (response.go, body.go).
 //
 // Each client connection is served by one goroutine that reads a request,
 // writes it upstream and copies the response back, with no hand-off to
 // other goroutines: net/http's Server+ReverseProxy+Transport path passed
 // every request through four goroutines and cost about twice the CPU (see
-// BENCHMARKS.md). net/http still serializes requests and parses responses
-// (Request.Write, ReadResponse).
-//
-// Upstream connections are pooled per source address: a pool keyed only
-// by target would let a reused connection leave from the wrong address.
+// BENCHMARKS.md). Heads are read and written by rotor's own bounded
+// parser, not net/http's.
 package httpproxy
 
 import (

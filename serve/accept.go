@@ -42,8 +42,8 @@ func (a *Acceptor) init() {
 	}
 }
 
-// Serve accepts on ln and calls handle in a new goroutine for each
-// connection, until Close. It returns nil after Close, or the listener's
+// Serve accepts on ln and calls handle for each connection on a worker
+// goroutine (reused: see Acceptor), until Close. It returns nil after Close, or the listener's
 // error. Running out of descriptors backs off (5 ms doubling to 1 s)
 // instead of spinning, and serving resumes by itself when fds free up.
 func (a *Acceptor) Serve(ln net.Listener, log zerolog.Logger, handle func(net.Conn)) error {

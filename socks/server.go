@@ -7,6 +7,14 @@
 //
 //	accept ─▶ greeting ─▶ [RFC 1929 auth] ─▶ request ─▶ dial from pool ─▶ reply ─▶ relay
 //	          └───────── handshake deadline ─────────────────────────────┘
+//
+// One connection: serve.Core accepts it on a worker goroutine; negotiate
+// reads the greeting, picks the method and checks the credentials against
+// package auth (which also applies the user's limits); request reads the
+// CONNECT; connect asks the dialer (package pool) for a connection from
+// the chosen egress, which package dest's policy must allow, and writes
+// the reply code of the error's class; package tunnel relays the two
+// sockets, bytes the client sent early first.
 package socks
 
 import (

@@ -40,8 +40,9 @@ func putBuf(b *[]byte) {
 // are there, and gives it back when the socket runs dry. Waiting longer
 // than parkAfter, a direction leaves even the goroutine (see Parker).
 //
-// Measured against splice (rotorbench bulk), a 64 KiB user-space copy is
-// faster on loopback: see BENCHMARKS.md.
+// Measured against splice (rotorbench bulk), a user-space copy through
+// these 16 KiB and 256 KiB buffers is faster on loopback: see
+// BENCHMARKS.md.
 func copyConn(dst io.Writer, src net.Conn, r *relay) (int64, error) {
 	sc, ok := src.(syscall.Conn)
 	if !ok {

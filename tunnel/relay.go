@@ -30,8 +30,8 @@ type Options struct {
 	// Go starts a goroutine; nil means the go statement. Servers pass
 	// their Acceptor's Go, so that shutdown waits for relay goroutines.
 	Go func(func())
-	// Parker, when set, holds directions silent for a second without a
-	// goroutine.
+	// Parker, when set, holds directions silent for parkAfter (250 ms)
+	// without a goroutine.
 	Parker *Parker
 	// Count, when set, is told the bytes moved client to target (0) and
 	// target to client (1) while the tunnel runs: at least every

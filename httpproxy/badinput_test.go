@@ -80,12 +80,26 @@ func TestBadRequests(t *testing.T) {
 
 // Malformed chunked bodies: the request never completes at the origin.
 func TestBadChunkedBodies(t *testing.T) {
-	var hits atomic.Int64
-	o := origin(t, func(w http.ResponseWriter, r *http.Request) {
+	var hits, opened, closed atomic.Int64
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if _, err := io.Copy(io.Discard, r.Body); err == nil {
 			hits.Add(1)
 		}
-	})
+	}), ConnState: func(_ net.Conn, st http.ConnState) {
+		switch st {
+		case http.StateNew:
+			opened.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			closed.Add(1)
+		}
+	}}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close() })
+	o := ln.Addr().String()
 	proxy := startProxy(t, 5*time.Second)
 	auth := "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass)) + "\r\n"
 	post := "POST http://" + o + "/ HTTP/1.1\r\nHost: " + o + "\r\n" + auth + "Transfer-Encoding: chunked\r\n\r\n"
@@ -112,7 +126,9 @@ func TestBadChunkedBodies(t *testing.T) {
 			}
 		})
 	}
-	time.Sleep(100 * time.Millisecond)
+	// Once rotor has cut every upstream connection mid-body and the
+	// origin has seen each close, no request can complete any more.
+	waitFor(t, func() bool { return closed.Load() == opened.Load() }, "every upstream connection closed")
 	if n := hits.Load(); n != 0 {
 		t.Fatalf("origin completed %d malformed requests", n)
 	}

@@ -137,13 +137,7 @@ func TestRelayAfterPark(t *testing.T) {
 		proxyTarget.Close()
 		done <- st
 	})
-	time.Sleep(parkAfter + 500*time.Millisecond)
-	p.mu.Lock()
-	parked := len(p.parked)
-	p.mu.Unlock()
-	if parked != 2 {
-		t.Fatalf("%d directions parked after %s of silence, want 2", parked, parkAfter)
-	}
+	waitParked(t, &p, 2)
 	_ = client.SetDeadline(time.Now().Add(10 * time.Second))
 	_ = target.SetDeadline(time.Now().Add(10 * time.Second))
 	_, _ = client.Write([]byte("after rest"))
@@ -176,18 +170,25 @@ func startParked(t *testing.T, p *Parker, o Options) (client, target *net.TCPCon
 		proxyTarget.Close()
 		ch <- err
 	})
+	waitParked(t, p, 2)
+	return client, target, tun, ch
+}
+
+// waitParked waits up to 5 s for n directions to be parked in p.
+func waitParked(t *testing.T, p *Parker, n int) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		p.mu.Lock()
-		n := len(p.parked)
+		got := len(p.parked)
 		p.mu.Unlock()
-		if n == 2 {
-			return client, target, tun, ch
+		if got == n {
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d of 2 directions parked after 5s", n)
+			t.Fatalf("%d of %d directions parked after 5s", got, n)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

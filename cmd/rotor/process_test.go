@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -146,6 +147,7 @@ func TestUnprivilegedErrorsExit2(t *testing.T) {
 type rotorProcess struct {
 	cmd         *exec.Cmd
 	http, socks string
+	debug       string      // with --debug-listen
 	lines       chan string // stderr, one JSON log line each; closed at exit
 }
 
@@ -188,6 +190,13 @@ func startProcessWith(t *testing.T, prefix []string, args ...string) *rotorProce
 			_ = cmd.Wait()
 		}
 	})
+	if slices.Contains(args, "--debug-listen") {
+		var debug struct{ Addr string }
+		if line := p.waitFor(t, "serving /debug/pprof/"); json.Unmarshal([]byte(line), &debug) != nil {
+			t.Fatalf("bad debug line %q", line)
+		}
+		p.debug = debug.Addr
+	}
 	var started struct{ Message, HTTP, Socks5 string }
 	if line := p.waitFor(t, "rotor started"); json.Unmarshal([]byte(line), &started) != nil {
 		t.Fatalf("bad start-up line %q", line)
@@ -217,11 +226,37 @@ func (p *rotorProcess) waitFor(t *testing.T, s string) string {
 	}
 }
 
+// waitParked waits up to 10 s until no tunnel direction of the process
+// holds a goroutine: every tunnel is parked (or gone). It reads the
+// goroutine profile of the debug listener.
+func (p *rotorProcess) waitParked(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get("http://" + p.debug + "/debug/pprof/goroutine?debug=1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		profile, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(profile), "tunnel.(*direction).loop") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tunnel directions still hold goroutines after 10 s:\n%s", profile)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // SIGTERM during live tunnels: the listeners close at once, the tunnels
 // finish within the timeout without losing a byte, and rotor exits 0.
 func TestSIGTERMDrainsTunnels(t *testing.T) {
 	tgt := tcpTarget(t, target.CountThenReply)
-	p := startProcess(t, "--shutdown-timeout", "20s")
+	p := startProcess(t, "--shutdown-timeout", "20s", "--debug-listen", "127.0.0.1:0")
 	r := &rotor{http: p.http, sock: p.socks}
 	tunnels := []net.Conn{openTunnel(t, r, "connect", tgt.Addr), openTunnel(t, r, "socks5", tgt.Addr)}
 	chunk := bytes.Repeat([]byte("0123456789"), 100_000) // 1 MB
@@ -232,9 +267,9 @@ func TestSIGTERMDrainsTunnels(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Silent for longer than a tunnel takes to park without goroutines:
-	// shutdown must still wait for them, and they must wake on data.
-	time.Sleep(1500 * time.Millisecond)
+	// Once parked without goroutines, shutdown must still wait for the
+	// tunnels, and they must wake on data.
+	p.waitParked(t)
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -275,7 +310,7 @@ func TestSIGTERMDrainsTunnels(t *testing.T) {
 func TestSIGTERMTimeoutClosesTunnels(t *testing.T) {
 	tgt := tcpTarget(t, target.CountThenReply)
 	const timeout = time.Second
-	p := startProcess(t, "--shutdown-timeout", timeout.String())
+	p := startProcess(t, "--shutdown-timeout", timeout.String(), "--debug-listen", "127.0.0.1:0")
 	r := &rotor{http: p.http, sock: p.socks}
 	var tunnels []net.Conn
 	for i := 0; i < 100; i++ {
@@ -284,7 +319,7 @@ func TestSIGTERMTimeoutClosesTunnels(t *testing.T) {
 		_ = c.SetDeadline(time.Now().Add(30 * time.Second))
 		tunnels = append(tunnels, c)
 	}
-	time.Sleep(500 * time.Millisecond) // parked
+	p.waitParked(t)
 	signalled := time.Now()
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

@@ -26,6 +26,9 @@ type compareOpts struct {
 	Command   string // as typed, for the report
 	Peers     []string
 	Workloads []string
+	// Baseline, when set, is a git revision whose rotor runs beside this
+	// build as the peer "rotor@REV", for a side-by-side table.
+	Baseline string
 }
 
 func selected(list []string, name string, prefix bool) bool {
@@ -133,6 +136,13 @@ func compare(o compareOpts, log io.Writer) error {
 	if out, err := build.CombinedOutput(); err != nil {
 		return fmt.Errorf("building rotor: %v\n%s", err, out)
 	}
+	var baseBin, baseName string
+	if o.Baseline != "" {
+		baseName = "rotor@" + o.Baseline
+		if baseBin, err = buildRevision(repo, o.Baseline, tmp); err != nil {
+			return err
+		}
+	}
 	tgt, err := target.HTTP("127.0.0.1:0")
 	if err != nil {
 		return err
@@ -151,14 +161,15 @@ func compare(o compareOpts, log io.Writer) error {
 		name  string
 		start func() (*peer, error)
 	}{
-		{"rotor", func() (*peer, error) { return startRotorPeer(bin, pp) }},
+		{"rotor", func() (*peer, error) { return startRotorPeer("rotor", bin, pp) }},
+		{baseName, func() (*peer, error) { return startRotorPeer(baseName, baseBin, pp) }},
 		{"squid", func() (*peer, error) { return startSquid(repo, pp) }},
 		{"tinyproxy", func() (*peer, error) { return startTinyproxy(repo, pp) }},
 		{"microsocks", func() (*peer, error) { return startMicrosocks(pp) }},
 	}
 	restart := map[string]func() (*peer, error){}
 	for _, s := range starters {
-		if !selected(o.Peers, s.name, false) {
+		if s.name == "" || !selected(o.Peers, strings.TrimSuffix(s.name, "@"+o.Baseline), false) {
 			continue
 		}
 		restart[s.name] = s.start
@@ -344,4 +355,25 @@ func machine() string {
 	}
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	return fmt.Sprintf("%d cores (%s), Linux %s, %s", runtime.NumCPU(), model, strings.TrimSpace(string(kernel)), runtime.Version())
+}
+
+// buildRevision builds cmd/rotor as it was at rev (git archive, so the
+// working tree is untouched) into dir and returns the binary's path.
+func buildRevision(repo, rev, dir string) (string, error) {
+	src := filepath.Join(dir, "baseline-src")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		return "", err
+	}
+	archive := exec.Command("sh", "-c", `git archive --format=tar "$1" | tar -x -C "$2"`, "sh", rev, src)
+	archive.Dir = repo
+	if out, err := archive.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("git archive %s: %v\n%s", rev, err, out)
+	}
+	bin := filepath.Join(dir, "rotor-baseline")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/rotor")
+	build.Dir = src
+	if out, err := build.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building rotor at %s: %v\n%s", rev, err, out)
+	}
+	return bin, nil
 }

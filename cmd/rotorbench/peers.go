@@ -132,8 +132,8 @@ func startCmd(p *peer, name string, args ...string) error {
 // startRotor runs the rotor binary on a loopback pool of four with both
 // listeners and a debug listener for goroutine counts. Access logging is
 // off (warn level), as for every peer.
-func startRotorPeer(bin string, pp *ports) (*peer, error) {
-	p := &peer{Name: "rotor"}
+func startRotorPeer(name, bin string, pp *ports) (*peer, error) {
+	p := &peer{Name: name}
 	var err error
 	if p.dir, err = peerDir("rotor"); err != nil {
 		return nil, err

@@ -94,6 +94,7 @@ func (rp *report) write(w io.Writer) {
 		}
 		fmt.Fprintln(w)
 	}
+	rp.writeBaseline(w)
 	if len(rp.sustained) > 0 {
 		fmt.Fprintf(w, "## Sustained new connections (rotor, c=16, %s, 10 s windows)\n\n| workload | req/s per window | last / first |\n|---|---|---|\n", o.Sustain)
 		for _, r := range rp.sustained {
@@ -177,7 +178,7 @@ func (rp *report) targets() []targetRow {
 		case c.Workload == "connect-new" || c.Workload == "socks5-new":
 			best, bestName := 0.0, ""
 			for _, r := range rp.medians[c.key()] {
-				if r.Proxy != "rotor" && r.Proxy != "direct" && r.RPS() > best {
+				if !strings.HasPrefix(r.Proxy, "rotor") && r.Proxy != "direct" && r.RPS() > best {
 					best, bestName = r.RPS(), r.Proxy
 				}
 			}
@@ -200,7 +201,7 @@ func (rp *report) targets() []targetRow {
 		if !c.idle() && !c.bulk() && !c.ByName && rot.CPU >= 0 {
 			best, bestName := time.Duration(math.MaxInt64), ""
 			for _, r := range rp.medians[c.key()] {
-				if r.Proxy != "rotor" && r.Proxy != "direct" && r.CPU > 0 && r.CPU < best {
+				if !strings.HasPrefix(r.Proxy, "rotor") && r.Proxy != "direct" && r.CPU > 0 && r.CPU < best {
 					best, bestName = r.CPU, r.Proxy
 				}
 			}
@@ -225,4 +226,34 @@ func (rp *report) targets() []targetRow {
 			fmt.Sprintf("%s ns/op, %s allocs/op", m[2], m[3]), status(ns <= 10 && m[3] == "0")})
 	}
 	return rows
+}
+
+// writeBaseline writes this build beside the --baseline revision, same
+// run, same interleaving: throughput and CPU ratios, and the idle
+// tunnels' memory and descriptors.
+func (rp *report) writeBaseline(w io.Writer) {
+	if rp.opts.Baseline == "" {
+		return
+	}
+	base := "rotor@" + rp.opts.Baseline
+	fmt.Fprintf(w, "## This build against %s\n\nSame run, interleaved; ratios are this build over the baseline (throughput: higher is better; CPU, RSS: lower is better).\n\n", base)
+	fmt.Fprintf(w, "| workload | this build | %s | ratio | CPU this build | CPU baseline | CPU ratio |\n|---|---|---|---|---|---|---|\n", base)
+	for _, c := range rp.cases {
+		now, ok1 := rp.get(c, "rotor")
+		was, ok2 := rp.get(c, base)
+		if !ok1 || !ok2 {
+			continue
+		}
+		switch {
+		case c.idle():
+			fmt.Fprintf(w, "| %s | %.1f KB, %.2f fds per tunnel | %.1f KB, %.2f fds | %s (RSS) | - | - | - |\n",
+				c.key(), now.RSSPer/1024, now.FDsPer, was.RSSPer/1024, was.FDsPer, ratio(now.RSSPer, was.RSSPer))
+		case c.bulk():
+			fmt.Fprintf(w, "| %s | %.0f MB/s | %.0f MB/s | %s | - | - | - |\n", c.key(), now.MBps(), was.MBps(), ratio(now.MBps(), was.MBps()))
+		default:
+			fmt.Fprintf(w, "| %s | %.0f req/s | %.0f req/s | %s | %s | %s | %s |\n", c.key(), now.RPS(), was.RPS(), ratio(now.RPS(), was.RPS()),
+				ms(now.CPU), ms(was.CPU), ratio(float64(now.CPU), float64(was.CPU)))
+		}
+	}
+	fmt.Fprintln(w)
 }

@@ -81,8 +81,10 @@ func clientKey(a netip.Addr) netip.Addr {
 }
 
 // bcryptCompare runs one comparison when client's turn comes. An attempt
-// whose client went into back-off while it waited is refused unchecked.
-// A nil Guard compares at once (tests, tools).
+// whose client went into back-off while it waited is refused unchecked; a
+// failed comparison is recorded against client before the turn passes on,
+// so that the next waiter from client already sees it. A nil Guard
+// compares at once and records nothing (tests, tools).
 func (g *Guard) bcryptCompare(client netip.Addr, hash, pass []byte) error {
 	if g == nil {
 		return bcrypt.CompareHashAndPassword(hash, pass)
@@ -92,7 +94,11 @@ func (g *Guard) bcryptCompare(client netip.Addr, hash, pass []byte) error {
 	if err := g.backingOff(client); err != nil {
 		return err
 	}
-	return g.compare(hash, pass)
+	err := g.compare(hash, pass)
+	if err != nil {
+		g.failed(client)
+	}
+	return err
 }
 
 // backingOff returns a *BackoffError while client's failures have used

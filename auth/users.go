@@ -392,52 +392,56 @@ func (u *Users) Check(g *Guard, client netip.Addr, name, pass []byte) (*User, er
 	if err := g.backingOff(client); err != nil {
 		return nil, err
 	}
-	usr, err := u.check(g, client, name, pass)
-	if errors.Is(err, errBadCredentials) && !errors.Is(err, errStale) {
+	usr, counted, err := u.check(g, client, name, pass)
+	if !counted && errors.Is(err, errBadCredentials) && !errors.Is(err, errStale) {
 		g.failed(client)
 	}
 	return usr, err
 }
 
-func (u *Users) check(g *Guard, client netip.Addr, name, pass []byte) (*User, error) {
-	usr := u.byName[string(name)]
+// check verifies the credentials; counted reports that a failure was
+// already recorded against client (a bcrypt failure is, before its turn
+// passes to the next waiter, so that the waiter sees the back-off).
+func (u *Users) check(g *Guard, client netip.Addr, name, pass []byte) (usr *User, counted bool, err error) {
+	usr = u.byName[string(name)]
 	if usr == nil {
 		if u.dummy != nil {
 			if err := g.bcryptCompare(client, u.dummy, pass); errors.Is(err, ErrBackoff) {
-				return nil, err
+				return nil, false, err
 			}
+			return nil, g != nil, errBadCredentials
 		} else {
 			d := sha256.Sum256(pass)
 			subtle.ConstantTimeCompare(d[:], dummyDigest[:])
 		}
-		return nil, errBadCredentials
+		return nil, false, errBadCredentials
 	}
 	switch usr.kind {
 	case secretBcrypt:
 		key := credentialKey(name, pass)
 		if u.cache.has(key, usr) {
-			return usr, nil
+			return usr, false, nil
 		}
 		if u.stale(name, pass, usr) {
-			return nil, errStale
+			return nil, false, errStale
 		}
 		if err := g.bcryptCompare(client, usr.secret, pass); err != nil {
 			if errors.Is(err, ErrBackoff) {
-				return nil, err
+				return nil, false, err
 			}
-			return nil, errBadCredentials
+			return nil, g != nil, errBadCredentials
 		}
 		u.cache.add(key, usr)
-		return usr, nil
+		return usr, false, nil
 	default:
 		d := sha256.Sum256(pass)
 		if subtle.ConstantTimeCompare(d[:], usr.secret) != 1 {
 			if u.stale(name, pass, usr) {
-				return nil, errStale
+				return nil, false, errStale
 			}
-			return nil, errBadCredentials
+			return nil, false, errBadCredentials
 		}
-		return usr, nil
+		return usr, false, nil
 	}
 }
 

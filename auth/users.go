@@ -7,7 +7,12 @@
 //	pool file / --pool ─▶ *pool.Pool ──────────────────────────────────┴─▶ State ─▶ Live (atomic)
 //
 // Listeners load the State once per request or connection; a reload never
-// touches a request or tunnel already running.
+// touches a request or tunnel already running. In the path of one CONNECT
+// or SOCKS5 request this is the step after the head or greeting is read:
+// Live.Check verifies the credentials (under the Guard's back-off and
+// fair bcrypt turns), SplitSession reads the name's session parameters,
+// User.Admit applies the user's limits, and the user's pool goes to the
+// dialer with the session.
 package auth
 
 import (

@@ -1,6 +1,8 @@
 // Package config builds rotor's configuration once, from flags with
 // environment fallbacks, and validates it. Errors name the bad value; the
-// caller exits with status 2 on any of them.
+// caller exits with status 2 on any of them. It is not in a request's
+// path: cmd/rotor passes what it built to the listeners, the pool and
+// auth at start-up (and re-reads the pool and users files on SIGHUP).
 package config
 
 import (

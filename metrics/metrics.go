@@ -1,5 +1,7 @@
 // Package metrics exports rotor's per-source-address and per-listener
-// numbers to Prometheus (prometheus/client_golang).
+// numbers to Prometheus (prometheus/client_golang). In the path of one
+// CONNECT or SOCKS5 request it counts the dial (pool's OnDial hook), the
+// request's result by source, and the bytes as the tunnel moves them.
 //
 // Every label value is bounded: a source address as configured, a
 // protocol, a result class, a listener, a timeout or limit name. Target

@@ -1,13 +1,19 @@
 // Package pool holds the set of local source addresses that rotor rotates
 // through and the one outbound dialer that binds each connection to the
-// address it picked.
+// address chosen for it.
 //
-//	listener (HTTP or SOCKS5) ──Pick(family)──▶ Pool ──▶ *Source
-//	          └──────────────DialFrom(src, target)──▶ Dialer ──▶ *net.TCPConn
+//	listener (HTTP or SOCKS5) ──Choose(family, session)──▶ Egress{Src, Local}
+//	          └──────────────OpenTCP(egress, host, port)──▶ *net.TCPConn
 //
-// The pool is immutable after New; picking a source is one atomic operation
-// (round-robin), a per-P random number (random), or a short CAS loop
-// (least-recent). No pick takes a lock or allocates.
+// In the path of one CONNECT or SOCKS5 request, the listener asks the
+// Dialer for a connection to the target (DialName, DialAddr, Dial): the
+// Dialer chooses an egress (see Egress for the seam), checks the
+// destination with package dest, binds and connects, and retries once
+// over another egress when the failure was on rotor's side.
+//
+// The pool is immutable once built (NewPrefixes); picking a source is one
+// atomic operation (round-robin), a per-P random number (random), or a
+// short CAS loop (least-recent). No pick takes a lock or allocates.
 package pool
 
 import (

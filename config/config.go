@@ -81,6 +81,7 @@ type Config struct {
 	HandshakeTimeout time.Duration // SOCKS5 greeting, auth and request
 	HeaderTimeout    time.Duration // HTTP request head
 	IdleTimeout      time.Duration // tunnel with no bytes either way
+	UDPIdleTimeout   time.Duration // UDP association with no datagram either way
 	ShutdownTimeout  time.Duration
 
 	// Health: probe HealthTarget from every source each HealthInterval;
@@ -209,14 +210,14 @@ func parsePoolAndPolicy(c *Config, f flagValues) error {
 
 // parseTimeouts reads the timeouts, the connection cap and the request head cap.
 func parseTimeouts(c *Config, f flagValues) error {
-	for _, d := range []string{"dial-timeout", "dns-timeout", "keepalive-timeout", "handshake-timeout", "header-timeout", "idle-timeout", "shutdown-timeout"} {
+	for _, d := range []string{"dial-timeout", "dns-timeout", "keepalive-timeout", "handshake-timeout", "header-timeout", "idle-timeout", "udp-idle-timeout", "shutdown-timeout"} {
 		if f.dur(d) <= 0 {
 			return fmt.Errorf("--%s %s: must be positive", d, f.dur(d))
 		}
 	}
 	c.DialTimeout, c.HandshakeTimeout = f.dur("dial-timeout"), f.dur("handshake-timeout")
 	c.HeaderTimeout, c.ShutdownTimeout = f.dur("header-timeout"), f.dur("shutdown-timeout")
-	c.IdleTimeout = f.dur("idle-timeout")
+	c.IdleTimeout, c.UDPIdleTimeout = f.dur("idle-timeout"), f.dur("udp-idle-timeout")
 	c.DNSTimeout, c.KeepAliveTimeout = f.dur("dns-timeout"), f.dur("keepalive-timeout")
 	c.MaxConns, _ = f.fs.GetInt64("max-conns")
 	if c.MaxHeaderBytes, _ = f.fs.GetInt("max-header-bytes"); c.MaxHeaderBytes < 1024 || c.MaxHeaderBytes > 1<<20 {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/rotor-proxy/rotor/pool"
 	"github.com/rotor-proxy/rotor/pool/health"
+	"github.com/rotor-proxy/rotor/socks"
 )
 
 // flagDef is one flag: its default's type is the flag's type, and env
@@ -66,6 +67,7 @@ func flagGroups() []flagGroup {
 			{"handshake-timeout", "HANDSHAKE_TIMEOUT", DefaultHandshakeTimeout, "bound on a SOCKS5 greeting, auth and request"},
 			{"header-timeout", "HEADER_TIMEOUT", DefaultHeaderTimeout, "bound on reading an HTTP request head (then 408)"},
 			{"idle-timeout", "IDLE_TIMEOUT", DefaultIdleTimeout, "close a tunnel or forwarded body that moves no byte either way for this long"},
+			{"udp-idle-timeout", "UDP_IDLE_TIMEOUT", socks.DefaultUDPIdleTimeout, "end a SOCKS5 UDP association with no datagram either way for this long"},
 			{"keepalive-timeout", "KEEPALIVE_TIMEOUT", DefaultKeepAliveTimeout, "close a keep-alive HTTP client connection idle this long"},
 			{"shutdown-timeout", "SHUTDOWN_TIMEOUT", DefaultShutdownTimeout, "how long live requests and tunnels may drain on SIGTERM"},
 		}},

@@ -79,7 +79,36 @@ type Source struct {
 	received prometheus.Counter
 	tunnels  prometheus.Gauge
 	probes   [2]prometheus.Counter // passed, failed
+	udp      udpSource
 }
+
+// udpSource is a source's SOCKS5 UDP ASSOCIATE counters.
+type udpSource struct {
+	active    prometheus.Gauge
+	total     prometheus.Counter
+	datagrams [2]prometheus.Counter // sent, received
+	bytes     [2]prometheus.Counter
+	drops     [numDrops]prometheus.Counter
+}
+
+// Drop is why a datagram of a UDP association was not relayed.
+type Drop uint8
+
+const (
+	DropForeign    Drop = iota // from an address other than the association's client
+	DropFragmented             // FRAG not 0: reassembly is not offered
+	DropMalformed              // header does not parse
+	DropTooLarge               // over the datagram size cap
+	DropForbidden              // destination refused by the policy
+	DropUnresolved             // name does not resolve in the source's family
+	DropFamily                 // destination of the other family than the source
+	DropSend                   // the send itself failed
+	numDrops
+)
+
+var dropNames = [numDrops]string{"foreign-client", "fragmented", "malformed", "too-large", "forbidden", "unresolved", "family", "send-failed"}
+
+func (d Drop) String() string { return dropNames[d] }
 
 // DialBuckets are the dial latency histogram's upper bounds in seconds:
 // loopback and LAN targets take well under a millisecond, far ones tens
@@ -119,13 +148,34 @@ func New(current func() *pool.Pool, version string) *Metrics {
 		Name: "rotor_source_health_probes_total",
 		Help: "Active health probes (--health-target) from a source address, by result: pass or fail.",
 	}, []string{"source", "result"})
+	udpActive := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "rotor_source_udp_associations_active",
+		Help: "SOCKS5 UDP associations open from a source address now.",
+	}, []string{"source"})
+	udpTotal := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rotor_source_udp_associations_total",
+		Help: "SOCKS5 UDP associations opened from a source address.",
+	}, []string{"source"})
+	udpDatagrams := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rotor_source_udp_datagrams_total",
+		Help: "UDP datagrams relayed through a source address: sent to destinations, or received from them.",
+	}, []string{"source", "direction"})
+	udpBytes := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rotor_source_udp_bytes_total",
+		Help: "UDP payload bytes relayed through a source address, by direction.",
+	}, []string{"source", "direction"})
+	udpDrops := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rotor_source_udp_drops_total",
+		Help: "UDP datagrams of associations on a source address that were not relayed, by reason.",
+	}, []string{"source", "reason"})
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "rotor_build_info",
 		Help: "Always 1; the version label says which rotor is running.",
 	}, []string{"version"})
 	build.WithLabelValues(version).Set(1)
-	reg.MustRegister(requests, dials, dialTime, bytes, tunnels, probes, build, &sourceState{current: current}, m.lis)
-	m.vecs = []deleter{requests, dials, dialTime, bytes, tunnels, probes}
+	reg.MustRegister(requests, dials, dialTime, bytes, tunnels, probes, udpActive, udpTotal, udpDatagrams, udpBytes, udpDrops,
+		build, &sourceState{current: current}, m.lis)
+	m.vecs = []deleter{requests, dials, dialTime, bytes, tunnels, probes, udpActive, udpTotal, udpDatagrams, udpBytes, udpDrops}
 
 	// Children are resolved once per source: here for the sources there
 	// are, on first use for a source a reload adds.
@@ -136,6 +186,15 @@ func New(current func() *pool.Pool, version string) *Metrics {
 			received: bytes.WithLabelValues(src.Label, "received"),
 			tunnels:  tunnels.WithLabelValues(src.Label),
 			probes:   [2]prometheus.Counter{probes.WithLabelValues(src.Label, "pass"), probes.WithLabelValues(src.Label, "fail")},
+		}
+		s.udp = udpSource{
+			active:    udpActive.WithLabelValues(src.Label),
+			total:     udpTotal.WithLabelValues(src.Label),
+			datagrams: [2]prometheus.Counter{udpDatagrams.WithLabelValues(src.Label, "sent"), udpDatagrams.WithLabelValues(src.Label, "received")},
+			bytes:     [2]prometheus.Counter{udpBytes.WithLabelValues(src.Label, "sent"), udpBytes.WithLabelValues(src.Label, "received")},
+		}
+		for d := Drop(0); d < numDrops; d++ {
+			s.udp.drops[d] = udpDrops.WithLabelValues(src.Label, d.String())
 		}
 		for r := 0; r < numResults; r++ {
 			s.dials[r] = dials.WithLabelValues(src.Label, resultName(r))
@@ -209,6 +268,43 @@ func (s *Source) TunnelOpened() {
 func (s *Source) TunnelClosed() {
 	if s != nil {
 		s.tunnels.Dec()
+	}
+}
+
+// UDPOpened and UDPClosed keep the association counters of the source.
+func (s *Source) UDPOpened() {
+	if s != nil {
+		s.udp.active.Inc()
+		s.udp.total.Inc()
+	}
+}
+
+func (s *Source) UDPClosed() {
+	if s != nil {
+		s.udp.active.Dec()
+	}
+}
+
+// UDPSent counts a datagram of n payload bytes sent to a destination;
+// UDPReceived one received from a destination.
+func (s *Source) UDPSent(n int) {
+	if s != nil {
+		s.udp.datagrams[0].Inc()
+		s.udp.bytes[0].Add(float64(n))
+	}
+}
+
+func (s *Source) UDPReceived(n int) {
+	if s != nil {
+		s.udp.datagrams[1].Inc()
+		s.udp.bytes[1].Add(float64(n))
+	}
+}
+
+// UDPDropped counts a datagram not relayed, by reason.
+func (s *Source) UDPDropped(d Drop) {
+	if s != nil {
+		s.udp.drops[d].Inc()
 	}
 }
 

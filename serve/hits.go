@@ -32,6 +32,7 @@ const (
 	UserRate             // request over its user's rate
 	PerIPRate            // no source address had a token in time
 	AuthBackoff          // login refused unchecked: its address failed too often
+	UDPIdleTimeout       // UDP association with no datagram either way
 	numHits
 )
 
@@ -52,6 +53,7 @@ var hitInfo = [numHits]struct{ name, kind string }{
 	UserRate:         {"user-rate", "limit"},
 	PerIPRate:        {"per-ip-rate", "limit"},
 	AuthBackoff:      {"auth-backoff", "limit"},
+	UDPIdleTimeout:   {"udp-idle-timeout", "timeout"},
 }
 
 // String is the Hit's name, as in the log field and the metric label.

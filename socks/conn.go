@@ -43,6 +43,7 @@ type session struct {
 	hasDst bool
 	src    *pool.Source
 	reply  byte
+	udp    bool // a UDP ASSOCIATE
 	stats  tunnel.Stats
 	err    error
 }
@@ -56,7 +57,18 @@ func (s *Server) serveConn(c net.Conn) {
 	}
 	start := time.Now()
 	ss := &session{reply: noReply}
-	target, early, err := s.handshake(c, ss)
+	req, early, err := s.handshake(c, ss)
+	if err != nil {
+		ss.err = err
+		s.end(c, nil, ss, start)
+		return
+	}
+	if req.Command == statute.CommandAssociate {
+		ss.udp = true
+		s.associate(c, ss, req, start)
+		return
+	}
+	target, err := s.connect(c, ss, req)
 	if err != nil {
 		ss.err = err
 		s.end(c, nil, ss, start)
@@ -88,7 +100,10 @@ func (s *Server) end(c net.Conn, target net.Conn, ss *session, start time.Time) 
 	}
 	s.opts.Hits.Add(timeoutHit(ss))
 	s.opts.Hits.Add(ss.limit)
-	s.logSession(c, ss, time.Since(start))
+	if !ss.udp || ss.reply != statute.RepSuccess {
+		// An association that was set up logs its own line (udp.go).
+		s.logSession(c, ss, time.Since(start))
+	}
 }
 
 // timeoutHit is the timeout that ended a session, if one did.
@@ -98,17 +113,21 @@ func timeoutHit(ss *session) serve.Hit {
 		return serve.None
 	case errors.Is(ss.err, tunnel.ErrIdle):
 		return serve.IdleTimeout
+	case errors.Is(ss.err, errUDPIdle):
+		return serve.UDPIdleTimeout
 	case ss.reply == noReply && errors.Is(ss.err, os.ErrDeadlineExceeded):
 		return serve.HandshakeTimeout
 	}
 	return pool.TimeoutHit(ss.err)
 }
 
-// handshake runs greeting, auth, request, dial and reply. On success it
-// returns the connected target and any bytes the client sent early.
-func (s *Server) handshake(c net.Conn, ss *session) (*net.TCPConn, []byte, error) {
+// handshake runs greeting, auth and request, within the handshake
+// deadline, which it clears on success. It returns the request and any
+// bytes the client sent behind it early.
+func (s *Server) handshake(c net.Conn, ss *session) (statute.Request, []byte, error) {
+	var req statute.Request
 	if err := c.SetDeadline(time.Now().Add(s.opts.HandshakeTimeout)); err != nil {
-		return nil, nil, err
+		return req, nil, err
 	}
 	// 512 bytes hold any greeting and request; RFC 1929 auth (up to 513)
 	// is read through it in two fills.
@@ -119,20 +138,16 @@ func (s *Server) handshake(c net.Conn, ss *session) (*net.TCPConn, []byte, error
 		readers.Put(br)
 	}()
 	if err := s.negotiate(c, br, ss); err != nil {
-		return nil, nil, err
+		return req, nil, err
 	}
 	req, err := s.request(c, br, ss)
 	if err != nil {
-		return nil, nil, err
+		return req, nil, err
 	}
 	// The handshake is over; the dial has its own timeout, and a slow dial
 	// must not make the reply write miss the handshake deadline.
 	if err := c.SetDeadline(time.Time{}); err != nil {
-		return nil, nil, err
-	}
-	target, err := s.connect(c, ss, req)
-	if err != nil {
-		return nil, nil, err
+		return req, nil, err
 	}
 	// Bytes the client pipelined behind its request (optimistic data) sit
 	// in br; copied out so the buffer can go, they reach the target first.
@@ -141,7 +156,7 @@ func (s *Server) handshake(c net.Conn, ss *session) (*net.TCPConn, []byte, error
 		b, _ := br.Peek(n)
 		early = append([]byte(nil), b...)
 	}
-	return target, early, nil
+	return req, early, nil
 }
 
 // negotiate reads the greeting, chooses the method, authenticates, and
@@ -198,8 +213,8 @@ func (s *Server) request(c net.Conn, br *bufio.Reader, ss *session) (statute.Req
 		return req, fmt.Errorf("request: %w", err)
 	}
 	ss.dst, ss.hasDst = req.DstAddr, true
-	if req.Command != statute.CommandConnect {
-		// BIND and UDP ASSOCIATE are not offered (yet).
+	if req.Command != statute.CommandConnect && req.Command != statute.CommandAssociate {
+		// BIND is not offered.
 		return req, s.fail(c, ss, statute.RepCommandNotSupported, fmt.Errorf("request: command %d not supported", req.Command))
 	}
 	return req, nil
@@ -335,12 +350,20 @@ func (s *Server) fail(c net.Conn, ss *session, rep byte, cause error) error {
 func writeReply(c net.Conn, rep byte, bound net.Addr) error {
 	r := statute.Reply{Version: statute.VersionSocks5, Response: rep,
 		BndAddr: statute.AddrSpec{AddrType: statute.ATYPIPv4, IP: net.IPv4zero}}
-	if ta, ok := bound.(*net.TCPAddr); ok {
-		r.BndAddr.IP, r.BndAddr.Port = ta.IP, ta.Port
-		if ta.IP.To4() == nil {
+	var ip net.IP
+	var port int
+	switch a := bound.(type) {
+	case *net.TCPAddr:
+		ip, port = a.IP, a.Port
+	case *net.UDPAddr: // the relay socket of a UDP ASSOCIATE
+		ip, port = a.IP, a.Port
+	}
+	if ip != nil {
+		r.BndAddr.IP, r.BndAddr.Port = ip, port
+		if ip.To4() == nil {
 			r.BndAddr.AddrType = statute.ATYPIPv6
 		} else {
-			r.BndAddr.IP = ta.IP.To4()
+			r.BndAddr.IP = ip.To4()
 		}
 	}
 	_, err := c.Write(r.Bytes())

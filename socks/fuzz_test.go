@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/things-go/go-socks5/statute"
 
 	"github.com/rotor-proxy/rotor/dest"
 	"github.com/rotor-proxy/rotor/internal/testkit"
@@ -56,13 +57,56 @@ func FuzzHandshake(f *testing.F) {
 		Access: testkit.Access(testkit.OneUser(user, pass)), Log: zerolog.Nop()})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c := &memConn{in: bytes.NewReader(data)}
-		target, _, err := s.handshake(c, &session{reply: noReply})
-		if target != nil || err == nil {
-			t.Fatalf("handshake on fuzz input opened a tunnel")
+		ss := &session{reply: noReply}
+		req, _, err := s.handshake(c, ss)
+		if err == nil && req.Command == statute.CommandConnect {
+			// Every destination is refused: no connection may open.
+			if target, err := s.connect(c, ss, req); target != nil || err == nil {
+				t.Fatalf("handshake on fuzz input opened a tunnel")
+			}
 		}
 		out := c.out.Bytes()
 		if len(out) > 0 && out[0] != 5 {
 			t.Fatalf("reply does not start with version 5: % x", out)
+		}
+	})
+}
+
+// FuzzUDPHeader: any datagram parses or not without panicking; what
+// parses re-encodes to the same header for an address, and the payload
+// is the rest of the datagram.
+//
+//	go test -run '^$' -fuzz FuzzUDPHeader -fuzztime 20s ./socks/
+func FuzzUDPHeader(f *testing.F) {
+	for _, seed := range [][]byte{
+		{0, 0, 0, 1, 127, 0, 0, 1, 0, 53, 'h', 'i'},
+		{0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 187},
+		{0, 0, 0, 3, 7, 'e', 'x', 'a', 'm', 'p', 'l', 'e', 0, 53, 'q'},
+		{0, 0, 1, 1, 1, 2, 3, 4, 0, 80},
+		{0, 0, 0, 3, 0, 0, 53},
+		{0, 0, 0, 9},
+		{},
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, payload, err := parseUDPHeader(b)
+		if err != nil {
+			return
+		}
+		n := len(b) - len(payload)
+		if n < 0 || !bytes.Equal(payload, b[n:]) {
+			t.Fatal("payload is not the rest of the datagram")
+		}
+		if h.name == nil {
+			if b[3] == 1 || (b[3] == 4 && !netip.AddrFrom16([16]byte(b[4:20])).Is4In6()) {
+				re := appendUDPHeader(nil, netip.AddrPortFrom(h.addr, h.port))
+				if !bytes.Equal(re[3:], b[3:n]) {
+					t.Fatalf("header % x re-encodes as % x", b[:n], re)
+				}
+			}
+		} else if len(h.name) == 0 || len(h.name) != int(b[4]) {
+			t.Fatalf("name %q, length byte %d", h.name, b[4])
 		}
 	})
 }

@@ -20,6 +20,7 @@ package socks
 import (
 	"context"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -45,7 +46,10 @@ type Options struct {
 	// IdleTimeout closes a tunnel that moves no byte either way for this
 	// long; zero means never.
 	IdleTimeout time.Duration
-	Log         zerolog.Logger
+	// UDPIdleTimeout ends a UDP association with no datagram either way
+	// for this long; zero means DefaultUDPIdleTimeout.
+	UDPIdleTimeout time.Duration
+	Log            zerolog.Logger
 	// Limiter caps client connections, shared by both listeners; nil
 	// means no cap.
 	Limiter *serve.Limiter
@@ -61,12 +65,18 @@ type Options struct {
 type Server struct {
 	serve.Core
 	opts Options
+
+	udpMu   sync.Mutex
+	udpHeld map[string]int // UDP associations by user (or client address)
 }
 
 // New returns a server; call Serve to start it.
 func New(o Options) *Server {
 	if o.HandshakeTimeout <= 0 {
 		o.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if o.UDPIdleTimeout <= 0 {
+		o.UDPIdleTimeout = DefaultUDPIdleTimeout
 	}
 	s := &Server{opts: o}
 	s.Init(o.Limiter, o.Hits)

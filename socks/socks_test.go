@@ -103,7 +103,6 @@ func TestProtocol(t *testing.T) {
 		{"wrong password", append([]byte{5, 1, 2}, authMsg(user, "x")...), []byte{5, 2, 1, 1}},
 		{"wrong user", append([]byte{5, 2, 0, 2}, authMsg("bob", pass)...), []byte{5, 2, 1, 1}},
 		{"BIND", append(greetAuth, connectIPv4(target, 2)...), []byte{5, 2, 1, 0, 5, 7}},
-		{"UDP ASSOCIATE", append(greetAuth, connectIPv4(target, 3)...), []byte{5, 2, 1, 0, 5, 7}},
 		{"unknown ATYP", append(greetAuth, 5, 1, 0, 8, 1, 2, 3, 4), []byte{5, 2, 1, 0, 5, 8}},
 		{"SOCKS4", []byte{4, 1, 0, 80, 127, 0, 0, 1, 0}, nil},
 	} {

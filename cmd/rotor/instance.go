@@ -216,7 +216,7 @@ func (in *instance) serveProxies(d *pool.Dialer, hl, sl net.Listener) {
 		in.listeners = append(in.listeners, sl)
 		in.socksAddr = sl.Addr()
 		in.socks = socks.New(socks.Options{
-			Dialer: d, Access: in.access, HandshakeTimeout: cfg.HandshakeTimeout, IdleTimeout: cfg.IdleTimeout,
+			Dialer: d, Access: in.access, HandshakeTimeout: cfg.HandshakeTimeout, IdleTimeout: cfg.IdleTimeout, UDPIdleTimeout: cfg.UDPIdleTimeout,
 			Limiter: limit, Hits: &in.socksHits,
 			Log: log.With().Str("listener", "socks5").Logger(), Metrics: in.metrics,
 			Listener: in.metrics.AddListener("socks5", func() int { return in.socks.Active() }, &in.socksHits),

@@ -211,7 +211,7 @@ func TestMetrics(t *testing.T) {
 	}
 	// Bounded labels: nothing a client chose (user, target) is a label.
 	allowed := map[string]bool{"source": true, "protocol": true, "result": true, "direction": true, "listener": true,
-		"timeout": true, "limit": true, "version": true}
+		"timeout": true, "limit": true, "version": true, "reason": true}
 	for name, f := range fams {
 		if !strings.HasPrefix(name, "rotor_") {
 			continue

@@ -1,0 +1,396 @@
+package socks
+
+import (
+	"bytes"
+	"encoding/binary"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/rotor-proxy/rotor/dest"
+	"github.com/rotor-proxy/rotor/internal/target"
+	"github.com/rotor-proxy/rotor/internal/testkit"
+	"github.com/rotor-proxy/rotor/pool"
+	"github.com/rotor-proxy/rotor/serve"
+)
+
+// udpEcho is a UDP server on 127.0.0.1 that answers each datagram with
+// the sender's address, and counts what it received.
+type udpEcho struct {
+	addr netip.AddrPort
+	mu   sync.Mutex
+	n    int
+}
+
+func newUDPEcho(t *testing.T) *udpEcho {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &udpEcho{addr: c.LocalAddr().(*net.UDPAddr).AddrPort()}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 2048)
+		for {
+			_, from, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			e.mu.Lock()
+			e.n++
+			e.mu.Unlock()
+			_, _ = c.WriteToUDPAddrPort([]byte(from.Addr().String()), from)
+		}
+	}()
+	t.Cleanup(func() { c.Close(); <-done })
+	return e
+}
+
+func (e *udpEcho) count() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.n
+}
+
+// udpServer is a SOCKS5 server over a pool of four loopback addresses.
+func udpServer(t *testing.T, set func(*Options)) (*Server, string, *logSink) {
+	t.Helper()
+	p, err := testkit.Pool([]netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3"),
+		netip.MustParseAddr("127.0.0.4"), netip.MustParseAddr("127.0.0.5")}, pool.RoundRobin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &logSink{}
+	o := Options{Dialer: pool.NewDialer(p, pool.DialerOptions{Timeout: 5 * time.Second, Resolver: target.OfflineResolver()}),
+		Access: testkit.Access(testkit.OneUser(user, pass)), Log: zerolog.New(logs), Hits: &serve.Hits{}}
+	if set != nil {
+		set(&o)
+	}
+	s := New(o)
+	return s, serveOn(t, s), logs
+}
+
+type logSink struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logSink) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logSink) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// assoc is a client's UDP association: its control connection, the relay
+// address the reply named, and the client's own UDP socket.
+type assoc struct {
+	ctl   net.Conn
+	relay netip.AddrPort
+	udp   *net.UDPConn
+}
+
+// associate opens a UDP association as name with the client's UDP socket
+// on 127.0.0.1.
+func associate(t *testing.T, proxy, name string) *assoc {
+	t.Helper()
+	ctl, err := net.Dial("tcp", proxy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ctl.Close() })
+	_ = ctl.SetDeadline(time.Now().Add(5 * time.Second))
+	msg := append([]byte{5, 1, 2}, authMsg(name, pass)...)
+	msg = append(msg, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0) // client address and port not known yet
+	if _, err := ctl.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	reply := make([]byte, 2+2+10)
+	if _, err := io.ReadFull(ctl, reply); err != nil {
+		t.Fatalf("UDP ASSOCIATE reply: %v", err)
+	}
+	if !bytes.Equal(reply[:8], []byte{5, 2, 1, 0, 5, 0, 0, 1}) {
+		t.Fatalf("UDP ASSOCIATE reply % x, want success with an IPv4 relay address", reply)
+	}
+	_ = ctl.SetDeadline(time.Time{})
+	relay := netip.AddrPortFrom(netip.AddrFrom4([4]byte(reply[8:12])), binary.BigEndian.Uint16(reply[12:14]))
+	u, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { u.Close() })
+	return &assoc{ctl: ctl, relay: relay, udp: u}
+}
+
+// send sends payload to dst through the association, with frag as FRAG.
+func (a *assoc) send(t *testing.T, dst netip.AddrPort, frag byte, payload []byte) {
+	t.Helper()
+	b := appendUDPHeader(nil, dst)
+	b[2] = frag
+	if _, err := a.udp.WriteToUDPAddrPort(append(b, payload...), a.relay); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// recv returns the next reply's source and payload, or ok false after
+// wait.
+func (a *assoc) recv(t *testing.T, wait time.Duration) (from netip.AddrPort, payload []byte, ok bool) {
+	t.Helper()
+	_ = a.udp.SetReadDeadline(time.Now().Add(wait))
+	buf := make([]byte, 65536)
+	n, _, err := a.udp.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		return from, nil, false
+	}
+	h, p, err := parseUDPHeader(buf[:n])
+	if err != nil || h.frag != 0 || h.name != nil {
+		t.Fatalf("reply header % x: %v", buf[:n], err)
+	}
+	return netip.AddrPortFrom(h.addr, h.port), p, true
+}
+
+// roundTrip sends one datagram to an echo and returns the address it saw.
+func (a *assoc) roundTrip(t *testing.T, e *udpEcho) string {
+	t.Helper()
+	a.send(t, e.addr, 0, []byte("ping"))
+	from, p, ok := a.recv(t, 5*time.Second)
+	if !ok {
+		t.Fatal("no reply through the association")
+	}
+	if from != e.addr {
+		t.Fatalf("reply header names %s, want the destination %s", from, e.addr)
+	}
+	return string(p)
+}
+
+// Each association takes one egress, by the pool's strategy: 100
+// associations over four addresses, 25 each; one association reaches
+// several destinations from one address; a session pins TCP and UDP to
+// one address.
+func TestUDPAssociateRotates(t *testing.T) {
+	_, proxy, _ := udpServer(t, nil)
+	e := newUDPEcho(t)
+	seen := map[string]int{}
+	for range 100 {
+		a := associate(t, proxy, user)
+		seen[a.roundTrip(t, e)]++
+		a.ctl.Close()
+		a.udp.Close()
+	}
+	for _, ip := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"} {
+		if seen[ip] != 25 {
+			t.Errorf("%s carried %d associations, want 25 (all: %v)", ip, seen[ip], seen)
+		}
+	}
+
+	a := associate(t, proxy, user)
+	echoes := []*udpEcho{e, newUDPEcho(t), newUDPEcho(t)}
+	srcs := map[string]bool{}
+	for range 3 {
+		for _, x := range echoes {
+			srcs[a.roundTrip(t, x)] = true
+		}
+	}
+	if len(srcs) != 1 {
+		t.Errorf("one association left from %v, want one address", srcs)
+	}
+
+	pinned := map[string]bool{}
+	for range 4 {
+		pinned[associate(t, proxy, user+"-session-k1").roundTrip(t, e)] = true
+	}
+	ctl, err := net.Dial("tcp", proxy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctl.Close()
+	peer := peerServer(t)
+	out := exchange(t, proxy, append(append([]byte{5, 1, 2}, authMsg(user+"-session-k1", pass)...), connectIPv4(peer, 1)...))
+	if len(out) > 14 {
+		pinned[netip.MustParseAddrPort(string(out[14:])).Addr().String()] = true
+	}
+	if len(pinned) != 1 {
+		t.Errorf("session k1 over UDP and TCP left from %v, want one address", pinned)
+	}
+}
+
+// What the association does not relay: datagrams from another client
+// address, fragments, and destinations the policy refuses (logged once).
+func TestUDPDrops(t *testing.T) {
+	_, proxy, logs := udpServer(t, func(o *Options) {
+		o.Dialer = pool.NewDialer(o.Dialer.Pool(), pool.DialerOptions{Timeout: 5 * time.Second, Resolver: target.OfflineResolver(),
+			Policy: dest.NewPolicy([]netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}, nil)})
+	})
+	e := newUDPEcho(t)
+	a := associate(t, proxy, user)
+	a.roundTrip(t, e) // pins the client's port
+
+	// Another address (127.0.0.9) sending to the relay reaches nothing.
+	other, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 9)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if _, err := other.WriteToUDPAddrPort(append(appendUDPHeader(nil, e.addr), "x"...), a.relay); err != nil {
+		t.Fatal(err)
+	}
+	a.send(t, e.addr, 1, []byte("fragment"))
+	forbidden := netip.MustParseAddrPort("127.0.0.8:" + strings.Split(e.addr.String(), ":")[1])
+	a.send(t, forbidden, 0, []byte("forbidden"))
+	a.send(t, forbidden, 0, []byte("forbidden again"))
+	// A datagram behind them is still relayed, and nothing else was.
+	if got := a.roundTrip(t, e); got == "" {
+		t.Fatal("association stopped relaying")
+	}
+	if n := e.count(); n != 2 {
+		t.Errorf("echo received %d datagrams, want the 2 allowed ones", n)
+	}
+	if _, _, ok := a.recv(t, 100*time.Millisecond); ok {
+		t.Error("a dropped datagram was answered")
+	}
+	l := logs.String()
+	if strings.Count(l, `"drop":"forbidden"`) != 1 || !strings.Contains(l, "127.0.0.8") {
+		t.Errorf("forbidden destination not logged once:\n%s", l)
+	}
+}
+
+// The association ends when its control connection closes and when it
+// idles; its sockets close with it and the user's slot comes back.
+func TestUDPAssociationEnds(t *testing.T) {
+	s, proxy, logs := udpServer(t, func(o *Options) { o.UDPIdleTimeout = 300 * time.Millisecond })
+	e := newUDPEcho(t)
+	a := associate(t, proxy, user)
+	a.roundTrip(t, e)
+	a.ctl.Close()
+	waitUntil(t, time.Second, func() bool { return s.Active() == 0 }, "association ended after its control connection closed")
+
+	b := associate(t, proxy, user)
+	b.roundTrip(t, e)
+	waitUntil(t, 5*time.Second, func() bool { return s.Active() == 0 }, "association ended after idling")
+	if _, err := io.ReadAll(b.ctl); err != nil {
+		t.Errorf("control connection after the idle timeout: %v, want EOF", err)
+	}
+	if n := s.opts.Hits.Load(serve.UDPIdleTimeout); n != 1 {
+		t.Errorf("udp-idle-timeout counted %d times, want 1", n)
+	}
+	l := logs.String()
+	if !strings.Contains(l, `"reason":"udp-idle-timeout"`) || !strings.Contains(l, `"reason":"control-closed"`) ||
+		!strings.Contains(l, `"datagrams_up":1`) {
+		t.Errorf("association log lines:\n%s", l)
+	}
+	s.udpMu.Lock()
+	held := len(s.udpHeld)
+	s.udpMu.Unlock()
+	if held != 0 {
+		t.Errorf("%d users still hold associations", held)
+	}
+}
+
+// waitUntil polls cond for up to d.
+func waitUntil(t *testing.T, d time.Duration, cond func() bool, what string) {
+	t.Helper()
+	for end := time.Now().Add(d); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("not within %s: %s", d, what)
+		}
+	}
+}
+
+// A DNS query over SOCKS5 UDP, by name of the DNS server's host as ATYP 3
+// would be, gets its answer.
+func TestUDPDNSQuery(t *testing.T) {
+	_, proxy, _ := udpServer(t, nil)
+	srv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 512)
+		for {
+			n, from, err := srv.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			var p dnsmessage.Parser
+			h, err := p.Start(buf[:n])
+			if err != nil {
+				continue
+			}
+			q, _ := p.Question()
+			b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true})
+			_ = b.StartQuestions()
+			_ = b.Question(q)
+			_ = b.StartAnswers()
+			_ = b.AResource(dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 60},
+				dnsmessage.AResource{A: [4]byte{192, 0, 2, 53}})
+			msg, _ := b.Finish()
+			_, _ = srv.WriteToUDPAddrPort(msg, from)
+		}
+	}()
+	defer func() { srv.Close(); <-done }()
+
+	a := associate(t, proxy, user)
+	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: 4711, RecursionDesired: true})
+	_ = b.StartQuestions()
+	_ = b.Question(dnsmessage.Question{Name: dnsmessage.MustNewName("rotor.test."), Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET})
+	query, _ := b.Finish()
+	// By name: "localhost" resolves (from /etc/hosts) in the source's family.
+	port := srv.LocalAddr().(*net.UDPAddr).Port
+	hdr := append([]byte{0, 0, 0, 3, byte(len("localhost"))}, "localhost"...)
+	hdr = binary.BigEndian.AppendUint16(hdr, uint16(port))
+	if _, err := a.udp.WriteToUDPAddrPort(append(hdr, query...), a.relay); err != nil {
+		t.Fatal(err)
+	}
+	_, resp, ok := a.recv(t, 5*time.Second)
+	if !ok {
+		t.Fatal("no DNS answer through the association")
+	}
+	var p dnsmessage.Parser
+	h, err := p.Start(resp)
+	if err != nil || h.ID != 4711 {
+		t.Fatalf("answer %v, %v", h, err)
+	}
+	_ = p.SkipAllQuestions()
+	ans, err := p.AnswerHeader()
+	if err != nil || ans.Type != dnsmessage.TypeA {
+		t.Fatalf("answer: %v %v", ans, err)
+	}
+	r, _ := p.AResource()
+	if r.A != [4]byte{192, 0, 2, 53} {
+		t.Fatalf("A %v", r.A)
+	}
+}
+
+// Associations per user are capped; over the cap the request gets 0x01.
+func TestUDPAssociationsPerUser(t *testing.T) {
+	s, proxy, _ := udpServer(t, nil)
+	_ = s
+	var held []*assoc
+	for range maxAssociationsPerUser {
+		held = append(held, associate(t, proxy, user))
+	}
+	out := exchange(t, proxy, append(append([]byte{5, 1, 2}, authMsg(user, pass)...), 5, 3, 0, 1, 0, 0, 0, 0, 0, 0))
+	if !bytes.HasPrefix(out, []byte{5, 2, 1, 0, 5, 1}) {
+		t.Fatalf("association over the cap: % x, want reply 01", out)
+	}
+	for _, a := range held {
+		a.ctl.Close()
+	}
+}
+

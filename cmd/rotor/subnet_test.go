@@ -24,53 +24,55 @@ import (
 	"github.com/rotor-proxy/rotor/pool"
 )
 
-// listenInNS opens a TCP listener inside network namespace ns: a thread
-// enters the namespace just for the socket call. The socket stays in ns;
-// this process serves it like any other.
+// listenInNS opens a TCP listener inside network namespace ns; this
+// process serves it like any other.
 func listenInNS(t *testing.T, ns, addr string) net.Listener {
 	t.Helper()
-	type result struct {
-		ln  net.Listener
-		err error
+	var ln net.Listener
+	var err error
+	inNS(t, ns, func() { ln, err = net.Listen("tcp", addr) })
+	if err != nil {
+		t.Fatal(err)
 	}
-	ch := make(chan result, 1)
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// inNS runs fn on a thread inside network namespace ns: sockets fn opens
+// stay in ns. fn must not block.
+func inNS(t *testing.T, ns string, fn func()) {
+	t.Helper()
+	errc := make(chan error, 1)
 	go func() {
-		// Locked and never unlocked: if the thread cannot go back to its
-		// own namespace, it ends with this goroutine.
+		// Locked and never unlocked if the thread cannot go back.
 		runtime.LockOSThread()
 		orig, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
 		if err != nil {
-			ch <- result{nil, err}
+			errc <- err
 			return
 		}
 		defer orig.Close()
 		nsf, err := os.Open("/run/netns/" + ns)
 		if err != nil {
-			ch <- result{nil, err}
+			errc <- err
 			return
 		}
 		defer nsf.Close()
 		if err := unix.Setns(int(nsf.Fd()), unix.CLONE_NEWNET); err != nil {
-			ch <- result{nil, fmt.Errorf("setns: %w", err)}
+			errc <- fmt.Errorf("setns: %w", err)
 			return
 		}
-		ln, lerr := net.Listen("tcp", addr)
+		fn()
 		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			if ln != nil {
-				ln.Close()
-			}
-			ch <- result{nil, fmt.Errorf("setns back: %w", err)}
+			errc <- fmt.Errorf("setns back: %w", err)
 			return
 		}
 		runtime.UnlockOSThread()
-		ch <- result{ln, lerr}
+		errc <- nil
 	}()
-	r := <-ch
-	if r.err != nil {
-		t.Fatal(r.err)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
 	}
-	t.Cleanup(func() { r.ln.Close() })
-	return r.ln
 }
 
 // serveInNS serves target.HTTP (GET /ip) and target.WritePeer on
@@ -284,5 +286,55 @@ func TestSubnetBurst50k(t *testing.T) {
 		if name == "block" && ok.Load() != total {
 			t.Errorf("block: %d of %d connected; failures %v", ok.Load(), total, errs)
 		}
+	}
+}
+
+// A block in the pool gives each SOCKS5 UDP association its own address
+// in the block (IP_FREEBIND), for every datagram it sends: 20
+// associations to a UDP echo in another namespace, 20 distinct addresses
+// in the routed /64.
+func TestSubnetUDP(t *testing.T) {
+	p := subnetNS(t, "u")
+	var echo *net.UDPConn
+	inNS(t, p.ns, func() {
+		var err error
+		if echo, err = net.ListenUDP("udp6", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("[2001:db8:ff::2]:0"))); err != nil {
+			t.Error(err)
+		}
+	})
+	if echo == nil {
+		t.FailNow()
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 2048)
+		for {
+			_, from, err := echo.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			_, _ = echo.WriteToUDPAddrPort([]byte(from.Addr().String()), from)
+		}
+	}()
+	defer func() { echo.Close(); <-done }()
+	dst := echo.LocalAddr().(*net.UDPAddr).AddrPort()
+	r := startRotor(t, func(c *config.Config) { c.Pool = []netip.Prefix{subnetBlock} })
+	seen := map[string]bool{}
+	for range 20 {
+		a := socksUDPAssociate(t, r.sock)
+		got := a.roundTrip(t, dst)
+		if ip, err := netip.ParseAddr(got); err != nil || !subnetBlock.Contains(ip) {
+			t.Fatalf("association left from %q, outside %s", got, subnetBlock)
+		}
+		// A second datagram of the same association leaves from the same address.
+		if again := a.roundTrip(t, dst); again != got {
+			t.Fatalf("one association left from %s then %s", got, again)
+		}
+		seen[got] = true
+		a.close()
+	}
+	if len(seen) != 20 {
+		t.Errorf("20 associations left from %d addresses, want 20", len(seen))
 	}
 }

@@ -156,6 +156,49 @@ func (c *conn) connectTunnel(target string, p proxySpec) error {
 // socksTunnel runs a SOCKS5 handshake (RFC 1929 auth when p.User is set)
 // for target, an IP:port or name:port.
 func (c *conn) socksTunnel(target string, p proxySpec) error {
+	if err := c.socksAuth(p); err != nil {
+		return err
+	}
+	host, portStr, err := net.SplitHostPort(target)
+	if err != nil {
+		return err
+	}
+	port, _ := strconv.ParseUint(portStr, 10, 16)
+	req := []byte{5, 1, 0}
+	if a, err := netip.ParseAddr(host); err == nil && a.Is4() {
+		ip := a.As4()
+		req = append(append(req, 1), ip[:]...)
+	} else if err == nil {
+		ip := a.As16()
+		req = append(append(req, 4), ip[:]...)
+	} else {
+		req = append(append(req, 3, byte(len(host))), host...)
+	}
+	req = binary.BigEndian.AppendUint16(req, uint16(port))
+	if _, err := c.Write(req); err != nil {
+		return err
+	}
+	var r [4]byte
+	if _, err := io.ReadFull(c.br, r[:4]); err != nil {
+		return err
+	}
+	if r[1] != 0 {
+		return fmt.Errorf("SOCKS5 reply %#02x", r[1])
+	}
+	skip := map[byte]int{1: 4 + 2, 4: 16 + 2}[r[3]]
+	if r[3] == 3 {
+		b, err := c.br.ReadByte()
+		if err != nil {
+			return err
+		}
+		skip = int(b) + 2
+	}
+	_, err = c.br.Discard(skip)
+	return err
+}
+
+// socksAuth runs the greeting and, when p.User is set, RFC 1929 auth.
+func (c *conn) socksAuth(p proxySpec) error {
 	method := byte(0)
 	if p.User != "" {
 		method = 2
@@ -183,39 +226,5 @@ func (c *conn) socksTunnel(target string, p proxySpec) error {
 			return errors.New("SOCKS5 auth failed")
 		}
 	}
-	host, portStr, err := net.SplitHostPort(target)
-	if err != nil {
-		return err
-	}
-	port, _ := strconv.ParseUint(portStr, 10, 16)
-	req := []byte{5, 1, 0}
-	if a, err := netip.ParseAddr(host); err == nil && a.Is4() {
-		ip := a.As4()
-		req = append(append(req, 1), ip[:]...)
-	} else if err == nil {
-		ip := a.As16()
-		req = append(append(req, 4), ip[:]...)
-	} else {
-		req = append(append(req, 3, byte(len(host))), host...)
-	}
-	req = binary.BigEndian.AppendUint16(req, uint16(port))
-	if _, err := c.Write(req); err != nil {
-		return err
-	}
-	if _, err := io.ReadFull(c.br, r[:4]); err != nil {
-		return err
-	}
-	if r[1] != 0 {
-		return fmt.Errorf("SOCKS5 reply %#02x", r[1])
-	}
-	skip := map[byte]int{1: 4 + 2, 4: 16 + 2}[r[3]]
-	if r[3] == 3 {
-		b, err := c.br.ReadByte()
-		if err != nil {
-			return err
-		}
-		skip = int(b) + 2
-	}
-	_, err = c.br.Discard(skip)
-	return err
+	return nil
 }

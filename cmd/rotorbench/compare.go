@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -51,6 +52,7 @@ type benchCase struct {
 	K        int  // idle tunnels
 	SOCKS    bool // SOCKS5 rather than HTTP
 	ByName   bool
+	UDP      bool // SOCKS5 UDP ASSOCIATE
 }
 
 func (c benchCase) key() string {
@@ -67,13 +69,17 @@ func (c benchCase) bulk() bool { return strings.HasPrefix(c.Workload, "bulk") }
 func (c benchCase) idle() bool { return c.K > 0 }
 
 // run measures one case for one peer (nil: direct).
-func (c benchCase) run(o compareOpts, tgt string, p *peer) result {
+func (c benchCase) run(o compareOpts, tgt string, udpTgt netip.AddrPort, p *peer) result {
 	ro := runOpts{Name: "direct", Target: tgt, Conc: c.Conc, Duration: o.Duration, ByName: c.ByName}
 	if p != nil {
 		ro.Name, ro.Via, ro.PID, ro.DebugAddr = p.Name, p.spec(c.SOCKS), p.PID(), p.DebugAddr
 	}
 	var r result
 	switch {
+	case c.Workload == "udp-rtt":
+		r = runUDPRoundTrips(ro, udpTgt)
+	case c.Workload == "udp-stream":
+		r = runUDPStream(ro, udpTgt, udpStreamRate, o.Sustain)
 	case c.idle():
 		r = runIdle(ro, c.Workload, c.K)
 	case c.bulk():
@@ -89,11 +95,19 @@ func (c benchCase) run(o compareOpts, tgt string, p *peer) result {
 
 // serves reports whether p takes part in case c.
 func (c benchCase) serves(p *peer) bool {
-	if c.SOCKS {
+	switch {
+	case c.UDP:
+		return p.UDP && p.SOCKS != ""
+	case p.UDPOnly:
+		return false
+	case c.SOCKS:
 		return p.SOCKS != ""
 	}
 	return p.HTTP != ""
 }
+
+// udpStreamRate is the udp-stream workload's rate: 1 MB/s.
+const udpStreamRate = 1 << 20
 
 func (c benchCase) hasDirect() bool { return !c.idle() && !c.ByName }
 
@@ -108,6 +122,13 @@ func cases(o compareOpts) []benchCase {
 		)
 	}
 	cs = append(cs, benchCase{Workload: "bulk-connect"}, benchCase{Workload: "bulk-socks5", SOCKS: true})
+	cs = append(cs, benchCase{Workload: "udp-rtt", Conc: 1, SOCKS: true, UDP: true})
+	for _, c := range o.Concs {
+		cs = append(cs, benchCase{Workload: "udp-rtt", Conc: c, SOCKS: true, UDP: true})
+	}
+	if o.Sustain > 0 {
+		cs = append(cs, benchCase{Workload: "udp-stream", SOCKS: true, UDP: true})
+	}
 	for _, k := range o.IdleK {
 		cs = append(cs, benchCase{Workload: "idle-connect", K: k}, benchCase{Workload: "idle-socks5", K: k, SOCKS: true})
 	}
@@ -148,6 +169,11 @@ func compare(o compareOpts, log io.Writer) error {
 		return err
 	}
 	defer tgt.Close()
+	echo, err := startUDPEcho()
+	if err != nil {
+		return err
+	}
+	defer echo.Close()
 
 	pp := &ports{next: 21000}
 	var peers []*peer
@@ -166,6 +192,7 @@ func compare(o compareOpts, log io.Writer) error {
 		{"squid", func() (*peer, error) { return startSquid(repo, pp) }},
 		{"tinyproxy", func() (*peer, error) { return startTinyproxy(repo, pp) }},
 		{"microsocks", func() (*peer, error) { return startMicrosocks(pp) }},
+		{"dante", func() (*peer, error) { return startDante(repo, pp) }},
 	}
 	restart := map[string]func() (*peer, error){}
 	for _, s := range starters {
@@ -209,7 +236,7 @@ func compare(o compareOpts, log io.Writer) error {
 						return err
 					}
 				}
-				r := c.run(o, tgt.Addr, p)
+				r := c.run(o, tgt.Addr, echo.addr(), p)
 				all[c.key()] = append(all[c.key()], r)
 				fmt.Fprintf(log, "rep %d %-28s %-10s %s\n", rep+1, c.key(), r.Proxy, brief(r))
 				// Let TIME_WAIT and the peer settle between runs.

@@ -22,6 +22,9 @@ type peer struct {
 	HTTP      string // HTTP proxy address, empty if none
 	SOCKS     string // SOCKS5 proxy address, empty if none
 	DebugAddr string // rotor only
+	UDP       bool   // serves SOCKS5 UDP ASSOCIATE
+	UDPOnly   bool   // measured on the udp workloads only (dante)
+	NoAuth    bool   // takes no credentials (dante: system accounts only)
 	cmd       *exec.Cmd
 	dir       string
 }
@@ -30,6 +33,9 @@ func (p *peer) PID() int { return p.cmd.Process.Pid }
 
 func (p *peer) spec(socks bool) proxySpec {
 	s := proxySpec{User: benchUser, Pass: benchPass}
+	if p.NoAuth {
+		s.User, s.Pass = "", ""
+	}
 	if socks {
 		s.SOCKS = p.SOCKS
 	} else {
@@ -133,7 +139,7 @@ func startCmd(p *peer, name string, args ...string) error {
 // listeners and a debug listener for goroutine counts. Access logging is
 // off (warn level), as for every peer.
 func startRotorPeer(name, bin string, pp *ports) (*peer, error) {
-	p := &peer{Name: name}
+	p := &peer{Name: name, UDP: true}
 	var err error
 	if p.dir, err = peerDir("rotor"); err != nil {
 		return nil, err
@@ -213,6 +219,29 @@ func startMicrosocks(pp *ports) (*peer, error) {
 	}
 	p.SOCKS = addr(port)
 	return p, startCmd(p, bin, "-i", "127.0.0.1", "-p", strconv.Itoa(port), "-u", benchUser, "-P", benchPass)
+}
+
+// startDante runs danted (Debian dante-server) from
+// testdata/peers/danted.conf, for the udp workloads.
+func startDante(repo string, pp *ports) (*peer, error) {
+	bin, err := exec.LookPath("danted")
+	if err != nil {
+		return nil, errNotInstalled
+	}
+	p := &peer{Name: "dante", UDP: true, UDPOnly: true, NoAuth: true}
+	if p.dir, err = peerDir("dante"); err != nil {
+		return nil, err
+	}
+	port, err := pp.take()
+	if err != nil {
+		return nil, err
+	}
+	p.SOCKS = addr(port)
+	conf, err := render(repo, "danted", p.dir, port)
+	if err != nil {
+		return nil, err
+	}
+	return p, startCmd(p, bin, "-f", conf)
 }
 
 var errNotInstalled = errors.New("not installed")

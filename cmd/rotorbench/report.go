@@ -193,12 +193,25 @@ func (rp *report) targets() []targetRow {
 			d, _ := rp.get(c, "direct")
 			rows = append(rows, targetRow{"3", c.key() + ": ≥ 0.65x direct",
 				fmt.Sprintf("%.0f vs %.0f MB/s (%s)", rot.MBps(), d.MBps(), ratio(rot.MBps(), d.MBps())), status(rot.MBps() >= 0.65*d.MBps())})
+		case c.Workload == "udp-rtt":
+			goal := c.key() + ": ≥ 1.2x dante's round trips/s"
+			dt, ok := rp.get(c, "dante")
+			if !ok {
+				na("7", goal, "dante-server not installed")
+				break
+			}
+			rows = append(rows, targetRow{"7", goal, fmt.Sprintf("%.0f vs %.0f (%s)", rot.RPS(), dt.RPS(), ratio(rot.RPS(), dt.RPS())),
+				status(rot.RPS() >= 1.2*dt.RPS())})
+		case c.Workload == "udp-stream":
+			d, _ := rp.get(c, "direct")
+			rows = append(rows, targetRow{"7", fmt.Sprintf("udp-stream, 1 MB/s for %s: loses no more than the loopback", rp.opts.Sustain),
+				fmt.Sprintf("%d of %d lost (direct: %d of %d)", rot.Errors, rot.Requests, d.Errors, d.Requests), status(rot.Errors <= d.Errors)})
 		case c.idle():
 			rows = append(rows, targetRow{"4", c.key() + ": ≤ 6 KB RSS and exactly 2 fds per tunnel",
 				fmt.Sprintf("%.1f KB, %.2f fds (%d tunnels)", rot.RSSPer/1024, rot.FDsPer, rot.Requests),
 				status(rot.Requests == int64(c.K) && rot.RSSPer <= 6*1024 && math.Abs(rot.FDsPer-2) < 0.01)})
 		}
-		if !c.idle() && !c.bulk() && !c.ByName && rot.CPU >= 0 {
+		if !c.idle() && !c.bulk() && !c.ByName && !c.UDP && rot.CPU >= 0 {
 			best, bestName := time.Duration(math.MaxInt64), ""
 			for _, r := range rp.medians[c.key()] {
 				if !strings.HasPrefix(r.Proxy, "rotor") && r.Proxy != "direct" && r.CPU > 0 && r.CPU < best {

@@ -49,7 +49,10 @@ type Options struct {
 	// UDPIdleTimeout ends a UDP association with no datagram either way
 	// for this long; zero means DefaultUDPIdleTimeout.
 	UDPIdleTimeout time.Duration
-	Log            zerolog.Logger
+	// UDPPerUser caps the UDP associations of one user (or client address
+	// without a user); zero means DefaultUDPPerUser.
+	UDPPerUser int
+	Log        zerolog.Logger
 	// Limiter caps client connections, shared by both listeners; nil
 	// means no cap.
 	Limiter *serve.Limiter
@@ -77,6 +80,9 @@ func New(o Options) *Server {
 	}
 	if o.UDPIdleTimeout <= 0 {
 		o.UDPIdleTimeout = DefaultUDPIdleTimeout
+	}
+	if o.UDPPerUser <= 0 {
+		o.UDPPerUser = DefaultUDPPerUser
 	}
 	s := &Server{opts: o}
 	s.Init(o.Limiter, o.Hits)

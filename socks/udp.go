@@ -26,13 +26,17 @@ const (
 	DefaultUDPIdleTimeout = 2 * time.Minute
 	// maxDatagram caps a datagram, header included: UDP's own limit.
 	maxDatagram = 64 << 10
-	// maxAssociationsPerUser caps the associations one user (or, without
-	// a user, one client address) holds at once: each holds two sockets.
-	maxAssociationsPerUser = 64
+	// DefaultUDPPerUser caps the associations one user (or, without a
+	// user, one client address) holds at once, when Options says nothing:
+	// each holds two UDP sockets besides its control connection.
+	DefaultUDPPerUser = 1024
 	// maxNames caps the names an association keeps resolved, and
 	// maxRefusedLogged the refused destinations it logs one line for.
 	maxNames         = 256
 	maxRefusedLogged = 16
+	// policyRecheck is how long a destination's policy check holds for
+	// the datagrams that follow to it (the host's addresses may change).
+	policyRecheck = time.Second
 )
 
 var (
@@ -64,8 +68,13 @@ type association struct {
 	refused              map[netip.AddrPort]struct{}
 	dests                map[netip.AddrPort]struct{}
 	destOverflow         bool
-	endOnce              sync.Once
-	why                  error
+	// lastDst was allowed by the policy at lastChecked (unix nanos): a
+	// stream to one destination is checked again every policyRecheck,
+	// not per datagram. Inbound loop only.
+	lastDst     netip.AddrPort
+	lastChecked int64
+	endOnce     sync.Once
+	why         error
 }
 
 // associate serves a UDP ASSOCIATE request after the handshake, until the
@@ -108,8 +117,8 @@ func (s *Server) holdAssociation(ss *session, c net.Conn) (release func(), err e
 	}
 	s.udpMu.Lock()
 	defer s.udpMu.Unlock()
-	if s.udpHeld[key] >= maxAssociationsPerUser {
-		return nil, fmt.Errorf("%w (%d)", errAssociationLimit, maxAssociationsPerUser)
+	if s.udpHeld[key] >= s.opts.UDPPerUser {
+		return nil, fmt.Errorf("%w (%d)", errAssociationLimit, s.opts.UDPPerUser)
 	}
 	if s.udpHeld == nil {
 		s.udpHeld = map[string]int{}
@@ -202,17 +211,20 @@ func (a *association) expired() bool {
 
 // readLoop reads datagrams from c until the association ends, handing
 // each to handle; the read deadline follows the idle timeout.
+// The deadline is not moved on every datagram (that costs a timer update
+// each): when it passes, the loop looks at the last activity either way
+// and sets it again from there, or ends the association.
 func (a *association) readLoop(c *net.UDPConn, buf []byte, handle func(b []byte, from netip.AddrPort)) {
+	a.idleDeadline(c)
 	for {
-		a.idleDeadline(c)
 		n, from, err := c.ReadFromUDPAddrPort(buf)
 		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) && !a.expired() {
+				a.idleDeadline(c)
+				continue
+			}
 			if errors.Is(err, os.ErrDeadlineExceeded) {
-				if !a.expired() {
-					continue
-				}
-				a.end(errUDPIdle)
-				return
+				err = errUDPIdle
 			}
 			a.end(err)
 			return
@@ -252,7 +264,8 @@ func (a *association) toDestination(b []byte, from netip.AddrPort) {
 		a.drop(metrics.DropFragmented)
 		return
 	}
-	a.touch()
+	now := time.Now().UnixNano()
+	a.last.Store(now)
 	ip := h.addr
 	if h.name != nil {
 		if ip = a.resolve(h.name); !ip.IsValid() {
@@ -260,9 +273,20 @@ func (a *association) toDestination(b []byte, from netip.AddrPort) {
 		}
 	}
 	dst := netip.AddrPortFrom(ip, h.port)
-	if err := a.s.opts.Dialer.CheckUDP(a.eg, dst); err != nil {
-		a.refuse(dst, err)
-		return
+	if dst != a.lastDst || now-a.lastChecked >= int64(policyRecheck) {
+		if err := a.s.opts.Dialer.CheckUDP(a.eg, dst); err != nil {
+			a.lastDst = netip.AddrPort{}
+			a.refuse(dst, err)
+			return
+		}
+		if _, seen := a.dests[dst]; !seen {
+			if len(a.dests) < 4096 {
+				a.dests[dst] = struct{}{}
+			} else {
+				a.destOverflow = true
+			}
+		}
+		a.lastDst, a.lastChecked = dst, now
 	}
 	if _, err := a.out.WriteToUDPAddrPort(payload, dst); err != nil {
 		a.drop(metrics.DropSend)
@@ -271,13 +295,6 @@ func (a *association) toDestination(b []byte, from netip.AddrPort) {
 	a.sent.Add(1)
 	a.sentBytes.Add(int64(len(payload)))
 	a.m.UDPSent(len(payload))
-	if _, seen := a.dests[dst]; !seen {
-		if len(a.dests) < 4096 {
-			a.dests[dst] = struct{}{}
-		} else {
-			a.destOverflow = true
-		}
-	}
 }
 
 // resolve returns the address of name for this association, resolving it

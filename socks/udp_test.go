@@ -379,10 +379,9 @@ func TestUDPDNSQuery(t *testing.T) {
 
 // Associations per user are capped; over the cap the request gets 0x01.
 func TestUDPAssociationsPerUser(t *testing.T) {
-	s, proxy, _ := udpServer(t, nil)
-	_ = s
+	_, proxy, _ := udpServer(t, func(o *Options) { o.UDPPerUser = 8 })
 	var held []*assoc
-	for range maxAssociationsPerUser {
+	for range 8 {
 		held = append(held, associate(t, proxy, user))
 	}
 	out := exchange(t, proxy, append(append([]byte{5, 1, 2}, authMsg(user, pass)...), 5, 3, 0, 1, 0, 0, 0, 0, 0, 0))
@@ -393,4 +392,3 @@ func TestUDPAssociationsPerUser(t *testing.T) {
 		a.ctl.Close()
 	}
 }
-

@@ -35,7 +35,7 @@ func startServer(t *testing.T, creds *auth.Live, handshake time.Duration) (*Serv
 }
 
 // serveOn runs s on 127.0.0.1 until cleanup and returns its address.
-func serveOn(t *testing.T, s *Server) string {
+func serveOn(t testing.TB, s *Server) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

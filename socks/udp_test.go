@@ -29,7 +29,7 @@ type udpEcho struct {
 	n    int
 }
 
-func newUDPEcho(t *testing.T) *udpEcho {
+func newUDPEcho(t testing.TB) *udpEcho {
 	t.Helper()
 	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -62,7 +62,7 @@ func (e *udpEcho) count() int {
 }
 
 // udpServer is a SOCKS5 server over a pool of four loopback addresses.
-func udpServer(t *testing.T, set func(*Options)) (*Server, string, *logSink) {
+func udpServer(t testing.TB, set func(*Options)) (*Server, string, *logSink) {
 	t.Helper()
 	p, err := testkit.Pool([]netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3"),
 		netip.MustParseAddr("127.0.0.4"), netip.MustParseAddr("127.0.0.5")}, pool.RoundRobin)
@@ -106,7 +106,7 @@ type assoc struct {
 
 // associate opens a UDP association as name with the client's UDP socket
 // on 127.0.0.1.
-func associate(t *testing.T, proxy, name string) *assoc {
+func associate(t testing.TB, proxy, name string) *assoc {
 	t.Helper()
 	ctl, err := net.Dial("tcp", proxy)
 	if err != nil {
@@ -137,7 +137,7 @@ func associate(t *testing.T, proxy, name string) *assoc {
 }
 
 // send sends payload to dst through the association, with frag as FRAG.
-func (a *assoc) send(t *testing.T, dst netip.AddrPort, frag byte, payload []byte) {
+func (a *assoc) send(t testing.TB, dst netip.AddrPort, frag byte, payload []byte) {
 	t.Helper()
 	b := appendUDPHeader(nil, dst)
 	b[2] = frag
@@ -148,7 +148,7 @@ func (a *assoc) send(t *testing.T, dst netip.AddrPort, frag byte, payload []byte
 
 // recv returns the next reply's source and payload, or ok false after
 // wait.
-func (a *assoc) recv(t *testing.T, wait time.Duration) (from netip.AddrPort, payload []byte, ok bool) {
+func (a *assoc) recv(t testing.TB, wait time.Duration) (from netip.AddrPort, payload []byte, ok bool) {
 	t.Helper()
 	_ = a.udp.SetReadDeadline(time.Now().Add(wait))
 	buf := make([]byte, 65536)

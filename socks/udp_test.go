@@ -21,45 +21,9 @@ import (
 	"github.com/rotor-proxy/rotor/serve"
 )
 
-// udpEcho is a UDP server on 127.0.0.1 that answers each datagram with
-// the sender's address, and counts what it received.
-type udpEcho struct {
-	addr netip.AddrPort
-	mu   sync.Mutex
-	n    int
-}
-
-func newUDPEcho(t testing.TB) *udpEcho {
-	t.Helper()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &udpEcho{addr: c.LocalAddr().(*net.UDPAddr).AddrPort()}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 2048)
-		for {
-			_, from, err := c.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			e.mu.Lock()
-			e.n++
-			e.mu.Unlock()
-			_, _ = c.WriteToUDPAddrPort([]byte(from.Addr().String()), from)
-		}
-	}()
-	t.Cleanup(func() { c.Close(); <-done })
-	return e
-}
-
-func (e *udpEcho) count() int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.n
-}
+// newUDPEcho is a UDP server on 127.0.0.1 that answers each datagram
+// with the sender's address, and counts what it received.
+func newUDPEcho(t testing.TB) *target.UDPServer { return target.UDPPeer(t) }
 
 // udpServer is a SOCKS5 server over a pool of four loopback addresses.
 func udpServer(t testing.TB, set func(*Options)) (*Server, string, *logSink) {
@@ -164,15 +128,15 @@ func (a *assoc) recv(t testing.TB, wait time.Duration) (from netip.AddrPort, pay
 }
 
 // roundTrip sends one datagram to an echo and returns the address it saw.
-func (a *assoc) roundTrip(t *testing.T, e *udpEcho) string {
+func (a *assoc) roundTrip(t *testing.T, e *target.UDPServer) string {
 	t.Helper()
-	a.send(t, e.addr, 0, []byte("ping"))
+	a.send(t, e.Addr, 0, []byte("ping"))
 	from, p, ok := a.recv(t, 5*time.Second)
 	if !ok {
 		t.Fatal("no reply through the association")
 	}
-	if from != e.addr {
-		t.Fatalf("reply header names %s, want the destination %s", from, e.addr)
+	if from != e.Addr {
+		t.Fatalf("reply header names %s, want the destination %s", from, e.Addr)
 	}
 	return string(p)
 }
@@ -198,7 +162,7 @@ func TestUDPAssociateRotates(t *testing.T) {
 	}
 
 	a := associate(t, proxy, user)
-	echoes := []*udpEcho{e, newUDPEcho(t), newUDPEcho(t)}
+	echoes := []*target.UDPServer{e, newUDPEcho(t), newUDPEcho(t)}
 	srcs := map[string]bool{}
 	for range 3 {
 		for _, x := range echoes {
@@ -245,18 +209,18 @@ func TestUDPDrops(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer other.Close()
-	if _, err := other.WriteToUDPAddrPort(append(appendUDPHeader(nil, e.addr), "x"...), a.relay); err != nil {
+	if _, err := other.WriteToUDPAddrPort(append(appendUDPHeader(nil, e.Addr), "x"...), a.relay); err != nil {
 		t.Fatal(err)
 	}
-	a.send(t, e.addr, 1, []byte("fragment"))
-	forbidden := netip.MustParseAddrPort("127.0.0.8:" + strings.Split(e.addr.String(), ":")[1])
+	a.send(t, e.Addr, 1, []byte("fragment"))
+	forbidden := netip.MustParseAddrPort("127.0.0.8:" + strings.Split(e.Addr.String(), ":")[1])
 	a.send(t, forbidden, 0, []byte("forbidden"))
 	a.send(t, forbidden, 0, []byte("forbidden again"))
 	// A datagram behind them is still relayed, and nothing else was.
 	if got := a.roundTrip(t, e); got == "" {
 		t.Fatal("association stopped relaying")
 	}
-	if n := e.count(); n != 2 {
+	if n := int(e.Count.Load()); n != 2 {
 		t.Errorf("echo received %d datagrams, want the 2 allowed ones", n)
 	}
 	if _, _, ok := a.recv(t, 100*time.Millisecond); ok {

@@ -305,20 +305,9 @@ func TestSubnetUDP(t *testing.T) {
 	if echo == nil {
 		t.FailNow()
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 2048)
-		for {
-			_, from, err := echo.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			_, _ = echo.WriteToUDPAddrPort([]byte(from.Addr().String()), from)
-		}
-	}()
-	defer func() { echo.Close(); <-done }()
-	dst := echo.LocalAddr().(*net.UDPAddr).AddrPort()
+	srv := target.ServeUDPPeer(echo)
+	defer srv.Close()
+	dst := srv.Addr
 	r := startRotor(t, func(c *config.Config) { c.Pool = []netip.Prefix{subnetBlock} })
 	seen := map[string]bool{}
 	for range 20 {

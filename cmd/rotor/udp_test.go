@@ -9,31 +9,10 @@ import (
 	"os/exec"
 	"strconv"
 	"testing"
+
+	"github.com/rotor-proxy/rotor/internal/target"
 	"time"
 )
-
-// udpEchoTarget answers each datagram with the sender's address.
-func udpEchoTarget(t *testing.T) netip.AddrPort {
-	t.Helper()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 2048)
-		for {
-			_, from, err := c.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			_, _ = c.WriteToUDPAddrPort([]byte(from.Addr().String()), from)
-		}
-	}()
-	t.Cleanup(func() { c.Close(); <-done })
-	return c.LocalAddr().(*net.UDPAddr).AddrPort()
-}
 
 // A real SOCKS5 UDP client, PySocks (Debian python3-socks), through
 // rotor: each association (a new socksocket) leaves from the next pool
@@ -53,7 +32,7 @@ func TestPySocksUDP(t *testing.T) {
 		}
 		t.Skip("python3 with PySocks (python3-socks) not installed")
 	}
-	echo := udpEchoTarget(t)
+	echo := target.UDPPeer(t).Addr
 	r := startRotor(t)
 	host, port, _ := net.SplitHostPort(r.sock)
 	got := addresses(t, py, "../../testdata/clients/udp.py", host, port, testUser, testPass,

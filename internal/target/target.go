@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -225,3 +226,46 @@ func TCPPair(t testing.TB) (*net.TCPConn, *net.TCPConn) {
 	t.Cleanup(func() { a.Close(); b.Close() })
 	return a.(*net.TCPConn), b.(*net.TCPConn)
 }
+
+// UDPServer answers each datagram with the sender's address (as
+// WritePeer does for TCP) and counts what it received.
+type UDPServer struct {
+	Addr  netip.AddrPort
+	Count atomic.Int64
+	c     *net.UDPConn
+	done  chan struct{}
+}
+
+// ServeUDPPeer serves c (opened by the caller, in whatever namespace)
+// until Close.
+func ServeUDPPeer(c *net.UDPConn) *UDPServer {
+	s := &UDPServer{Addr: c.LocalAddr().(*net.UDPAddr).AddrPort(), c: c, done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		buf := make([]byte, 2048)
+		for {
+			_, from, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			s.Count.Add(1)
+			_, _ = c.WriteToUDPAddrPort([]byte(from.Addr().String()), from)
+		}
+	}()
+	return s
+}
+
+// UDPPeer serves ServeUDPPeer on 127.0.0.1, closed at the end of the test.
+func UDPPeer(t testing.TB) *UDPServer {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := ServeUDPPeer(c)
+	t.Cleanup(s.Close)
+	return s
+}
+
+// Close stops the server and waits for it.
+func (s *UDPServer) Close() { s.c.Close(); <-s.done }

@@ -2,10 +2,13 @@ package socks
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
+	"errors"
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -237,6 +240,7 @@ func TestUDPDrops(t *testing.T) {
 func TestUDPAssociationEnds(t *testing.T) {
 	s, proxy, logs := udpServer(t, func(o *Options) { o.UDPIdleTimeout = 300 * time.Millisecond })
 	e := newUDPEcho(t)
+	fds := openFDs(t)
 	a := associate(t, proxy, user)
 	a.roundTrip(t, e)
 	a.ctl.Close()
@@ -261,6 +265,52 @@ func TestUDPAssociationEnds(t *testing.T) {
 	s.udpMu.Unlock()
 	if held != 0 {
 		t.Errorf("%d users still hold associations", held)
+	}
+	// Every socket of both associations is closed, the clients' too.
+	a.udp.Close()
+	b.udp.Close()
+	b.ctl.Close()
+	waitUntil(t, time.Second, func() bool { return openFDs(t) == fds }, "descriptors back to where they were")
+}
+
+// openFDs is how many descriptors this process has open.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// Shutdown drains associations with the rest: a live association ends
+// when the drain time is up, and Shutdown returns.
+func TestUDPShutdownDrains(t *testing.T) {
+	p, err := testkit.Pool([]netip.Addr{netip.MustParseAddr("127.0.0.2")}, pool.RoundRobin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(Options{Dialer: pool.NewDialer(p, pool.DialerOptions{Timeout: 5 * time.Second}), Access: testkit.Access(testkit.OneUser(user, pass)),
+		Log: zerolog.Nop()})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan struct{})
+	go func() { defer close(served); _ = s.Serve(ln) }()
+	a := associate(t, ln.Addr().String(), user)
+	a.roundTrip(t, newUDPEcho(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := s.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Shutdown with a live association: %v, want the drain to time out", err)
+	}
+	<-served
+	if _, err := io.ReadAll(a.ctl); err != nil {
+		t.Errorf("control connection after shutdown: %v, want EOF", err)
+	}
+	if s.Active() != 0 {
+		t.Errorf("%d connections after shutdown", s.Active())
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
@@ -108,7 +109,7 @@ func (g *Guard) backingOff(client netip.Addr) error {
 		return nil
 	}
 	key := clientKey(client)
-	if wait := g.shard(key).wait(key, g.now()); wait > 0 {
+	if wait := g.shard(key).wait(key, g.now); wait > 0 {
 		return &BackoffError{RetryAfter: wait}
 	}
 	return nil
@@ -148,17 +149,31 @@ func (b *bucket) refill(now time.Time) {
 type backoffShard struct {
 	mu sync.Mutex
 	m  map[netip.Addr]*bucket
+	// n is len(m), kept under mu: every login checks its address, and
+	// while no address of the shard has failed (the usual case) that
+	// check is one atomic load, without the lock or the clock.
+	n atomic.Int32
 }
 
 // wait is how long until key may try again, 0 if it may now.
-func (s *backoffShard) wait(key netip.Addr, now time.Time) time.Duration {
+func (s *backoffShard) wait(key netip.Addr, now func() time.Time) time.Duration {
+	if s.n.Load() == 0 {
+		return 0
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	b := s.m[key]
 	if b == nil {
 		return 0
 	}
-	b.refill(now)
+	b.refill(now())
+	if b.tokens >= backoffBurst {
+		// Refilled: as if it never failed. Forgetting it keeps the
+		// shard small and, once all are forgotten, the check lock-free.
+		delete(s.m, key)
+		s.n.Store(int32(len(s.m)))
+		return 0
+	}
 	if b.tokens >= 1 {
 		return 0
 	}
@@ -176,6 +191,7 @@ func (s *backoffShard) take(key netip.Addr, now time.Time) {
 		}
 		b = &bucket{tokens: backoffBurst, at: now}
 		s.m[key] = b
+		s.n.Store(int32(len(s.m)))
 	}
 	b.refill(now)
 	b.tokens = max(0, b.tokens-1)
@@ -197,6 +213,7 @@ func (s *backoffShard) evict(now time.Time) {
 		}
 		delete(s.m, k)
 	}
+	s.n.Store(int32(len(s.m)))
 }
 
 // fairQueue hands out a fixed number of slots. When none is free, waiters

@@ -149,44 +149,42 @@ func (cc *clientConn) handle(req *request, start time.Time) (keep, handedOff boo
 	if req.method != http.MethodConnect && req.scheme == "" {
 		// Before any 407: a browser opening the proxy's address as a web
 		// page should learn what rotor is, not be asked for a password.
-		closeAfter := !cc.drain(req)
-		cc.writeError(http.StatusBadRequest, "origin-form request "+quote(req.target)+
+		return cc.refuse(req, identity{}, start, http.StatusBadRequest, "origin-form request "+quote(req.target)+
 			": this is a proxy, not a web server: set it as the HTTP proxy of your client, which then sends absolute-form (GET http://host/path) or CONNECT",
-			closeAfter, nil)
-		cc.s.logRequest(req, identity{}, nil, netip.Addr{}, http.StatusBadRequest, 0, 0, start, nil)
-		return !closeAfter, false
+			nil, nil), false
 	}
 	usr, who, sess, ok, serr := cc.s.authorize(req, cc.client)
 	if be, backoff := errors.AsType[*auth.BackoffError](serr); backoff {
 		// Not a 407: a browser would prompt again, and nothing was checked.
-		closeAfter := req.method == http.MethodConnect || !cc.drain(req)
-		cc.writeError(http.StatusTooManyRequests, "too many failed logins from this address: retry later", closeAfter,
-			[]string{"Retry-After", strconv.Itoa(int(be.RetryAfter/time.Second) + 1)})
-		cc.s.logRequest(req, identity{}, nil, netip.Addr{}, http.StatusTooManyRequests, 0, 0, start, &limitError{hit: serve.AuthBackoff, err: serr})
-		return !closeAfter, false
+		return cc.refuse(req, identity{}, start, http.StatusTooManyRequests, "too many failed logins from this address: retry later",
+			[]string{"Retry-After", strconv.Itoa(int(be.RetryAfter/time.Second) + 1)}, &limitError{hit: serve.AuthBackoff, err: serr}), false
 	}
 	if !ok {
 		cc.s.opts.Listener.AuthFailed()
-		// Whatever a refused CONNECT pipelined is tunnel payload, never
-		// a request: close after answering.
-		closeAfter := req.method == http.MethodConnect || !cc.drain(req)
-		cc.writeError(http.StatusProxyAuthRequired, "proxy authentication required", closeAfter,
-			[]string{"Proxy-Authenticate", `Basic realm="rotor"`})
-		cc.s.logRequest(req, identity{}, nil, netip.Addr{}, http.StatusProxyAuthRequired, 0, 0, start, serr)
-		return !closeAfter, false
+		return cc.refuse(req, identity{}, start, http.StatusProxyAuthRequired, "proxy authentication required",
+			[]string{"Proxy-Authenticate", `Basic realm="rotor"`}, serr), false
 	}
 	done, why, admitted := usr.Admit()
 	if !admitted {
-		closeAfter := req.method == http.MethodConnect || !cc.drain(req)
-		cc.writeError(http.StatusTooManyRequests, "user "+quote(who.name)+" is over its "+why.String()+" limit", closeAfter,
-			[]string{"Retry-After", "1"})
-		cc.s.logRequest(req, who, nil, netip.Addr{}, http.StatusTooManyRequests, 0, 0, start, &limitError{hit: why})
-		return !closeAfter, false
+		return cc.refuse(req, who, start, http.StatusTooManyRequests, "user "+quote(who.name)+" is over its "+why.String()+" limit",
+			[]string{"Retry-After", "1"}, &limitError{hit: why}), false
 	}
 	if req.method == http.MethodConnect {
 		return cc.connect(req, who, sess, start, done)
 	}
 	return cc.forward(req, who, sess, start, done)
+}
+
+// refuse answers a request rotor will not serve with status and msg (and
+// header, name-value pairs), logs it with err, and reports whether the
+// connection may carry another request. Whatever a refused CONNECT
+// pipelined is tunnel payload, never a request, so it closes after
+// answering; so does a request whose body cannot be drained.
+func (cc *clientConn) refuse(req *request, who identity, start time.Time, status int, msg string, header []string, err error) (keep bool) {
+	closeAfter := req.method == http.MethodConnect || !cc.drain(req)
+	cc.writeError(status, msg, closeAfter, header)
+	cc.s.logRequest(req, who, nil, netip.Addr{}, status, 0, 0, start, err)
+	return !closeAfter
 }
 
 // limitError is a request refused by a limit, with what the limit said.

@@ -385,6 +385,19 @@ func replyFor(cl pool.Class) byte {
 	return repGeneralFailure
 }
 
+// userField adds the session's name to a log line: as "user" only once
+// checked against the configured users; any other (no users configured,
+// or a failed login) as "unverified_user".
+func (ss *session) userField(e *zerolog.Event) *zerolog.Event {
+	switch {
+	case ss.usr != nil:
+		return e.Str("user", ss.user)
+	case ss.user != "":
+		return e.Str("unverified_user", ss.user)
+	}
+	return e
+}
+
 func (s *Server) logSession(c net.Conn, ss *session, d time.Duration) {
 	lvl := zerolog.InfoLevel
 	if ss.err != nil && ss.reply != statute.RepSuccess {
@@ -395,14 +408,7 @@ func (s *Server) logSession(c net.Conn, ss *session, d time.Duration) {
 		return
 	}
 	e = e.Str("proto", "socks5").Str("client", c.RemoteAddr().String())
-	// A name is "user" only once checked against the configured users;
-	// any other (no users configured, or a failed login) is logged apart.
-	switch {
-	case ss.usr != nil:
-		e = e.Str("user", ss.user)
-	case ss.user != "":
-		e = e.Str("unverified_user", ss.user)
-	}
+	e = ss.userField(e)
 	if ss.hasDst {
 		e = e.Str("target", ss.dst.String())
 	}

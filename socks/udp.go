@@ -370,12 +370,7 @@ func (a *association) log(d time.Duration) {
 	if !e.Enabled() {
 		return
 	}
-	e = e.Str("proto", "socks5-udp").Str("client", a.ctl.RemoteAddr().String())
-	if a.ss.usr != nil {
-		e = e.Str("user", a.ss.user)
-	} else if a.ss.user != "" {
-		e = e.Str("unverified_user", a.ss.user)
-	}
+	e = a.ss.userField(e.Str("proto", "socks5-udp").Str("client", a.ctl.RemoteAddr().String()))
 	e = e.Stringer("src", a.eg.Local).Int("destinations", len(a.dests)).Bool("destinations_capped", a.destOverflow).
 		Int64("datagrams_up", a.sent.Load()).Int64("datagrams_down", a.recv.Load()).
 		Int64("up", a.sentBytes.Load()).Int64("down", a.recvBytes.Load()).Int64("dropped", a.dropped.Load()).

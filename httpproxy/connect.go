@@ -76,9 +76,9 @@ func (s *Server) startTunnel(c, up net.Conn, early []byte, info requestInfo, src
 			done()
 			m.TunnelClosed()
 			up.Close()
-			s.Conns.Remove(c)
 			c.Close()
 			s.log(info, src, local, status, st.Up, st.Down, start, err)
+			s.Conns.Remove(c) // last: a drain returns after the line is logged
 		})
 	s.Conns.SetCloser(c, t.Close)
 }

@@ -88,12 +88,13 @@ func (s *Server) serveConn(c net.Conn) {
 	s.Conns.SetCloser(c, t.Close)
 }
 
-// end closes a connection (and its target) and logs it.
+// end closes a connection (and its target) and logs it. The connection
+// leaves the tracker last: once Active reports it gone (and once a drain
+// returns), its slots are back, its counters added and its line logged.
 func (s *Server) end(c net.Conn, target net.Conn, ss *session, start time.Time) {
 	if target != nil {
 		target.Close()
 	}
-	s.Conns.Remove(c)
 	c.Close()
 	if ss.done != nil {
 		ss.done()
@@ -104,6 +105,7 @@ func (s *Server) end(c net.Conn, target net.Conn, ss *session, start time.Time) 
 		// An association that was set up logs its own line (udp.go).
 		s.logSession(c, ss, time.Since(start))
 	}
+	s.Conns.Remove(c)
 }
 
 // timeoutHit is the timeout that ended a session, if one did.

@@ -87,9 +87,9 @@ func (s *Server) associate(c net.Conn, ss *session, req statute.Request, start t
 		s.end(c, nil, ss, start)
 		return
 	}
-	defer release()
 	a, err := s.openAssociation(c, ss, req)
 	if err != nil {
+		release()
 		ss.err = err
 		s.end(c, nil, ss, start)
 		return
@@ -104,8 +104,11 @@ func (s *Server) associate(c net.Conn, ss *session, req statute.Request, start t
 	a.m.UDPClosed()
 	ss.stats.Up, ss.stats.Down = a.sentBytes.Load(), a.recvBytes.Load()
 	ss.err = a.why
-	s.end(c, nil, ss, start)
+	// The user's association slot comes back and the line is logged
+	// before end takes the connection off the tracker.
+	release()
 	a.log(time.Since(start))
+	s.end(c, nil, ss, start)
 }
 
 // holdAssociation counts an association against its user's (or client

@@ -373,6 +373,16 @@ func subPool(p *pool.Pool, refs []string, tags map[string][]netip.Prefix) (*pool
 	return p.Subset(picked)
 }
 
+// Lookup is the user named name, or nil; nil Users has none. It checks
+// no password: for a name vouched for otherwise (a verified client
+// certificate).
+func (u *Users) Lookup(name string) *User {
+	if u == nil {
+		return nil
+	}
+	return u.byName[name]
+}
+
 // Len is the number of users.
 func (u *Users) Len() int { return len(u.byName) }
 

@@ -43,7 +43,14 @@ type Config struct {
 
 	HTTPListen  string // empty: HTTP proxy disabled
 	SOCKSListen string // empty: SOCKS5 proxy disabled
+	HTTPSListen string // HTTP proxy inside TLS; empty: disabled
+	MixedListen string // SOCKS5, HTTP and HTTPS by the first byte; empty: disabled
 	AllowOpen   bool   // allow a non-loopback listener without credentials
+
+	// TLSCert and TLSKey are PEM files served by the HTTPS listener and
+	// the mixed port's TLS side; TLSClientCA, when set, requires client
+	// certificates it signed. All three are read at start and on SIGHUP.
+	TLSCert, TLSKey, TLSClientCA string
 
 	// Shortcut is the PROXY_USER/PROXY_PASS user; nil when not set.
 	Shortcut *auth.UserSpec
@@ -278,16 +285,33 @@ func parseRateLimit(c *Config, f flagValues) error {
 	return nil
 }
 
-// parseListeners reads the listeners, refusing an open proxy on a public address by accident.
+// parseListeners reads the listeners and the TLS files, refusing an open
+// proxy on a public address by accident (TLS is not authentication; a
+// client certificate is).
 func parseListeners(c *Config, f flagValues) error {
 	c.HTTPListen, c.SOCKSListen = f.str("http-listen"), f.str("socks-listen")
-	if c.HTTPListen == "" && c.SOCKSListen == "" {
-		return errors.New("both listeners are disabled (set --http-listen or --socks-listen)")
+	c.HTTPSListen, c.MixedListen = f.str("https-listen"), f.str("listen")
+	c.TLSCert, c.TLSKey, c.TLSClientCA = f.str("tls-cert"), f.str("tls-key"), f.str("tls-client-ca")
+	listeners := []struct{ name, addr string }{
+		{"http-listen", c.HTTPListen}, {"socks-listen", c.SOCKSListen}, {"https-listen", c.HTTPSListen}, {"listen", c.MixedListen},
 	}
-	if c.HTTPListen != "" && c.HTTPListen == c.SOCKSListen && !strings.HasSuffix(c.HTTPListen, ":0") {
-		return fmt.Errorf("HTTP and SOCKS5 listen on the same address %q", c.HTTPListen)
+	seen := map[string]string{}
+	for _, l := range listeners {
+		if l.addr == "" {
+			continue
+		}
+		if other, ok := seen[l.addr]; ok && !strings.HasSuffix(l.addr, ":0") {
+			return fmt.Errorf("--%s and --%s listen on the same address %q (--listen serves every protocol on one port)", other, l.name, l.addr)
+		}
+		seen[l.addr] = l.name
 	}
-	for _, l := range []struct{ name, addr string }{{"http-listen", c.HTTPListen}, {"socks-listen", c.SOCKSListen}} {
+	if len(seen) == 0 {
+		return errors.New("every listener is disabled (set --http-listen, --socks-listen, --https-listen or --listen)")
+	}
+	if err := checkTLSFiles(c); err != nil {
+		return err
+	}
+	for _, l := range listeners {
 		if l.addr == "" {
 			continue
 		}
@@ -295,10 +319,30 @@ func parseListeners(c *Config, f flagValues) error {
 		if err != nil {
 			return fmt.Errorf("--%s %q: %w", l.name, l.addr, err)
 		}
-		if !loopback && len(c.Users) == 0 && len(c.AllowClients) == 0 && !c.AllowOpen {
+		// A client certificate authenticates only where TLS is required:
+		// the mixed port serves plain HTTP and SOCKS5 too.
+		certified := c.TLSClientCA != "" && l.name == "https-listen"
+		if !loopback && len(c.Users) == 0 && len(c.AllowClients) == 0 && !certified && !c.AllowOpen {
 			return fmt.Errorf("--%s %q is not a loopback address and no credentials are set: "+
-				"set PROXY_USER and PROXY_PASS (or --users-file, or --allow-clients), or pass --allow-open to run an open proxy on purpose", l.name, l.addr)
+				"set PROXY_USER and PROXY_PASS (or --users-file, --allow-clients or --tls-client-ca), or pass --allow-open to run an open proxy on purpose", l.name, l.addr)
 		}
+	}
+	return nil
+}
+
+// checkTLSFiles checks that the TLS flags come together: a certificate
+// and its key, for a listener that uses them. The files themselves are
+// loaded (and their errors named) by the server at start.
+func checkTLSFiles(c *Config) error {
+	switch {
+	case (c.TLSCert == "") != (c.TLSKey == ""):
+		return errors.New("--tls-cert and --tls-key (TLS_CERT, TLS_KEY) go together: set both")
+	case c.HTTPSListen != "" && c.TLSCert == "":
+		return fmt.Errorf("--https-listen %q needs a certificate: set --tls-cert and --tls-key (rotor cert --host NAME writes a self-signed pair)", c.HTTPSListen)
+	case c.TLSCert != "" && c.HTTPSListen == "" && c.MixedListen == "":
+		return errors.New("--tls-cert is set but no listener speaks TLS: set --https-listen or --listen")
+	case c.TLSClientCA != "" && c.TLSCert == "":
+		return errors.New("--tls-client-ca needs --tls-cert and --tls-key: client certificates are asked for in a TLS handshake")
 	}
 	return nil
 }

@@ -41,6 +41,11 @@ func flagGroups() []flagGroup {
 		{"Listeners", []flagDef{
 			{"http-listen", "LISTEN_ADDR", DefaultHTTPListen, "HTTP proxy listen address; empty disables"},
 			{"socks-listen", "SOCKS_LISTEN_ADDR", DefaultSOCKSListen, "SOCKS5 proxy listen address; empty disables"},
+			{"https-listen", "HTTPS_LISTEN_ADDR", "", "HTTP proxy inside TLS (an https:// proxy URL) on this address; needs --tls-cert and --tls-key; empty disables"},
+			{"listen", "MIXED_LISTEN_ADDR", "", "one port for SOCKS5, HTTP and (with --tls-cert) HTTPS, told apart by the client's first byte; empty disables"},
+			{"tls-cert", "TLS_CERT", "", "PEM certificate chain for --https-listen and the mixed port's TLS; re-read on SIGHUP"},
+			{"tls-key", "TLS_KEY", "", "PEM private key of --tls-cert; re-read on SIGHUP"},
+			{"tls-client-ca", "TLS_CLIENT_CA", "", "PEM CA certificates: TLS clients must present a certificate signed by one; its subject common name is the user; re-read on SIGHUP"},
 			{"allow-open", "", false, "allow listening on a non-loopback address without credentials"},
 		}},
 		{"Pool", []flagDef{

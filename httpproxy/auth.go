@@ -2,6 +2,7 @@ package httpproxy
 
 import (
 	"encoding/base64"
+	"errors"
 	"net/netip"
 	"strings"
 	"unicode/utf8"
@@ -42,6 +43,10 @@ func latin1ToUTF8(b []byte) []byte {
 	return out
 }
 
+// errCertUser refuses a verified client certificate whose common name is
+// none of the configured users.
+var errCertUser = errors.New("the client certificate's common name is not a configured user")
+
 // identity is who a request comes from, as far as rotor knows: a user
 // name verified against the configured users, or a name that nobody
 // checked (no users are configured: an open proxy, or --allow-clients
@@ -63,7 +68,12 @@ type identity struct {
 // sent the request, and the session
 // with the pool the request may leave from; err says why a session
 // parameter was refused.
-func (s *Server) authorize(r *request, client netip.Addr) (usr *auth.User, who identity, sess pool.Session, ok bool, err error) {
+//
+// A connection with a verified client certificate (cert, its common
+// name) is that user without a password: Proxy-Authorization is not
+// checked, but a user name in it that is cert's with session parameters
+// gives the session. With users configured, cert must name one of them.
+func (s *Server) authorize(r *request, client netip.Addr, cert string) (usr *auth.User, who identity, sess pool.Session, ok bool, err error) {
 	header, _ := r.fields.get("X-Rotor-Session")
 	var st *auth.State
 	if s.opts.Access != nil {
@@ -77,6 +87,16 @@ func (s *Server) authorize(r *request, client netip.Addr) (usr *auth.User, who i
 		}
 	}
 	switch {
+	case cert != "":
+		if who.name != cert {
+			sess = pool.Session{}
+		}
+		who = identity{name: cert, verified: true}
+		if st != nil && st.Users != nil {
+			if usr = st.Users.Lookup(cert); usr == nil {
+				return nil, identity{}, pool.Session{}, false, errCertUser
+			}
+		}
 	case st == nil:
 	case has && st.Users != nil:
 		if usr, err = s.opts.Access.Check(st, client, []byte(who.name), []byte(pass)); err != nil {

@@ -19,7 +19,10 @@ import (
 // clientConn is one client connection and its buffers.
 type clientConn struct {
 	s      *Server
-	c      net.Conn
+	c      net.Conn // the client: the accepted connection, or TLS over it
+	id     net.Conn // the accepted connection, under which Conns tracks it
+	first  firstReader
+	cert   string     // the verified client certificate's common name; "" without
 	client netip.Addr // for --allow-clients, and the idle-pool key of anonymous clients
 	br     *bufio.Reader
 	bw     *bufio.Writer
@@ -33,34 +36,78 @@ var (
 	writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
 )
 
-func (s *Server) serveConn(c net.Conn) {
+func (s *Server) serveConn(c net.Conn) { s.serveFirst(c, nil, s.opts.TLS != nil) }
+
+// HandleHTTP serves a plain HTTP proxy connection accepted elsewhere (the
+// mixed port, serve.Mux), whose first bytes were read into first.
+func (s *Server) HandleHTTP(c net.Conn, first []byte) { s.serveFirst(c, first, false) }
+
+// HandleTLS serves an HTTP proxy connection inside TLS (Options.TLS)
+// accepted elsewhere, whose first bytes were read into first.
+func (s *Server) HandleTLS(c net.Conn, first []byte) { s.serveFirst(c, first, true) }
+
+// serveFirst serves the client connection c, whose first bytes were read
+// already (first, nil for none), inside TLS when useTLS.
+func (s *Server) serveFirst(c net.Conn, first []byte, useTLS bool) {
 	if err := s.Conns.Add(c); err != nil {
-		if err == serve.ErrLimit {
-			// Refused cleanly: everyone already connected carries on.
+		if err == serve.ErrLimit && !useTLS {
+			// Refused cleanly: everyone already connected carries on. (A
+			// TLS client is closed: it would read plain text as garbage.)
 			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
 			_, _ = io.WriteString(c, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"+
 				"Connection: close\r\nRetry-After: 1\r\nContent-Length: 43\r\n\r\nrotor: too many connections, try again later\n")
-			c.Close()
 		}
+		c.Close()
 		return
 	}
-	cc := &clientConn{s: s, c: c}
+	cc := &clientConn{s: s, c: c, id: c}
 	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 		cc.client = ta.AddrPort().Addr()
 	}
+	var r io.Reader = c
+	switch {
+	case useTLS:
+		tc, ok := s.handshake(cc, first)
+		if !ok {
+			s.Conns.Remove(c)
+			c.Close()
+			return
+		}
+		cc.c, r = tc, tc
+	case len(first) > 0:
+		cc.first = firstReader{first: first, c: c}
+		r = &cc.first
+	}
 	cc.br = readers.Get().(*bufio.Reader)
-	cc.br.Reset(c)
+	cc.br.Reset(r)
 	cc.bw = writers.Get().(*bufio.Writer)
-	cc.bw.Reset(c)
+	cc.bw.Reset(cc.c)
 	handedOff := cc.serve()
 	cc.br.Reset(nil)
 	readers.Put(cc.br)
 	cc.bw.Reset(nil)
 	writers.Put(cc.bw)
 	if !handedOff {
+		cc.c.Close()
 		s.Conns.Remove(c)
-		c.Close()
 	}
+}
+
+// firstReader reads the bytes a connection's first read took (see
+// serve.Mux), then the connection. It lives in clientConn, which the
+// connection allocates anyway.
+type firstReader struct {
+	first []byte
+	c     net.Conn
+}
+
+func (f *firstReader) Read(p []byte) (int, error) {
+	if len(f.first) == 0 {
+		return f.c.Read(p)
+	}
+	n := copy(p, f.first)
+	f.first = f.first[n:]
+	return n, nil
 }
 
 // serve reads and answers requests until the connection should close. It
@@ -87,7 +134,7 @@ func (cc *clientConn) serve() (handedOff bool) {
 			return false
 		}
 		if wait != s.opts.HeaderTimeout {
-			if !s.Conns.Busy(cc.c) {
+			if !s.Conns.Busy(cc.id) {
 				return false
 			}
 			_ = cc.c.SetReadDeadline(time.Now().Add(s.opts.HeaderTimeout))
@@ -106,7 +153,7 @@ func (cc *clientConn) serve() (handedOff bool) {
 		if handedOff {
 			return true
 		}
-		if !keep || !s.Conns.Idle(cc.c) {
+		if !keep || !s.Conns.Idle(cc.id) {
 			return false
 		}
 		wait = s.opts.IdleTimeout
@@ -153,11 +200,16 @@ func (cc *clientConn) handle(req *request, start time.Time) (keep, handedOff boo
 			": this is a proxy, not a web server: set it as the HTTP proxy of your client, which then sends absolute-form (GET http://host/path) or CONNECT",
 			nil, nil), false
 	}
-	usr, who, sess, ok, serr := cc.s.authorize(req, cc.client)
+	usr, who, sess, ok, serr := cc.s.authorize(req, cc.client, cc.cert)
 	if be, backoff := errors.AsType[*auth.BackoffError](serr); backoff {
 		// Not a 407: a browser would prompt again, and nothing was checked.
 		return cc.refuse(req, identity{}, start, http.StatusTooManyRequests, "too many failed logins from this address: retry later",
 			[]string{"Retry-After", strconv.Itoa(int(be.RetryAfter/time.Second) + 1)}, &limitError{hit: serve.AuthBackoff, err: serr}), false
+	}
+	if errors.Is(serr, errCertUser) {
+		// A password would not help: the certificate says who this is.
+		cc.s.opts.Listener.AuthFailed()
+		return cc.refuse(req, identity{}, start, http.StatusForbidden, "client certificate "+quote(cc.cert)+" names no user of this proxy", nil, serr), false
 	}
 	if !ok {
 		cc.s.opts.Listener.AuthFailed()

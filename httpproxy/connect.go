@@ -45,29 +45,37 @@ func (cc *clientConn) connect(req *request, who identity, sess pool.Session, sta
 	}
 	// Bytes sent right behind the CONNECT head (a TLS ClientHello from an
 	// eager client) go first.
-	s.startTunnel(cc.c, up, cc.takeBuffered(), reqInfo(req, who), src, local, http.StatusOK, start, done)
+	s.startTunnel(cc, up, cc.takeBuffered(), reqInfo(req, who), src, local, http.StatusOK, start, done)
 	handed = true
 	return false, true
 }
 
 // takeBuffered copies out what the client sent behind the head just read,
 // so that the connection's buffers can go back to their pool.
+// Bytes of the mixed port's first read not yet in br (none while that
+// read is no larger than br) follow them.
 func (cc *clientConn) takeBuffered() []byte {
-	n := cc.br.Buffered()
-	if n == 0 {
+	var b []byte
+	if n := cc.br.Buffered(); n > 0 {
+		b, _ = cc.br.Peek(n)
+	}
+	if len(b)+len(cc.first.first) == 0 {
 		return nil
 	}
-	b, _ := cc.br.Peek(n)
-	return append([]byte(nil), b...)
+	out := append([]byte(nil), b...)
+	out = append(out, cc.first.first...)
+	cc.first.first = nil
+	return out
 }
 
-// startTunnel hands the client connection c and the upstream connection up
-// to the relay, with bytes already read from the client (early) going
+// startTunnel hands the client connection (cc.c) and the upstream
+// connection up to the relay, with bytes already read from the client (early) going
 // first. The tunnel runs on goroutines of its own; this worker goes back
 // to accepting. When it ends, both connections are closed, done is
 // called, and the one log line is written from info (what the log needs,
 // kept instead of the request) with status.
-func (s *Server) startTunnel(c, up net.Conn, early []byte, info requestInfo, src *pool.Source, local netip.Addr, status int, start time.Time, done func()) {
+func (s *Server) startTunnel(cc *clientConn, up net.Conn, early []byte, info requestInfo, src *pool.Source, local netip.Addr, status int, start time.Time, done func()) {
+	c := cc.c
 	m := s.opts.Metrics.Source(src)
 	m.TunnelOpened()
 	t := tunnel.Start(c, up, early, tunnel.Options{Idle: s.opts.TunnelIdleTimeout, Go: s.Acc.Go, Parker: &s.Parker,
@@ -78,9 +86,9 @@ func (s *Server) startTunnel(c, up net.Conn, early []byte, info requestInfo, src
 			up.Close()
 			c.Close()
 			s.log(info, src, local, status, st.Up, st.Down, start, err)
-			s.Conns.Remove(c) // last: a drain returns after the line is logged
+			s.Conns.Remove(cc.id) // last: a drain returns after the line is logged
 		})
-	s.Conns.SetCloser(c, t.Close)
+	s.Conns.SetCloser(cc.id, t.Close)
 }
 
 var established = []byte("HTTP/1.1 200 Connection established\r\n\r\n")

@@ -92,6 +92,6 @@ func (x *exchange) upgrade(resp *response, done func()) (keep, handedOff bool) {
 	_ = cc.c.SetDeadline(time.Time{})
 	_ = uc.c.SetDeadline(time.Time{})
 	s.opts.Metrics.Source(x.eg.Src).Request(metrics.HTTP, nil)
-	s.startTunnel(cc.c, uc.c, cc.takeBuffered(), reqInfo(x.r, x.who), x.eg.Src, uc.local, http.StatusSwitchingProtocols, x.start, done)
+	s.startTunnel(cc, uc.c, cc.takeBuffered(), reqInfo(x.r, x.who), x.eg.Src, uc.local, http.StatusSwitchingProtocols, x.start, done)
 	return false, true
 }

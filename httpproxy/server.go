@@ -27,6 +27,7 @@ package httpproxy
 
 import (
 	"context"
+	"crypto/tls"
 	"net"
 	"time"
 
@@ -40,8 +41,9 @@ import (
 
 // Defaults for what Options leaves zero.
 const (
-	DefaultHeaderTimeout  = 30 * time.Second
-	DefaultMaxHeaderBytes = 64 << 10
+	DefaultHeaderTimeout    = 30 * time.Second
+	DefaultMaxHeaderBytes   = 64 << 10
+	DefaultHandshakeTimeout = 10 * time.Second
 )
 
 // Options configure a Server. Dialer is required.
@@ -53,6 +55,11 @@ type Options struct {
 	// HeaderTimeout bounds reading a request head; zero means
 	// DefaultHeaderTimeout.
 	HeaderTimeout time.Duration
+	// TLS, when set, serves the proxy inside TLS: every connection Serve
+	// accepts, and those given to HandleTLS. HandshakeTimeout bounds the
+	// handshake; zero means DefaultHandshakeTimeout.
+	TLS              *tls.Config
+	HandshakeTimeout time.Duration
 	// IdleTimeout closes a keep-alive client connection idle this long;
 	// zero means two minutes.
 	IdleTimeout time.Duration
@@ -101,6 +108,9 @@ func New(o Options) *Server {
 	if o.IdleTimeout <= 0 {
 		o.IdleTimeout = 2 * time.Minute
 	}
+	if o.HandshakeTimeout <= 0 {
+		o.HandshakeTimeout = DefaultHandshakeTimeout
+	}
 	if o.MaxHeaderBytes <= 0 {
 		o.MaxHeaderBytes = DefaultMaxHeaderBytes
 	}
@@ -116,7 +126,7 @@ func New(o Options) *Server {
 	s := &Server{opts: o, reaper: make(chan struct{}), reaped: make(chan struct{})}
 	s.Init(o.Limiter, o.Hits)
 	s.idle = newIdlePool(o.Dialer.Pool(), o.UpstreamIdleTimeout, o.MaxIdleConns, o.MaxIdlePerSource, o.Limiter)
-	o.Limiter.SetReclaim(s.idle.reclaim)
+	o.Limiter.AddReclaim(s.idle.reclaim)
 	go s.reap()
 	return s
 }

@@ -46,6 +46,7 @@ type Listener struct {
 	active       func() int
 	hits         *serve.Hits
 	authFailures prometheus.Counter
+	tlsFailures  prometheus.Counter
 }
 
 // AuthFailed counts a client refused for its credentials.
@@ -55,11 +56,20 @@ func (l *Listener) AuthFailed() {
 	}
 }
 
+// TLSHandshakeFailed counts a client whose TLS handshake failed (plain
+// HTTP, an unknown certificate, no client certificate, a timeout).
+func (l *Listener) TLSHandshakeFailed() {
+	if l != nil {
+		l.tlsFailures.Inc()
+	}
+}
+
 // listeners reports every listener's numbers when scraped.
 type listeners struct {
 	mu   sync.Mutex
 	list []*Listener
 	auth *prometheus.CounterVec
+	tls  *prometheus.CounterVec
 }
 
 var (
@@ -75,6 +85,7 @@ func (ls *listeners) add(l *Listener) {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
 	l.authFailures = ls.auth.WithLabelValues(l.name)
+	l.tlsFailures = ls.tls.WithLabelValues(l.name)
 	ls.list = append(ls.list, l)
 }
 
@@ -83,12 +94,16 @@ func (ls *listeners) Describe(ch chan<- *prometheus.Desc) {
 	ch <- timeoutDesc
 	ch <- limitDesc
 	ls.auth.Describe(ch)
+	ls.tls.Describe(ch)
 }
 
 func newListeners() *listeners {
 	return &listeners{auth: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "rotor_listener_auth_failures_total",
 		Help: "Clients refused for missing or wrong credentials (HTTP 407, SOCKS5 auth failure).",
+	}, []string{"listener"}), tls: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rotor_listener_tls_handshake_failures_total",
+		Help: "Client TLS handshakes that failed (plain HTTP to a TLS listener, a refused or missing client certificate, a timeout).",
 	}, []string{"listener"})}
 }
 
@@ -106,4 +121,5 @@ func (ls *listeners) Collect(ch chan<- prometheus.Metric) {
 		})
 	}
 	ls.auth.Collect(ch)
+	ls.tls.Collect(ch)
 }

@@ -17,7 +17,7 @@ type Limiter struct {
 	refused atomic.Int64
 	lastLog atomic.Int64 // unix nanoseconds
 	log     zerolog.Logger
-	reclaim atomic.Pointer[func() bool]
+	reclaim atomic.Pointer[[]func() bool]
 }
 
 // NewLimiter returns a limiter for max connections; max <= 0 means none.
@@ -26,14 +26,38 @@ func NewLimiter(max int64, log zerolog.Logger) *Limiter {
 	return &Limiter{max: max, log: log}
 }
 
-// SetReclaim gives the limiter a way to free a slot when a client finds
+// AddReclaim gives the limiter a way to free a slot when a client finds
 // none: f closes something idle that holds one (an idle upstream
 // connection) and reports whether it did. Idle connections are then
-// closed, oldest first, instead of refusing new work.
-func (l *Limiter) SetReclaim(f func() bool) {
-	if l != nil {
-		l.reclaim.Store(&f)
+// closed, oldest first, instead of refusing new work. Each HTTP server
+// (one per HTTP listener) adds its own; they are tried in turn.
+func (l *Limiter) AddReclaim(f func() bool) {
+	if l == nil {
+		return
 	}
+	for {
+		old := l.reclaim.Load()
+		var fs []func() bool
+		if old != nil {
+			fs = append(fs, *old...)
+		}
+		fs = append(fs, f)
+		if l.reclaim.CompareAndSwap(old, &fs) {
+			return
+		}
+	}
+}
+
+// reclaimOne asks each reclaim function in turn until one frees a slot.
+func (l *Limiter) reclaimOne() bool {
+	if fs := l.reclaim.Load(); fs != nil {
+		for _, f := range *fs {
+			if f() {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // TryAcquire takes a slot if one is free, without logging or counting a
@@ -59,7 +83,7 @@ func (l *Limiter) Acquire() bool {
 	if l.TryAcquire() {
 		return true
 	}
-	if f := l.reclaim.Load(); f != nil && (*f)() && l.TryAcquire() {
+	if l.reclaimOne() && l.TryAcquire() {
 		return true
 	}
 	if l.n.Add(1) > l.max {

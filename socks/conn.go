@@ -43,20 +43,25 @@ type session struct {
 	hasDst bool
 	src    *pool.Source
 	reply  byte
-	udp    bool // a UDP ASSOCIATE
+	udp    bool     // a UDP ASSOCIATE
+	first  []byte   // read before the handshake (the mixed port); consumed by it
+	conn   net.Conn // read after first; nil once the handshake is over
 	stats  tunnel.Stats
 	err    error
 }
 
-func (s *Server) serveConn(c net.Conn) {
+func (s *Server) serveConn(c net.Conn) { s.Handle(c, nil) }
+
+// Handle serves a SOCKS5 connection accepted elsewhere (the mixed port,
+// serve.Mux), whose first bytes were read into first.
+func (s *Server) Handle(c net.Conn, first []byte) {
 	if err := s.Conns.Add(c); err != nil {
-		if err == serve.ErrLimit {
-			c.Close() // SOCKS5 has no way to say "busy" before the greeting
-		}
+		// SOCKS5 has no way to say "busy" before the greeting.
+		c.Close()
 		return
 	}
 	start := time.Now()
-	ss := &session{reply: noReply}
+	ss := &session{reply: noReply, first: first, conn: c}
 	req, early, err := s.handshake(c, ss)
 	if err != nil {
 		ss.err = err
@@ -135,6 +140,9 @@ func (s *Server) handshake(c net.Conn, ss *session) (statute.Request, []byte, er
 	// is read through it in two fills.
 	br := readers.Get().(*bufio.Reader)
 	br.Reset(c)
+	if len(ss.first) > 0 {
+		br.Reset(ss)
+	}
 	defer func() {
 		br.Reset(nil)
 		readers.Put(br)
@@ -158,7 +166,21 @@ func (s *Server) handshake(c net.Conn, ss *session) (statute.Request, []byte, er
 		b, _ := br.Peek(n)
 		early = append([]byte(nil), b...)
 	}
+	// A first read larger than br may hold more optimistic data.
+	early = append(early, ss.first...)
+	ss.first, ss.conn = nil, nil
 	return req, early, nil
+}
+
+// Read reads the handshake: first the bytes read before it (ss.first),
+// then the connection.
+func (ss *session) Read(p []byte) (int, error) {
+	if len(ss.first) == 0 {
+		return ss.conn.Read(p)
+	}
+	n := copy(p, ss.first)
+	ss.first = ss.first[n:]
+	return n, nil
 }
 
 // negotiate reads the greeting, chooses the method, authenticates, and

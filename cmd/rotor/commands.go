@@ -33,6 +33,7 @@ func commands() []command {
 		{"demo", "rotor demo", "run a self-contained demo on loopback", noFlags("demo"), runDemo},
 		{"check", "rotor check --pool IP[,IP...] --url URL", "fetch URL once from every address and show what the remote saw", checkFlags, runCheck},
 		{"passwd", "rotor passwd [--cost N] NAME", "print a users-file line with a bcrypt hash of the password read from stdin (or asked for on a terminal)", passwdFlags, runPasswd},
+		{"cert", "rotor cert --host NAME[,IP...]", "write a self-signed certificate and key for --https-listen, and print how to use them", certFlags, runCert},
 		{"version", "rotor version", "print the version, VCS revision and Go version", noFlags("version"), runVersion},
 		{"help", "rotor help [COMMAND]", "show this help, or a command's", noFlags("help"), runHelp},
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -32,25 +33,33 @@ var errConfig = errors.New("configuration error")
 // instance is one running rotor: a pool, its dialer and the listeners
 // that share them.
 type instance struct {
-	cfg        config.Config // as last loaded (reload replaces its pool and users)
-	dialer     *pool.Dialer
-	access     *auth.Live // users and pool, swapped whole by reload
-	reloadMu   sync.Mutex
-	log        zerolog.Logger
-	http       *httpproxy.Server
-	socks      *socks.Server
-	httpAddr   net.Addr // nil when disabled
-	socksAddr  net.Addr
-	listeners  []net.Listener
-	httpHits   serve.Hits // timeouts and limits hit, by name
-	socksHits  serve.Hits
-	metrics    *metrics.Metrics // nil without --metrics-listen
-	metricsLn  net.Listener
-	metricsSrv *http.Server
-	draining   atomic.Bool
-	stopHealth context.CancelFunc
-	wg         sync.WaitGroup
-	serveErr   chan error
+	cfg       config.Config // as last loaded (reload replaces its pool and users)
+	dialer    *pool.Dialer
+	access    *auth.Live // users and pool, swapped whole by reload
+	reloadMu  sync.Mutex
+	log       zerolog.Logger
+	http      *httpproxy.Server
+	socks     *socks.Server
+	https     *httpproxy.Server // the HTTP proxy inside TLS
+	mixed     mixedPort
+	certs     *serve.Certs // nil without --tls-cert
+	httpAddr  net.Addr     // nil when disabled
+	socksAddr net.Addr
+	httpsAddr net.Addr
+	mixedAddr net.Addr
+	listeners []net.Listener
+	httpHits  serve.Hits // timeouts and limits hit, by name
+	socksHits serve.Hits
+	httpsHits serve.Hits
+	// listenerMet holds each listener's metrics by name.
+	listenerMet map[string]*metrics.Listener
+	metrics     *metrics.Metrics // nil without --metrics-listen
+	metricsLn   net.Listener
+	metricsSrv  *http.Server
+	draining    atomic.Bool
+	stopHealth  context.CancelFunc
+	wg          sync.WaitGroup
+	serveErr    chan error
 }
 
 // onceCloseListener lets rotor close a listener itself, so that "stopped
@@ -88,6 +97,13 @@ func closeListeners(ls ...net.Listener) {
 	}
 }
 
+// proxyListeners are the proxies' listeners; nil when disabled.
+type proxyListeners struct{ http, socks, https, mixed net.Listener }
+
+func (pl proxyListeners) all() []net.Listener {
+	return []net.Listener{pl.http, pl.socks, pl.https, pl.mixed}
+}
+
 // start builds the pool (binding each address once to check it), opens
 // the listeners and serves in the background. resolver nil means the
 // system's.
@@ -101,17 +117,25 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errConfig, err)
 	}
-	in := &instance{cfg: cfg, log: log, access: auth.NewLive(st, cfg.AllowClients), serveErr: make(chan error, 3)}
-	hl, sl, err := in.listen()
+	in := &instance{cfg: cfg, log: log, access: auth.NewLive(st, cfg.AllowClients), serveErr: make(chan error, 6)}
+	if cfg.TLSCert != "" {
+		tc, err := serve.LoadTLS(cfg.TLSCert, cfg.TLSKey, cfg.TLSClientCA)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", errConfig, err)
+		}
+		in.certs = &serve.Certs{}
+		in.certs.Store(tc)
+	}
+	pl, err := in.listen()
 	if err != nil {
 		return nil, err
 	}
-	d, err := in.newDialer(p, resolver, hl, sl)
+	d, err := in.newDialer(p, resolver, pl.all()...)
 	if err != nil {
-		closeListeners(hl, sl, in.metricsLn)
+		closeListeners(append(pl.all(), in.metricsLn)...)
 		return nil, err
 	}
-	in.serveProxies(d, hl, sl)
+	in.serveProxies(d, pl)
 	in.watch(d)
 	if in.metricsLn != nil {
 		in.metricsSrv = &http.Server{Handler: in.metrics.Handler(in.ready), ReadHeaderTimeout: 10 * time.Second}
@@ -125,31 +149,34 @@ func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*inst
 	return in, nil
 }
 
-// listen opens the metrics listener (in.metricsLn) and the proxies' (nil
-// when disabled); on error none stays open.
-func (in *instance) listen() (hl, sl net.Listener, err error) {
+// listen opens the metrics listener (in.metricsLn) and the proxies'; on
+// error none stays open.
+func (in *instance) listen() (pl proxyListeners, err error) {
 	cfg := in.cfg
 	if cfg.MetricsListen != "" {
 		if in.metricsLn, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
-			return nil, nil, listenError("metrics", cfg.MetricsListen, err)
+			return pl, listenError("metrics", cfg.MetricsListen, err)
 		}
 	}
 	// No TCP keepalive probes on client connections: four setsockopt calls
 	// per accept, and tunnels are bounded by --idle-timeout instead.
 	lc := net.ListenConfig{KeepAlive: -1}
-	if cfg.HTTPListen != "" {
-		if hl, err = lc.Listen(context.Background(), "tcp", cfg.HTTPListen); err != nil {
-			closeListeners(in.metricsLn)
-			return nil, nil, listenError("HTTP", cfg.HTTPListen, err)
+	for _, l := range []struct {
+		what, addr string
+		ln         *net.Listener
+	}{
+		{"HTTP", cfg.HTTPListen, &pl.http}, {"SOCKS5", cfg.SOCKSListen, &pl.socks},
+		{"HTTPS", cfg.HTTPSListen, &pl.https}, {"mixed", cfg.MixedListen, &pl.mixed},
+	} {
+		if l.addr == "" {
+			continue
+		}
+		if *l.ln, err = lc.Listen(context.Background(), "tcp", l.addr); err != nil {
+			closeListeners(append(pl.all(), in.metricsLn)...)
+			return proxyListeners{}, listenError(l.what, l.addr, err)
 		}
 	}
-	if cfg.SOCKSListen != "" {
-		if sl, err = lc.Listen(context.Background(), "tcp", cfg.SOCKSListen); err != nil {
-			closeListeners(hl, in.metricsLn)
-			return nil, nil, listenError("SOCKS5", cfg.SOCKSListen, err)
-		}
-	}
-	return hl, sl, nil
+	return pl, nil
 }
 
 // newDialer builds the destination policy and the dialer over p, with the
@@ -179,8 +206,8 @@ func (in *instance) newDialer(p *pool.Pool, resolver *net.Resolver, listeners ..
 				return
 			}
 			log.Warn().Str("src", src.Label).Err(err).Msg("source address out of rotation")
-			if in.http != nil {
-				in.http.DropSource(src)
+			for _, h := range in.httpServers() {
+				h.DropSource(src)
 			}
 		}}
 	if in.metricsLn != nil {
@@ -194,35 +221,106 @@ func (in *instance) newDialer(p *pool.Pool, resolver *net.Resolver, listeners ..
 	return d, nil
 }
 
-// serveProxies starts the HTTP and SOCKS5 servers on their listeners
-// (either may be nil), sharing one connection limit.
-func (in *instance) serveProxies(d *pool.Dialer, hl, sl net.Listener) {
-	cfg, log := in.cfg, in.log
-	limit := serve.NewLimiter(cfg.MaxConns, log)
-	if hl != nil {
-		hl = &onceCloseListener{Listener: hl}
-		in.listeners = append(in.listeners, hl)
-		in.httpAddr = hl.Addr()
-		in.http = httpproxy.New(httpproxy.Options{
-			Dialer: d, Access: in.access, HeaderTimeout: cfg.HeaderTimeout, TunnelIdleTimeout: cfg.IdleTimeout,
-			IdleTimeout: cfg.KeepAliveTimeout, Limiter: limit, MaxHeaderBytes: cfg.MaxHeaderBytes, Hits: &in.httpHits,
-			Log: log.With().Str("listener", "http").Logger(), Metrics: in.metrics,
-			Listener: in.metrics.AddListener("http", func() int { return in.http.Active() }, &in.httpHits),
-		})
-		in.serve(func() error { return in.http.Serve(hl) })
+// mixedPort is the one port (--listen) serving every protocol: the Mux
+// reads each connection's first bytes and hands it to its own HTTP or
+// SOCKS5 server, which log and count under listener "mixed".
+type mixedPort struct {
+	mux   *serve.Mux
+	http  *httpproxy.Server
+	socks *socks.Server
+	hits  serve.Hits
+}
+
+func (m *mixedPort) active() int { return m.mux.Conns.Len() + m.http.Active() + m.socks.Active() }
+
+// serveProxies starts the proxy servers on their listeners (any may be
+// nil), sharing one connection limit.
+func (in *instance) serveProxies(d *pool.Dialer, pl proxyListeners) {
+	cfg := in.cfg
+	limit := serve.NewLimiter(cfg.MaxConns, in.log)
+	var tlsConf *tls.Config
+	if in.certs != nil {
+		tlsConf = in.certs.Config()
 	}
-	if sl != nil {
-		sl = &onceCloseListener{Listener: sl}
-		in.listeners = append(in.listeners, sl)
-		in.socksAddr = sl.Addr()
-		in.socks = socks.New(socks.Options{
-			Dialer: d, Access: in.access, HandshakeTimeout: cfg.HandshakeTimeout, IdleTimeout: cfg.IdleTimeout, UDPIdleTimeout: cfg.UDPIdleTimeout,
-			Limiter: limit, Hits: &in.socksHits,
-			Log: log.With().Str("listener", "socks5").Logger(), Metrics: in.metrics,
-			Listener: in.metrics.AddListener("socks5", func() int { return in.socks.Active() }, &in.socksHits),
-		})
-		in.serve(func() error { return in.socks.Serve(sl) })
+	if pl.http != nil {
+		ln := in.accept(pl.http)
+		in.httpAddr = ln.Addr()
+		in.http = in.newHTTP(d, limit, "http", &in.httpHits, func() int { return in.http.Active() }, nil)
+		in.serve(func() error { return in.http.Serve(ln) })
 	}
+	if pl.https != nil {
+		ln := in.accept(pl.https)
+		in.httpsAddr = ln.Addr()
+		in.https = in.newHTTP(d, limit, "https", &in.httpsHits, func() int { return in.https.Active() }, tlsConf)
+		in.serve(func() error { return in.https.Serve(ln) })
+	}
+	if pl.socks != nil {
+		ln := in.accept(pl.socks)
+		in.socksAddr = ln.Addr()
+		in.socks = in.newSOCKS(d, limit, "socks5", &in.socksHits, func() int { return in.socks.Active() })
+		in.serve(func() error { return in.socks.Serve(ln) })
+	}
+	if pl.mixed != nil {
+		m := &in.mixed
+		ln := in.accept(pl.mixed)
+		in.mixedAddr = ln.Addr()
+		m.http = in.newHTTP(d, limit, "mixed", &m.hits, m.active, tlsConf)
+		m.socks = in.newSOCKS(d, limit, "mixed", &m.hits, m.active)
+		m.mux = &serve.Mux{Timeout: cfg.HandshakeTimeout, Log: in.log.With().Str("listener", "mixed").Logger(), Hits: &m.hits,
+			HTTP: m.http.HandleHTTP, SOCKS5: m.socks.Handle}
+		if tlsConf != nil {
+			m.mux.TLS = m.http.HandleTLS
+		}
+		m.mux.Init(nil, &m.hits)
+		in.serve(func() error { return m.mux.Serve(ln) })
+	}
+}
+
+// accept readies ln to be served, returning what to serve: rotor closes
+// it itself on shutdown.
+func (in *instance) accept(ln net.Listener) net.Listener {
+	l := &onceCloseListener{Listener: ln}
+	in.listeners = append(in.listeners, l)
+	return l
+}
+
+// newHTTP is an HTTP proxy server for the listener called name; TLS
+// (nil: none) serves it inside TLS. The mixed port's servers share its
+// metrics: active counts all of them.
+func (in *instance) newHTTP(d *pool.Dialer, limit *serve.Limiter, name string, hits *serve.Hits, active func() int, tlsConf *tls.Config) *httpproxy.Server {
+	cfg := in.cfg
+	return httpproxy.New(httpproxy.Options{
+		Dialer: d, Access: in.access, HeaderTimeout: cfg.HeaderTimeout, TunnelIdleTimeout: cfg.IdleTimeout,
+		IdleTimeout: cfg.KeepAliveTimeout, Limiter: limit, MaxHeaderBytes: cfg.MaxHeaderBytes, Hits: hits,
+		TLS: tlsConf, HandshakeTimeout: cfg.HandshakeTimeout,
+		Log: in.log.With().Str("listener", name).Logger(), Metrics: in.metrics,
+		Listener: in.listenerMetrics(name, active, hits),
+	})
+}
+
+// newSOCKS is a SOCKS5 server for the listener called name.
+func (in *instance) newSOCKS(d *pool.Dialer, limit *serve.Limiter, name string, hits *serve.Hits, active func() int) *socks.Server {
+	cfg := in.cfg
+	return socks.New(socks.Options{
+		Dialer: d, Access: in.access, HandshakeTimeout: cfg.HandshakeTimeout, IdleTimeout: cfg.IdleTimeout, UDPIdleTimeout: cfg.UDPIdleTimeout,
+		Limiter: limit, Hits: hits,
+		Log: in.log.With().Str("listener", name).Logger(), Metrics: in.metrics,
+		Listener: in.listenerMetrics(name, active, hits),
+	})
+}
+
+// listenerMetrics registers a listener's metrics once per name: the mixed
+// port's two servers share one.
+func (in *instance) listenerMetrics(name string, active func() int, hits *serve.Hits) *metrics.Listener {
+	if l, ok := in.listenerMet[name]; ok {
+		return l
+	}
+	l := in.metrics.AddListener(name, active, hits)
+	if in.listenerMet == nil {
+		in.listenerMet = map[string]*metrics.Listener{}
+	}
+	in.listenerMet[name] = l
+	return l
 }
 
 // watch starts the health checker and the follower of the host's address
@@ -283,8 +381,19 @@ func (in *instance) reload() error {
 	if err != nil {
 		return err
 	}
+	var tlsConf *tls.Config
+	if in.certs != nil {
+		// A pair that does not load keeps the old one, and the rest of
+		// the old configuration with it.
+		if tlsConf, err = serve.LoadTLS(cfg.TLSCert, cfg.TLSKey, cfg.TLSClientCA); err != nil {
+			return err
+		}
+	}
 	if st.Users != nil {
 		st.Users.Follows(in.access.Load().Users)
+	}
+	if tlsConf != nil {
+		in.certs.Store(tlsConf) // new handshakes present it; live connections keep theirs
 	}
 	in.dialer.SetPool(p) // health checks and picks that name no pool
 	in.access.Store(st)  // what every new request and connection loads
@@ -300,9 +409,9 @@ func (in *instance) reload() error {
 		}
 	}
 	in.metrics.Prune(removed)
-	if in.http != nil {
+	for _, h := range in.httpServers() {
 		for _, src := range removed {
-			in.http.DropSource(src)
+			h.DropSource(src)
 		}
 	}
 	users := 0
@@ -334,8 +443,22 @@ func (in *instance) ready() error {
 	return errors.New("every source address is down")
 }
 
-// hits is how often each timeout and limit was hit, both listeners added.
-func (in *instance) hits() *serve.Hits { return serve.Sum(&in.httpHits, &in.socksHits) }
+// hits is how often each timeout and limit was hit, every listener added.
+func (in *instance) hits() *serve.Hits {
+	return serve.Sum(&in.httpHits, &in.socksHits, &in.httpsHits, &in.mixed.hits)
+}
+
+// httpServers are the HTTP proxy servers running, whose idle upstream
+// connections follow the pool.
+func (in *instance) httpServers() []*httpproxy.Server {
+	var hs []*httpproxy.Server
+	for _, h := range []*httpproxy.Server{in.http, in.https, in.mixed.http} {
+		if h != nil {
+			hs = append(hs, h)
+		}
+	}
+	return hs
+}
 
 func (in *instance) serve(f func() error) {
 	in.wg.Add(1)
@@ -355,19 +478,25 @@ func (in *instance) stopAccepting() {
 	}
 }
 
-// shutdown stops both listeners at once and drains both in parallel until
-// ctx ends; then whatever is left is closed.
+// shutdown stops every listener at once and drains every server in
+// parallel until ctx ends; then whatever is left is closed.
 func (in *instance) shutdown(ctx context.Context) error {
 	in.stopAccepting()
-	var wg sync.WaitGroup
-	errs := make([]error, 2)
-	if in.http != nil {
-		wg.Add(1)
-		go func() { defer wg.Done(); errs[0] = in.http.Shutdown(ctx) }()
+	var servers []interface{ Shutdown(context.Context) error }
+	for _, h := range in.httpServers() {
+		servers = append(servers, h)
 	}
 	if in.socks != nil {
+		servers = append(servers, in.socks)
+	}
+	if in.mixed.mux != nil {
+		servers = append(servers, in.mixed.socks, in.mixed.mux)
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(servers))
+	for i, srv := range servers {
 		wg.Add(1)
-		go func() { defer wg.Done(); errs[1] = in.socks.Shutdown(ctx) }()
+		go func() { defer wg.Done(); errs[i] = srv.Shutdown(ctx) }()
 	}
 	wg.Wait()
 	in.stopHealth()

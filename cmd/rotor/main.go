@@ -91,6 +91,12 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	if in.socksAddr != nil {
 		ev = ev.Stringer("socks5", in.socksAddr)
 	}
+	if in.httpsAddr != nil {
+		ev = ev.Stringer("https", in.httpsAddr)
+	}
+	if in.mixedAddr != nil {
+		ev = ev.Stringer("mixed", in.mixedAddr).Bool("mixed_tls", in.certs != nil)
+	}
 	ev.Msg("rotor started")
 
 	hup := make(chan os.Signal, 1)

@@ -42,7 +42,7 @@ func demo(ctx context.Context, out io.Writer) error {
 	cfg := config.Config{
 		Pool: []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32"), netip.MustParsePrefix("127.0.0.3/32"),
 			netip.MustParsePrefix("127.0.0.4/32"), netip.MustParsePrefix("127.0.0.5/32")},
-		Strategy: pool.RoundRobin, HTTPListen: "127.0.0.1:0", SOCKSListen: "127.0.0.1:0",
+		Strategy: pool.RoundRobin, HTTPListen: "127.0.0.1:0", SOCKSListen: "127.0.0.1:0", MixedListen: "127.0.0.1:0",
 		Users: []auth.UserSpec{auth.PlainUser(user, pass)},
 		// The demo's targets are on loopback, which rotor refuses by default.
 		AllowDest:   []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
@@ -59,8 +59,8 @@ func demo(ctx context.Context, out io.Writer) error {
 	}()
 
 	fmt.Fprintf(out, "rotor demo: pool %s, strategy %s, user %q\n", strings.Join(labels(in.dialer.Pool()), ", "), cfg.Strategy, user)
-	fmt.Fprintf(out, "  HTTP proxy   %s\n  SOCKS5 proxy %s\n  target       %s (HTTP) and %s (raw TCP), both report the peer address\n\n",
-		in.httpAddr, in.socksAddr, httpTarget.Addr, tcpTarget.Addr)
+	fmt.Fprintf(out, "  HTTP proxy   %s\n  SOCKS5 proxy %s\n  mixed port   %s (HTTP and SOCKS5 on one port)\n  target       %s (HTTP) and %s (raw TCP), both report the peer address\n\n",
+		in.httpAddr, in.socksAddr, in.mixedAddr, httpTarget.Addr, tcpTarget.Addr)
 	fmt.Fprintf(out, "%-38s %s\n", "request", "target saw")
 
 	httpClient := proxyClient("http://"+user+":"+pass+"@"+in.httpAddr.String(), 1)
@@ -77,8 +77,10 @@ func demo(ctx context.Context, out io.Writer) error {
 		{"SOCKS5 CONNECT localhost:" + port(tcpTarget.Addr), func() (string, error) {
 			return socksVia(ctx, in.socksAddr.String(), user, pass, "localhost:"+port(tcpTarget.Addr))
 		}},
+		{"mixed port, HTTP CONNECT", func() (string, error) { return connectVia(ctx, in.mixedAddr.String(), user, pass, tcpTarget.Addr) }},
+		{"mixed port, SOCKS5 CONNECT", func() (string, error) { return socksVia(ctx, in.mixedAddr.String(), user, pass, tcpTarget.Addr) }},
 	}
-	for round := 0; round < 4; round++ { // 5 steps, 4 addresses: each step meets every address
+	for round := 0; round < 4; round++ { // 7 steps, 4 addresses: each step meets every address
 		for _, s := range steps {
 			got, err := s.do()
 			if err != nil {
@@ -91,11 +93,11 @@ func demo(ctx context.Context, out io.Writer) error {
 	fmt.Fprintln(out)
 	for _, a := range labels(in.dialer.Pool()) {
 		fmt.Fprintf(out, "%-10s used %d times\n", a, seen[a])
-		if seen[a] != 5 {
+		if seen[a] != len(steps) {
 			return errors.New("addresses were not used in turn: rotation is broken")
 		}
 	}
-	fmt.Fprintln(out, "\nEvery request left from the next address of one pool shared by both protocols.")
+	fmt.Fprintln(out, "\nEvery request left from the next address of one pool shared by every listener.")
 	return nil
 }
 

@@ -53,6 +53,7 @@ type benchCase struct {
 	SOCKS    bool // SOCKS5 rather than HTTP
 	ByName   bool
 	UDP      bool // SOCKS5 UDP ASSOCIATE
+	TLS      bool // the HTTP proxy inside TLS (an https:// proxy URL)
 }
 
 func (c benchCase) key() string {
@@ -73,6 +74,9 @@ func (c benchCase) run(o compareOpts, tgt string, udpTgt netip.AddrPort, p *peer
 	ro := runOpts{Name: "direct", Target: tgt, Conc: c.Conc, Duration: o.Duration, ByName: c.ByName}
 	if p != nil {
 		ro.Name, ro.Via, ro.PID, ro.DebugAddr = p.Name, p.spec(c.SOCKS), p.PID(), p.DebugAddr
+		if c.TLS {
+			ro.Via.HTTP, ro.Via.TLS = p.HTTPS, true
+		}
 	}
 	var r result
 	switch {
@@ -84,8 +88,8 @@ func (c benchCase) run(o compareOpts, tgt string, udpTgt netip.AddrPort, p *peer
 		r = runIdle(ro, c.Workload, c.K)
 	case c.bulk():
 		r = runBulk(ro, c.Workload, o.BulkSize)
-	case c.Workload == "http-keepalive":
-		r = runKeepAlive(ro)
+	case strings.HasPrefix(c.Workload, "http-keepalive"):
+		r = runKeepAlive(ro, c.Workload)
 	default:
 		r = runNewConn(ro, c.Workload)
 	}
@@ -98,6 +102,8 @@ func (c benchCase) serves(p *peer) bool {
 	switch {
 	case c.UDP:
 		return p.UDP && p.SOCKS != ""
+	case c.TLS:
+		return p.HTTPS != ""
 	case p.UDPOnly:
 		return false
 	case c.SOCKS:
@@ -109,7 +115,9 @@ func (c benchCase) serves(p *peer) bool {
 // udpStreamRate is the udp-stream workload's rate: 1 MB/s.
 const udpStreamRate = 1 << 20
 
-func (c benchCase) hasDirect() bool { return !c.idle() && !c.ByName }
+// hasDirect: a direct run is the baseline of a proxied one, except where
+// it would only repeat another row's (by name, through TLS).
+func (c benchCase) hasDirect() bool { return !c.idle() && !c.ByName && !c.TLS }
 
 func cases(o compareOpts) []benchCase {
 	var cs []benchCase
@@ -119,6 +127,8 @@ func cases(o compareOpts) []benchCase {
 			benchCase{Workload: "connect-new", Conc: c},
 			benchCase{Workload: "socks5-new", Conc: c, SOCKS: true},
 			benchCase{Workload: "socks5-new-domain", Conc: c, SOCKS: true, ByName: true},
+			benchCase{Workload: "http-keepalive-tls", Conc: c, TLS: true},
+			benchCase{Workload: "connect-new-tls", Conc: c, TLS: true},
 		)
 	}
 	cs = append(cs, benchCase{Workload: "bulk-connect"}, benchCase{Workload: "bulk-socks5", SOCKS: true})
@@ -175,6 +185,10 @@ func compare(o compareOpts, log io.Writer) error {
 	}
 	defer echo.Close()
 
+	cp, err := makeCert(bin, tmp)
+	if err != nil {
+		return err
+	}
 	pp := &ports{next: 21000}
 	var peers []*peer
 	var missing []string
@@ -187,9 +201,10 @@ func compare(o compareOpts, log io.Writer) error {
 		name  string
 		start func() (*peer, error)
 	}{
-		{"rotor", func() (*peer, error) { return startRotorPeer("rotor", bin, pp) }},
-		{baseName, func() (*peer, error) { return startRotorPeer(baseName, baseBin, pp) }},
-		{"squid", func() (*peer, error) { return startSquid(repo, pp) }},
+		{"rotor", func() (*peer, error) { return startRotorPeer("rotor", bin, pp, cp, false) }},
+		{"rotor-mixed", func() (*peer, error) { return startRotorPeer("rotor-mixed", bin, pp, cp, true) }},
+		{baseName, func() (*peer, error) { return startRotorPeer(baseName, baseBin, pp, nil, false) }},
+		{"squid", func() (*peer, error) { return startSquid(repo, pp, cp) }},
 		{"tinyproxy", func() (*peer, error) { return startTinyproxy(repo, pp) }},
 		{"microsocks", func() (*peer, error) { return startMicrosocks(pp) }},
 		{"dante", func() (*peer, error) { return startDante(repo, pp) }},

@@ -21,6 +21,7 @@ type peer struct {
 	Name      string
 	HTTP      string // HTTP proxy address, empty if none
 	SOCKS     string // SOCKS5 proxy address, empty if none
+	HTTPS     string // HTTP proxy inside TLS, empty if none
 	DebugAddr string // rotor only
 	UDP       bool   // serves SOCKS5 UDP ASSOCIATE
 	UDPOnly   bool   // measured on the udp workloads only (dante)
@@ -98,13 +99,17 @@ func peerDir(name string) (string, error) {
 	return dir, os.Chmod(dir, 0o777)
 }
 
-func render(repo, name, dir string, port int) (string, error) {
+func render(repo, name, dir string, port int, extra map[string]any) (string, error) {
 	t, err := template.ParseFiles(filepath.Join(repo, "testdata", "peers", name+".conf"))
 	if err != nil {
 		return "", err
 	}
+	vars := map[string]any{"Port": port, "Dir": dir, "User": benchUser, "Pass": benchPass}
+	for k, v := range extra {
+		vars[k] = v
+	}
 	var b bytes.Buffer
-	err = t.Execute(&b, map[string]any{"Port": port, "Dir": dir, "User": benchUser, "Pass": benchPass})
+	err = t.Execute(&b, vars)
 	if err != nil {
 		return "", err
 	}
@@ -122,7 +127,7 @@ func startCmd(p *peer, name string, args ...string) error {
 	if err := p.cmd.Start(); err != nil {
 		return err
 	}
-	for _, a := range []string{p.HTTP, p.SOCKS} {
+	for _, a := range []string{p.HTTP, p.SOCKS, p.HTTPS} {
 		if a == "" {
 			continue
 		}
@@ -135,33 +140,62 @@ func startCmd(p *peer, name string, args ...string) error {
 	return nil
 }
 
-// startRotor runs the rotor binary on a loopback pool of four with both
-// listeners and a debug listener for goroutine counts. Access logging is
-// off (warn level), as for every peer.
-func startRotorPeer(name, bin string, pp *ports) (*peer, error) {
-	p := &peer{Name: name, UDP: true}
+// certPair is the certificate every TLS listener under test serves.
+type certPair struct{ Cert, Key string }
+
+// makeCert writes a self-signed pair for 127.0.0.1 with rotor cert into
+// dir, readable by the peers' own users (the key too: a benchmark's).
+func makeCert(bin, dir string) (*certPair, error) {
+	cp := &certPair{filepath.Join(dir, "proxy.crt"), filepath.Join(dir, "proxy.key")}
+	if out, err := exec.Command(bin, "cert", "--host", "127.0.0.1", "--cert", cp.Cert, "--key", cp.Key).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("rotor cert: %v: %s", err, out)
+	}
+	return cp, os.Chmod(cp.Key, 0o644)
+}
+
+// startRotorPeer runs the rotor binary on a loopback pool of four with both
+// listeners and a debug listener for goroutine counts, and with cp (nil:
+// none) an HTTPS listener. With mixed, one mixed port (--listen) serves
+// every protocol instead. Access logging is off (warn level), as for every
+// peer.
+func startRotorPeer(name, bin string, pp *ports, cp *certPair, mixed bool) (*peer, error) {
+	p := &peer{Name: name, UDP: !mixed}
 	var err error
 	if p.dir, err = peerDir("rotor"); err != nil {
 		return nil, err
 	}
 	hp, _ := pp.take()
 	sp, _ := pp.take()
+	tp, _ := pp.take()
 	dp, err := pp.take()
 	if err != nil {
 		return nil, err
 	}
 	p.HTTP, p.SOCKS, p.DebugAddr = addr(hp), addr(sp), addr(dp)
-	err = startCmd(p, bin, "--pool", "127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5",
-		"--http-listen", p.HTTP, "--socks-listen", p.SOCKS, "--debug-listen", p.DebugAddr,
-		"--user", benchUser, "--pass", benchPass, "--log-level", "warn", "--allow-dest", "127.0.0.0/8")
-	return p, err
+	args := []string{"--pool", "127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5", "--debug-listen", p.DebugAddr,
+		"--user", benchUser, "--pass", benchPass, "--log-level", "warn", "--allow-dest", "127.0.0.0/8"}
+	if mixed {
+		p.SOCKS = p.HTTP
+		args = append(args, "--http-listen", "", "--socks-listen", "", "--listen", p.HTTP)
+	} else {
+		args = append(args, "--http-listen", p.HTTP, "--socks-listen", p.SOCKS)
+	}
+	if cp != nil {
+		if p.HTTPS = addr(tp); mixed {
+			p.HTTPS = p.HTTP
+		} else {
+			args = append(args, "--https-listen", p.HTTPS)
+		}
+		args = append(args, "--tls-cert", cp.Cert, "--tls-key", cp.Key)
+	}
+	return p, startCmd(p, bin, args...)
 }
 
 // startConfPeer starts an HTTP proxy peer configured by
 // testdata/peers/NAME.conf: prepare writes any files the config names
 // into the peer's directory, args builds the command line from the
 // rendered config's path.
-func startConfPeer(repo string, pp *ports, name string, prepare func(dir string) error, args func(conf string) []string) (*peer, error) {
+func startConfPeer(repo string, pp *ports, name string, extra map[string]any, prepare func(dir string) error, args func(conf string) []string) (*peer, error) {
 	bin, err := exec.LookPath(name)
 	if err != nil {
 		return nil, errNotInstalled
@@ -175,7 +209,7 @@ func startConfPeer(repo string, pp *ports, name string, prepare func(dir string)
 		return nil, err
 	}
 	p.HTTP = addr(port)
-	conf, err := render(repo, name, p.dir, port)
+	conf, err := render(repo, name, p.dir, port, extra)
 	if err != nil {
 		return nil, err
 	}
@@ -187,7 +221,17 @@ func startConfPeer(repo string, pp *ports, name string, prepare func(dir string)
 	return p, startCmd(p, bin, args(conf)...)
 }
 
-func startSquid(repo string, pp *ports) (*peer, error) {
+// startSquid runs squid, with cp (nil: none) an https_port too (Debian's
+// squid-openssl; the GnuTLS build has no https_port).
+func startSquid(repo string, pp *ports, cp *certPair) (*peer, error) {
+	extra := map[string]any{}
+	if cp != nil {
+		tp, err := pp.take()
+		if err != nil {
+			return nil, err
+		}
+		extra = map[string]any{"TLSPort": tp, "Cert": cp.Cert, "Key": cp.Key}
+	}
 	htpasswd := func(dir string) error {
 		// basic_ncsa_auth checks with crypt(3), which takes bcrypt; Squid
 		// caches a good credential (credentialsttl), so the cost is paid once.
@@ -197,11 +241,16 @@ func startSquid(repo string, pp *ports) (*peer, error) {
 		}
 		return os.WriteFile(filepath.Join(dir, "htpasswd"), []byte(benchUser+":"+string(hash)+"\n"), 0o644)
 	}
-	return startConfPeer(repo, pp, "squid", htpasswd, func(conf string) []string { return []string{"-N", "-f", conf} })
+	p, err := startConfPeer(repo, pp, "squid", extra, htpasswd, func(conf string) []string { return []string{"-N", "-f", conf} })
+	if err == nil && cp != nil {
+		p.HTTPS = addr(extra["TLSPort"].(int))
+		err = waitListening(p.HTTPS)
+	}
+	return p, err
 }
 
 func startTinyproxy(repo string, pp *ports) (*peer, error) {
-	return startConfPeer(repo, pp, "tinyproxy", nil, func(conf string) []string { return []string{"-d", "-c", conf} })
+	return startConfPeer(repo, pp, "tinyproxy", nil, nil, func(conf string) []string { return []string{"-d", "-c", conf} })
 }
 
 func startMicrosocks(pp *ports) (*peer, error) {
@@ -237,7 +286,7 @@ func startDante(repo string, pp *ports) (*peer, error) {
 		return nil, err
 	}
 	p.SOCKS = addr(port)
-	conf, err := render(repo, "danted", p.dir, port)
+	conf, err := render(repo, "danted", p.dir, port, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,12 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"math/big"
 	"net"
 	"net/netip"
 	"os"
@@ -51,9 +57,9 @@ func TestMergeAndSources(t *testing.T) {
 	}
 }
 
-// inProcessRotor runs both rotor listeners in this process on a loopback
+// inProcessRotor runs rotor's HTTP, SOCKS5 and HTTPS servers in this process on a loopback
 // pool of four, with the bench credentials.
-func inProcessRotor(t *testing.T) (httpAddr, socksAddr string) {
+func inProcessRotor(t *testing.T) (httpAddr, socksAddr, httpsAddr string) {
 	t.Helper()
 	var addrs []netip.Addr
 	for _, a := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"} {
@@ -66,21 +72,42 @@ func inProcessRotor(t *testing.T) (httpAddr, socksAddr string) {
 	d := pool.NewDialer(p, pool.DialerOptions{Timeout: 5 * time.Second, Resolver: target.OfflineResolver()})
 	creds := testkit.Access(testkit.OneUser(benchUser, benchPass))
 	hs := httpproxy.New(httpproxy.Options{Dialer: d, Access: creds, Log: zerolog.Nop()})
+	ts := httpproxy.New(httpproxy.Options{Dialer: d, Access: creds, Log: zerolog.Nop(), TLS: testTLSConfig(t)})
 	ss := socks.New(socks.Options{Dialer: d, Access: creds, Log: zerolog.Nop()})
 	hl, _ := net.Listen("tcp", "127.0.0.1:0")
+	tl, _ := net.Listen("tcp", "127.0.0.1:0")
 	sl, _ := net.Listen("tcp", "127.0.0.1:0")
-	done := make(chan struct{}, 2)
+	done := make(chan struct{}, 3)
 	go func() { _ = hs.Serve(hl); done <- struct{}{} }()
+	go func() { _ = ts.Serve(tl); done <- struct{}{} }()
 	go func() { _ = ss.Serve(sl); done <- struct{}{} }()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = hs.Shutdown(ctx)
+		_ = ts.Shutdown(ctx)
 		_ = ss.Shutdown(ctx)
 		<-done
 		<-done
+		<-done
 	})
-	return hl.Addr().String(), sl.Addr().String()
+	return hl.Addr().String(), sl.Addr().String(), tl.Addr().String()
+}
+
+// testTLSConfig serves a throwaway self-signed certificate.
+func testTLSConfig(t *testing.T) *tls.Config {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
 }
 
 // Each workload's request count and source histogram must be exact: with
@@ -91,8 +118,9 @@ func TestWorkloadsCountAndRotate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tgt.Close()
-	h, s := inProcessRotor(t)
+	h, s, hs := inProcessRotor(t)
 	viaHTTP := proxySpec{HTTP: h, User: benchUser, Pass: benchPass}
+	viaHTTPS := proxySpec{HTTP: hs, TLS: true, User: benchUser, Pass: benchPass}
 	viaSOCKS := proxySpec{SOCKS: s, User: benchUser, Pass: benchPass}
 	base := runOpts{Name: "rotor", Target: tgt.Addr, Conc: 4, Duration: 30 * time.Second, MaxRequests: 40}
 	for _, tc := range []struct {
@@ -100,8 +128,10 @@ func TestWorkloadsCountAndRotate(t *testing.T) {
 		run  func(runOpts) result
 		via  proxySpec
 	}{
-		{"http-keepalive", runKeepAlive, viaHTTP},
+		{"http-keepalive", func(o runOpts) result { return runKeepAlive(o, "http-keepalive") }, viaHTTP},
 		{"connect-new", func(o runOpts) result { return runNewConn(o, "connect-new") }, viaHTTP},
+		{"http-keepalive-tls", func(o runOpts) result { return runKeepAlive(o, "http-keepalive-tls") }, viaHTTPS},
+		{"connect-new-tls", func(o runOpts) result { return runNewConn(o, "connect-new-tls") }, viaHTTPS},
 		{"socks5-new", func(o runOpts) result { return runNewConn(o, "socks5-new") }, viaSOCKS},
 		{"socks5-new-domain", func(o runOpts) result { o.ByName = true; return runNewConn(o, "socks5-new-domain") }, viaSOCKS},
 	} {
@@ -126,7 +156,7 @@ func TestWorkloadsCountAndRotate(t *testing.T) {
 		})
 	}
 	t.Run("direct sees the bench's own address", func(t *testing.T) {
-		r := runKeepAlive(base)
+		r := runKeepAlive(base, "http-keepalive")
 		if r.Errors != 0 || r.Sources["127.0.0.1"] != 40 {
 			t.Fatalf("direct: %v, %d errors", r.Sources, r.Errors)
 		}
@@ -140,7 +170,7 @@ func TestBulkByteCount(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tgt.Close()
-	h, s := inProcessRotor(t)
+	h, s, _ := inProcessRotor(t)
 	const size = 8<<20 + 7
 	for _, via := range []proxySpec{{HTTP: h, User: benchUser, Pass: benchPass}, {SOCKS: s, User: benchUser, Pass: benchPass}, {}} {
 		r := runBulk(runOpts{Name: "x", Via: via, Target: tgt.Addr}, "bulk", size)
@@ -158,7 +188,7 @@ func TestIdleOpensK(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tgt.Close()
-	_, s := inProcessRotor(t)
+	_, s, _ := inProcessRotor(t)
 	r := runIdle(runOpts{Name: "rotor", Via: proxySpec{SOCKS: s, User: benchUser, Pass: benchPass}, Target: tgt.Addr, PID: os.Getpid()}, "idle-socks5", 50)
 	if r.Requests != 50 || r.Errors != 0 {
 		t.Fatalf("%d tunnels, %d errors (%s), want 50", r.Requests, r.Errors, r.FirstErr)

@@ -95,7 +95,7 @@ func drive(o runOpts, workload string, newOp func() (op func(*recorder) ([]byte,
 
 // runKeepAlive: persistent client connections sending GET /ip, absolute
 // form through an HTTP proxy, origin form directly.
-func runKeepAlive(o runOpts) result {
+func runKeepAlive(o runOpts, workload string) result {
 	req := []byte("GET /ip HTTP/1.1\r\nHost: " + o.Target + "\r\n\r\n")
 	addr := o.Target
 	if o.Via.HTTP != "" {
@@ -105,7 +105,7 @@ func runKeepAlive(o runOpts) result {
 		}
 		req, addr = []byte(h+"\r\n"), o.Via.HTTP
 	}
-	return drive(o, "http-keepalive", func() (func(*recorder) ([]byte, error), func()) {
+	return drive(o, workload, func() (func(*recorder) ([]byte, error), func()) {
 		var c *conn
 		body := make([]byte, 0, 64)
 		op := func(*recorder) ([]byte, error) {
@@ -117,7 +117,12 @@ func runKeepAlive(o runOpts) result {
 				reused := c != nil
 				if c == nil {
 					var err error
-					if c, err = dial(addr, dialTimeout); err != nil {
+					if o.Via.HTTP != "" {
+						c, err = o.Via.dialHTTP(dialTimeout)
+					} else {
+						c, err = dial(addr, dialTimeout)
+					}
+					if err != nil {
 						return nil, err
 					}
 				}
@@ -145,7 +150,7 @@ func runKeepAlive(o runOpts) result {
 func (o runOpts) open() (*conn, error) {
 	switch {
 	case o.Via.HTTP != "":
-		c, err := dial(o.Via.HTTP, dialTimeout)
+		c, err := o.Via.dialHTTP(dialTimeout)
 		if err != nil {
 			return nil, err
 		}

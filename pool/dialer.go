@@ -152,6 +152,12 @@ func (d *Dialer) PoolFor(s Session) *Pool {
 // reach it, or the session's own one: see DialAddr and DialName. It
 // returns the source even when the dial fails, for logging.
 func (d *Dialer) Dial(ctx context.Context, target string, s Session) (*net.TCPConn, *Source, error) {
+	// A client gone already takes no source. (A loopback connect that is
+	// refused at once returns before the dialer looks at ctx, so the
+	// error would read "refused".)
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
 	host, port, err := SplitTarget(target)
 	if err != nil {
 		return nil, nil, err

@@ -33,9 +33,11 @@ import (
 // changed afterwards.
 type Config struct {
 	// Pool entries: single addresses (a /32 or /128 prefix) and blocks,
-	// from which each connection takes a random address.
-	Pool     []netip.Prefix
-	Strategy pool.Strategy
+	// from which each connection takes a random address; and upstream
+	// proxies, after them in the rotation.
+	Pool      []netip.Prefix
+	Upstreams []*pool.Upstream
+	Strategy  pool.Strategy
 	// Prefer is the family tried first for a host name with answers in
 	// both, when the pool has both (the other follows 300 ms later or at
 	// once on failure).
@@ -185,11 +187,11 @@ func parsePoolAndPolicy(c *Config, f flagValues) error {
 	case c.PoolFile != "" && f.str("pool") != "":
 		return fmt.Errorf("--pool-file %q and --pool (or IP_POOL) are both set: use one", c.PoolFile)
 	case c.PoolFile != "":
-		if c.Pool, c.PoolTags, err = ReadPoolFile(c.PoolFile); err != nil {
+		if c.Pool, c.Upstreams, c.PoolTags, err = ReadPoolFile(c.PoolFile); err != nil {
 			return err
 		}
 	default:
-		if c.Pool, err = ParsePool(f.str("pool")); err != nil {
+		if c.Pool, c.Upstreams, err = ParseEntries(f.str("pool")); err != nil {
 			return err
 		}
 	}
@@ -405,6 +407,31 @@ func DefaultMaxConns() int64 {
 	return max(int64(rl.Cur-reserve)/2, 1)
 }
 
+// ParseEntries parses a pool as --pool and IP_POOL give it: local
+// addresses and blocks (ParsePool) and upstream proxies
+// (pool.ParseUpstream), comma-separated, in any order. A comma inside an
+// upstream's password must be written %2C.
+func ParseEntries(s string) ([]netip.Prefix, []*pool.Upstream, error) {
+	var local []string
+	var ups []*pool.Upstream
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); !pool.IsUpstreamEntry(f) {
+			local = append(local, f)
+			continue
+		}
+		up, err := pool.ParseUpstream(f)
+		if err != nil {
+			return nil, nil, err
+		}
+		ups = append(ups, up)
+	}
+	if len(ups) > 0 && strings.TrimSpace(strings.Join(local, "")) == "" {
+		return nil, ups, nil
+	}
+	prefixes, err := ParsePool(strings.Join(local, ","))
+	return prefixes, ups, err
+}
+
 // ParsePool parses a comma-separated list of IP addresses and CIDR
 // blocks. A single address is returned as its /32 or /128.
 func ParsePool(s string) ([]netip.Prefix, error) {
@@ -468,16 +495,30 @@ func openConfigFile(path string) (*os.File, error) {
 //	203.0.113.7
 //	203.0.113.8      team-a
 //	2001:db8:1::/64  team-a team-b
+//	socks5://user:pass@198.51.100.9:1080
 //
-// Blank lines and lines starting with # are ignored. Errors name the file
-// and line.
-func ReadPoolFile(path string) ([]netip.Prefix, map[string][]netip.Prefix, error) {
+// An upstream proxy entry takes no tags (users' pool= cannot name one
+// yet). Blank lines and lines starting with # are ignored. Errors name the
+// file and line.
+func ReadPoolFile(path string) ([]netip.Prefix, []*pool.Upstream, map[string][]netip.Prefix, error) {
+	entries, ups, tags, err := readPoolFile(path)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if len(entries)+len(ups) == 0 {
+		return nil, nil, nil, fmt.Errorf("pool file %s: no entries", path)
+	}
+	return entries, ups, tags, nil
+}
+
+func readPoolFile(path string) ([]netip.Prefix, []*pool.Upstream, map[string][]netip.Prefix, error) {
 	f, err := openConfigFile(path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("pool file: %w", err)
+		return nil, nil, nil, fmt.Errorf("pool file: %w", err)
 	}
 	defer f.Close()
 	var entries []netip.Prefix
+	var ups []*pool.Upstream
 	tags := map[string][]netip.Prefix{}
 	sc := bufio.NewScanner(f)
 	for n := 1; sc.Scan(); n++ {
@@ -486,33 +527,41 @@ func ReadPoolFile(path string) ([]netip.Prefix, map[string][]netip.Prefix, error
 			continue
 		}
 		fields := strings.Fields(line)
+		if pool.IsUpstreamEntry(fields[0]) {
+			up, err := pool.ParseUpstream(fields[0])
+			if err == nil && len(fields) > 1 {
+				err = errors.New("an upstream entry takes no tags (users' pool= cannot name one yet)")
+			}
+			if err != nil {
+				return nil, nil, nil, fmt.Errorf("pool file %s line %d: %w", path, n, err)
+			}
+			ups = append(ups, up)
+			continue
+		}
 		e, err := ParsePool(fields[0])
 		if err != nil {
-			return nil, nil, fmt.Errorf("pool file %s line %d: %w", path, n, err)
+			return nil, nil, nil, fmt.Errorf("pool file %s line %d: %w", path, n, err)
 		}
 		for _, prev := range entries {
 			if prev.Overlaps(e[0]) {
-				return nil, nil, fmt.Errorf("pool file %s line %d: %s overlaps %s", path, n, e[0], prev)
+				return nil, nil, nil, fmt.Errorf("pool file %s line %d: %s overlaps %s", path, n, e[0], prev)
 			}
 		}
 		entries = append(entries, e[0])
 		for _, tag := range fields[1:] {
 			if _, err := netip.ParsePrefix(tag); err == nil || strings.Contains(tag, ",") {
-				return nil, nil, fmt.Errorf("pool file %s line %d: tag %q: want a name", path, n, tag)
+				return nil, nil, nil, fmt.Errorf("pool file %s line %d: tag %q: want a name", path, n, tag)
 			}
 			if _, err := netip.ParseAddr(tag); err == nil {
-				return nil, nil, fmt.Errorf("pool file %s line %d: tag %q: want a name, one entry per line", path, n, tag)
+				return nil, nil, nil, fmt.Errorf("pool file %s line %d: tag %q: want a name, one entry per line", path, n, tag)
 			}
 			tags[tag] = append(tags[tag], e[0])
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return nil, nil, fmt.Errorf("pool file %s: %w", path, err)
+		return nil, nil, nil, fmt.Errorf("pool file %s: %w", path, err)
 	}
-	if len(entries) == 0 {
-		return nil, nil, fmt.Errorf("pool file %s: no entries", path)
-	}
-	return entries, tags, nil
+	return entries, ups, tags, nil
 }
 
 // ReadUsers is c's users: the users file's (read now) and the
@@ -545,7 +594,7 @@ func ReadUsers(c Config) ([]auth.UserSpec, error) {
 func Reload(c Config) (Config, error) {
 	var err error
 	if c.PoolFile != "" {
-		if c.Pool, c.PoolTags, err = ReadPoolFile(c.PoolFile); err != nil {
+		if c.Pool, c.Upstreams, c.PoolTags, err = ReadPoolFile(c.PoolFile); err != nil {
 			return c, err
 		}
 	}

@@ -253,3 +253,32 @@ func TestFilesAndLimits(t *testing.T) {
 		t.Errorf("users file error shows the secret: %v", err)
 	}
 }
+
+// Upstream proxies mix with local entries in --pool and the pool file;
+// errors never show their passwords; an upstream line takes no tags.
+func TestUpstreamEntries(t *testing.T) {
+	prefixes, ups, err := ParseEntries("127.0.0.2, socks5://u:pw-1@127.0.0.1:1080 ,http://127.0.0.1:3128,127.0.0.3")
+	if err != nil || len(prefixes) != 2 || len(ups) != 2 || ups[0].Label() != "socks5://***@127.0.0.1:1080" {
+		t.Fatalf("%v %v %v", prefixes, ups, err)
+	}
+	if _, ups, err := ParseEntries("http://a:1"); err != nil || len(ups) != 1 {
+		t.Fatalf("upstreams alone: %v %v", ups, err)
+	}
+	if _, _, err := ParseEntries("ftp://u:hunter2@h:1"); err == nil || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("bad scheme: %v", err)
+	}
+	dir := t.TempDir()
+	pf := filepath.Join(dir, "pool")
+	if err := os.WriteFile(pf, []byte("127.0.0.2 team\nsocks5://u:hunter2@127.0.0.1:1080\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if p, ups, tags, err := ReadPoolFile(pf); err != nil || len(p) != 1 || len(ups) != 1 || len(tags["team"]) != 1 {
+		t.Fatalf("pool file: %v %v %v %v", p, ups, tags, err)
+	}
+	if err := os.WriteFile(pf, []byte("socks5://u:hunter2@127.0.0.1:1080 team\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := ReadPoolFile(pf); err == nil || !strings.Contains(err.Error(), "line 1") || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("tagged upstream line: %v", err)
+	}
+}

@@ -75,6 +75,8 @@ func (s *Server) log(r requestInfo, src *pool.Source, local netip.Addr, status i
 	}
 	e = e.Str("target", r.target) // zerolog escapes control bytes
 	switch {
+	case src != nil && src.Up != nil:
+		e = e.Str("src", src.Label) // an upstream entry, without its credentials
 	case local.IsValid():
 		e = e.Stringer("src", local)
 	case src != nil:

@@ -42,8 +42,11 @@ type Dialer struct {
 	onChange   func(src *Source, up bool, err error)
 	onDial     func(src *Source, took time.Duration, err error)
 	prefer     Family
-	net        net.Dialer // single addresses
-	free       net.Dialer // blocks: IP_FREEBIND as well
+	// upstreamFall is how many upstream failures in a row take an
+	// upstream entry out of rotation.
+	upstreamFall int
+	net          net.Dialer // single addresses
+	free         net.Dialer // blocks: IP_FREEBIND as well
 }
 
 // DialerOptions configure a Dialer; the zero value is usable.
@@ -71,12 +74,19 @@ type DialerOptions struct {
 	// RateWait bounds how long a request waits for a source under the
 	// pool's rate limit (Pool.SetRate) before ErrRateLimited.
 	RateWait time.Duration
+	// UpstreamFall is how many failures of an upstream entry in a row
+	// (it cannot be reached, or refuses rotor's credentials) take it out
+	// of rotation; zero means 3 (--health-fall's default).
+	UpstreamFall int
 }
 
 // NewDialer returns a dialer over p.
 func NewDialer(p *Pool, o DialerOptions) *Dialer {
 	d := &Dialer{rateWait: o.RateWait, timeout: o.Timeout, dnsTimeout: o.DNSTimeout, resolver: o.Resolver, policy: o.Policy,
-		onChange: o.OnChange, onDial: o.OnDial, prefer: o.Prefer}
+		onChange: o.OnChange, onDial: o.OnDial, prefer: o.Prefer, upstreamFall: o.UpstreamFall}
+	if d.upstreamFall <= 0 {
+		d.upstreamFall = 3
+	}
 	d.pool.Store(p)
 	if d.prefer == Any {
 		d.prefer = IPv6
@@ -319,6 +329,9 @@ func (d *Dialer) openTCP(ctx context.Context, e Egress, dst netip.AddrPort) (*ne
 	if err := d.policy.Check(dst); err != nil {
 		return nil, err
 	}
+	if src.Up != nil {
+		return d.viaUpstream(ctx, e, dst.Addr().String(), dst.Port())
+	}
 	if dst.Addr().Is4() != src.Addr.Is4() {
 		return nil, fmt.Errorf("dial %s from %s: %w", dst, src.Label, ErrNoSource)
 	}
@@ -348,6 +361,10 @@ func (d *Dialer) openTCP(ctx context.Context, e Egress, dst netip.AddrPort) (*ne
 // e's source when it is a name.
 func (d *Dialer) dialHost(ctx context.Context, e Egress, host string, port uint16) (*net.TCPConn, error) {
 	src := e.Src
+	if src.Up != nil {
+		// The upstream resolves names, in whatever family it has.
+		return d.viaUpstream(ctx, e, host, port)
+	}
 	if ip, ok := dest.ParseHost(host); ok {
 		return d.openTCP(ctx, e, netip.AddrPortFrom(ip, port))
 	}

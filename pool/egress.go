@@ -36,7 +36,10 @@ import (
 //	c, err := d.OpenTCP(ctx, e, "example.com", 443)
 type Egress struct {
 	Src   *Source
-	Local netip.Addr
+	Local netip.Addr // invalid for an upstream entry
+	// Session is the client's session, which an upstream entry with
+	// ?session=pass hands on in its user name.
+	Session Session
 }
 
 // Choose picks the egress for one connection of family f (Any for a name)
@@ -49,11 +52,14 @@ func (d *Dialer) Choose(ctx context.Context, f Family, s Session) (Egress, error
 	if err != nil {
 		return Egress{Src: src}, err
 	}
+	if src.Up != nil {
+		return Egress{Src: src, Session: s}, nil
+	}
 	local := src.Local()
 	if src.Block && s.Key != "" {
 		local = src.SessionLocal(s, time.Now())
 	}
-	return Egress{Src: src, Local: local}, nil
+	return Egress{Src: src, Local: local, Session: s}, nil
 }
 
 // OpenTCP connects over e to host:port. A name resolves only in the

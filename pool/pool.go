@@ -82,8 +82,12 @@ type Source struct {
 	// from it (see Rebuild): callers index per-source tables by it.
 	Index int
 	// Label names the source in metrics and logs: the pool entry as
-	// configured. Precomputed, so no request formats it.
+	// configured (an upstream's without its credentials). Precomputed, so
+	// no request formats it.
 	Label string
+	// Up is set for an upstream proxy entry, whose connections are
+	// tunnelled by it; Addr and Prefix are then invalid.
+	Up *Upstream
 	// lastPick is the pool-wide pick sequence number at this source's last
 	// pick (least-recent strategy). Padded so that neighbouring sources do
 	// not share a cache line.
@@ -127,6 +131,7 @@ type Pool struct {
 	// pool holds one family only, all entries share one picker, so that
 	// round-robin order is strict across address targets and name targets.
 	byFamily [3]*picker
+	mixed    bool // local sources of both families (Mixed)
 	strategy Strategy
 	rate     float64 // per source per second (SetRate); 0: no cap
 	burst    int
@@ -144,7 +149,13 @@ func Single(a netip.Addr) netip.Prefix {
 // bindable on this host, a block must be routed to it as local (see
 // checkBlock). The first entry that fails is named in the error.
 func NewPrefixes(entries []netip.Prefix, strategy Strategy) (*Pool, error) {
-	return newPool(entries, strategy, true, nil)
+	return newPool(entries, nil, strategy, true, nil)
+}
+
+// NewEntries is NewPrefixes with upstream proxy entries (ParseUpstream)
+// after the local ones.
+func NewEntries(entries []netip.Prefix, ups []*Upstream, strategy Strategy) (*Pool, error) {
+	return newPool(entries, ups, strategy, true, nil)
 }
 
 // Rebuild is a pool of entries that keeps old's Source object for every
@@ -152,8 +163,8 @@ func NewPrefixes(entries []netip.Prefix, strategy Strategy) (*Pool, error) {
 // and pooled upstream connections carry over; only new entries are
 // checked. New sources get indices above any old has used, so per-source
 // tables indexed by Source.Index stay valid for both pools.
-func Rebuild(old *Pool, entries []netip.Prefix) (*Pool, error) {
-	p, err := newPool(entries, old.strategy, true, old)
+func Rebuild(old *Pool, entries []netip.Prefix, ups []*Upstream) (*Pool, error) {
+	p, err := newPool(entries, ups, old.strategy, true, old)
 	if err != nil {
 		return nil, err
 	}
@@ -169,22 +180,26 @@ func (p *Pool) MaxIndex() int { return p.nextIndex }
 // measuring picks (rotorbench pick) on hosts where the entries are not
 // configured. Dials from it fail unless the entries are in fact usable.
 func NewUnchecked(entries []netip.Prefix, strategy Strategy) (*Pool, error) {
-	return newPool(entries, strategy, false, nil)
+	return newPool(entries, nil, strategy, false, nil)
 }
 
-func newPool(entries []netip.Prefix, strategy Strategy, check bool, old *Pool) (*Pool, error) {
-	if len(entries) == 0 {
+func newPool(entries []netip.Prefix, ups []*Upstream, strategy Strategy, check bool, old *Pool) (*Pool, error) {
+	if len(entries)+len(ups) == 0 {
 		return nil, errors.New("pool is empty")
 	}
 	p := &Pool{strategy: strategy}
 	kept := map[netip.Prefix]*Source{}
+	keptUp := map[string]*Source{}
 	if old != nil {
 		p.nextIndex = old.nextIndex
 		for _, s := range old.sources {
-			kept[s.Prefix] = s
+			if s.Up != nil {
+				keptUp[s.Up.Key] = s
+			} else {
+				kept[s.Prefix] = s
+			}
 		}
 	}
-	var v4, v6 []*Source
 	for i, e := range entries {
 		e = netip.PrefixFrom(e.Addr().Unmap(), e.Bits()).Masked()
 		if !e.IsValid() {
@@ -206,34 +221,54 @@ func newPool(entries []netip.Prefix, strategy Strategy, check bool, old *Pool) (
 			}
 		}
 		p.sources = append(p.sources, s)
-		a := s.Addr
-		if a.Is4() {
-			v4 = append(v4, s)
-		} else {
-			v6 = append(v6, s)
+	}
+	labels := map[string]bool{}
+	for _, up := range ups {
+		if labels[up.Key] {
+			return nil, fmt.Errorf("upstream entry %s is listed twice", up.Label())
 		}
+		labels[up.Key] = true
+		s := keptUp[up.Key]
+		if s == nil {
+			s = &Source{Up: up, Label: up.Label(), Index: p.nextIndex}
+			p.nextIndex++
+		}
+		p.sources = append(p.sources, s)
 	}
 	if _, err := ParseStrategy(string(strategy)); err != nil {
 		return nil, err
 	}
-	p.setPickers(v4, v6)
+	p.setPickers()
 	return p, nil
 }
 
 // setPickers builds the per-family pickers of a pool whose sources and
-// (valid) strategy are set.
-func (p *Pool) setPickers(v4, v6 []*Source) {
+// (valid) strategy are set. An upstream entry reaches either family (it
+// resolves names itself): it is in both families' pickers.
+func (p *Pool) setPickers() {
+	var v4, v6, any4, any6 []*Source
+	for _, s := range p.sources {
+		switch {
+		case s.Up != nil:
+			v4, v6 = append(v4, s), append(v6, s)
+		case s.Addr.Is4():
+			v4, any4 = append(v4, s), append(any4, s)
+		default:
+			v6, any6 = append(v6, s), append(any6, s)
+		}
+	}
 	seq := new(atomic.Uint64) // shared by all least-recent pickers of this pool
 	all, _ := newPicker(p.strategy, p.sources, seq)
 	p.byFamily[Any] = all
 	p.byFamily[IPv4], p.byFamily[IPv6] = all, all
-	if len(v4) > 0 && len(v6) > 0 {
-		p.byFamily[IPv4], _ = newPicker(p.strategy, v4, seq)
-		p.byFamily[IPv6], _ = newPicker(p.strategy, v6, seq)
-	} else if len(v4) == 0 {
-		p.byFamily[IPv4] = nil
-	} else {
-		p.byFamily[IPv6] = nil
+	p.mixed = len(any4) > 0 && len(any6) > 0
+	for f, list := range map[Family][]*Source{IPv4: v4, IPv6: v6} {
+		switch {
+		case len(list) == 0:
+			p.byFamily[f] = nil
+		case len(list) < len(p.sources):
+			p.byFamily[f], _ = newPicker(p.strategy, list, seq)
+		}
 	}
 }
 
@@ -266,6 +301,9 @@ func newSource(e netip.Prefix, index int) *Source {
 // bound, its block routed to the host (see checkBindable and checkBlock).
 // Start-up checks every entry; the health checker re-checks a down one.
 func (s *Source) Check() error {
+	if s.Up != nil {
+		return s.Up.check()
+	}
 	if s.Block {
 		return checkBlock(s)
 	}
@@ -306,22 +344,13 @@ func (p *Pool) Subset(sources []*Source) (*Pool, error) {
 		return nil, errors.New("pool is empty")
 	}
 	q := &Pool{strategy: p.strategy, sources: sources, rate: p.rate, burst: p.burst, nextIndex: p.nextIndex}
-	var v4, v6 []*Source
-	for _, s := range sources {
-		if s.Addr.Is4() {
-			v4 = append(v4, s)
-		} else {
-			v6 = append(v6, s)
-		}
-	}
-	q.setPickers(v4, v6)
+	q.setPickers()
 	return q, nil
 }
 
-// Mixed reports whether the pool has sources of both families.
-func (p *Pool) Mixed() bool {
-	return p.byFamily[IPv4] != nil && p.byFamily[IPv6] != nil
-}
+// Mixed reports whether the pool has local sources of both families (a
+// name is then resolved here, in both).
+func (p *Pool) Mixed() bool { return p.mixed }
 
 // Sources returns the pool's sources in configuration order. The slice
 // must not be modified.

@@ -18,6 +18,19 @@ import (
 // The destination policy applies per datagram (CheckUDP), after a name is
 // resolved in the source's family (ResolveUDP).
 
+// ChooseUDP is Choose for a UDP association: upstream entries carry TCP
+// only, so their turns are passed over (a session pinned to one gets
+// ErrNoSource).
+func (d *Dialer) ChooseUDP(ctx context.Context, s Session) (Egress, error) {
+	for range len(d.PoolFor(s).Sources()) {
+		e, err := d.Choose(ctx, Any, s)
+		if err != nil || e.Src.Up == nil {
+			return e, err
+		}
+	}
+	return Egress{}, fmt.Errorf("%w: UDP needs a local address, and the pool's entries for it are upstream proxies", ErrNoSource)
+}
+
 // OpenUDP binds a UDP socket to e's local address (any port). For a block
 // the address need not be configured on an interface (IP_FREEBIND). If
 // the source's address has left the host, the source leaves rotation.

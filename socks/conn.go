@@ -436,7 +436,10 @@ func (s *Server) logSession(c net.Conn, ss *session, d time.Duration) {
 	if ss.hasDst {
 		e = e.Str("target", ss.dst.String())
 	}
-	if ss.src != nil {
+	switch {
+	case ss.src != nil && ss.src.Up != nil:
+		e = e.Str("src", ss.src.Label) // an upstream entry, without its credentials
+	case ss.src != nil:
 		e = e.Stringer("src", ss.src.Addr)
 	}
 	if ss.reply != noReply {

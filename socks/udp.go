@@ -139,7 +139,7 @@ func (s *Server) holdAssociation(ss *session, c net.Conn) (release func(), err e
 // openAssociation chooses the egress, opens both sockets and sends the
 // reply naming the relay socket.
 func (s *Server) openAssociation(c net.Conn, ss *session, req statute.Request) (*association, error) {
-	eg, err := s.opts.Dialer.Choose(s.Ctx, pool.Any, ss.sticky)
+	eg, err := s.opts.Dialer.ChooseUDP(s.Ctx, ss.sticky)
 	ss.src = eg.Src
 	m := s.opts.Metrics.Source(eg.Src)
 	m.Request(metrics.SOCKS5, err)

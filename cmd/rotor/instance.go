@@ -108,7 +108,7 @@ func (pl proxyListeners) all() []net.Listener {
 // the listeners and serves in the background. resolver nil means the
 // system's.
 func start(cfg config.Config, log zerolog.Logger, resolver *net.Resolver) (*instance, error) {
-	p, err := pool.NewPrefixes(cfg.Pool, cfg.Strategy)
+	p, err := pool.NewEntries(cfg.Pool, cfg.Upstreams, cfg.Strategy)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errConfig, err)
 	}
@@ -199,7 +199,8 @@ func (in *instance) newDialer(p *pool.Pool, resolver *net.Resolver, listeners ..
 		return nil, err
 	}
 	dopts := pool.DialerOptions{Prefer: cfg.Prefer, RateWait: cfg.PerIPWait, Timeout: cfg.DialTimeout, DNSTimeout: cfg.DNSTimeout, Resolver: resolver,
-		Policy: policy,
+		UpstreamFall: cfg.HealthFall,
+		Policy:       policy,
 		OnChange: func(src *pool.Source, up bool, err error) {
 			if up {
 				log.Info().Str("src", src.Label).Msg("source address back in rotation")
@@ -373,7 +374,7 @@ func (in *instance) reload() error {
 		return err
 	}
 	old := in.dialer.Pool()
-	p, err := pool.Rebuild(old, cfg.Pool)
+	p, err := pool.Rebuild(old, cfg.Pool, cfg.Upstreams)
 	if err != nil {
 		return err
 	}

@@ -57,7 +57,7 @@ func startWithFiles(t *testing.T, poolFile, usersFile string, mutate ...func(*co
 	cfg := func(c *config.Config) {
 		var err error
 		c.PoolFile, c.UsersFile, c.Shortcut = pf, uf, nil
-		if c.Pool, c.PoolTags, err = config.ReadPoolFile(pf); err != nil {
+		if c.Pool, c.Upstreams, c.PoolTags, err = config.ReadPoolFile(pf); err != nil {
 			t.Fatal(err)
 		}
 		if c.Users, err = config.ReadUsers(*c); err != nil {

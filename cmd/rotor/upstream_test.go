@@ -1,0 +1,207 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rotor-proxy/rotor/config"
+	"github.com/rotor-proxy/rotor/internal/target"
+	"github.com/rotor-proxy/rotor/pool"
+)
+
+// needMicrosocks skips without microsocks, except in CI, where .ci/run
+// installs it.
+func needMicrosocks(t *testing.T) string {
+	t.Helper()
+	path, err := exec.LookPath("microsocks")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("microsocks not installed; .ci/run must install it")
+		}
+		t.Skip("microsocks not installed")
+	}
+	return path
+}
+
+// startMicrosocks runs microsocks on a free loopback port, its outgoing
+// connections bound to bind, with credentials.
+func startMicrosocks(t *testing.T, bind, user, pass string) string {
+	t.Helper()
+	bin := needMicrosocks(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	ln.Close()
+	cmd := exec.Command(bin, "-i", "127.0.0.1", "-p", port, "-b", bind, "-u", user, "-P", pass)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	addr := "127.0.0.1:" + port
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			return addr
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("microsocks did not listen on %s: %v", addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// exitRotor is a rotor on one loopback address, another rotor's upstream.
+func exitRotor(t *testing.T, addr string) *rotor {
+	t.Helper()
+	return startRotor(t, func(c *config.Config) {
+		c.Pool = []netip.Prefix{pool.Single(netip.MustParseAddr(addr))}
+	})
+}
+
+func mustUpstream(t *testing.T, entry string) *pool.Upstream {
+	t.Helper()
+	up, err := pool.ParseUpstream(entry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return up
+}
+
+// One rotation over a local address and three upstream proxies (a rotor's
+// SOCKS5 listener, a rotor's HTTP listener, microsocks bound to its own
+// address): CONNECT, SOCKS5 and absolute-form each see every exit address
+// the same number of times, and no upstream credential reaches a log line
+// or a metric.
+func TestUpstreamEntriesRotate(t *testing.T) {
+	t.Parallel()
+	peer := tcpTarget(t, target.WritePeer)
+	ht := httpTarget(t)
+	socksExit, httpExit := exitRotor(t, "127.0.0.3"), exitRotor(t, "127.0.0.4")
+	const msUser, msPass = "ms-user", "ms-secret-c0ffee"
+	ms := startMicrosocks(t, "127.0.0.5", msUser, msPass)
+	r := startRotor(t, func(c *config.Config) {
+		c.Pool = []netip.Prefix{pool.Single(netip.MustParseAddr("127.0.0.2"))}
+		c.Upstreams = []*pool.Upstream{
+			mustUpstream(t, "socks5://"+testUser+":"+testPass+"@"+socksExit.sock),
+			mustUpstream(t, "http://"+testUser+":"+testPass+"@"+httpExit.http),
+			mustUpstream(t, "socks5://"+msUser+":"+msPass+"@"+ms),
+		}
+		c.MetricsListen = "127.0.0.1:0"
+	})
+	ctx := context.Background()
+	c := proxyClient(r.httpURL(), 1)
+	defer c.CloseIdleConnections()
+	for _, path := range []struct {
+		name string
+		do   func() (string, error)
+	}{
+		{"CONNECT", func() (string, error) { return connectVia(ctx, r.http, testUser, testPass, peer.Addr) }},
+		{"SOCKS5", func() (string, error) { return socksVia(ctx, r.sock, testUser, testPass, peer.Addr) }},
+		{"SOCKS5 by name", func() (string, error) { return socksVia(ctx, r.sock, testUser, testPass, "localhost:"+port(peer.Addr)) }},
+		{"absolute-form", func() (string, error) { return getVia(ctx, c, "http://"+ht.Addr+"/ip") }},
+	} {
+		t.Run(path.name, func(t *testing.T) {
+			seen := map[string]int{}
+			for i := 0; i < 8; i++ {
+				got, err := path.do()
+				if err != nil {
+					t.Fatalf("request %d: %v\n%s", i, err, r.log.String())
+				}
+				seen[got]++
+			}
+			wantEach(t, seen, 2)
+		})
+	}
+	resp, err := http.Get("http://" + r.metricsLn.Addr().String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(metrics), `source="socks5://***@`+ms+`"`) {
+		t.Errorf("no metrics under the redacted upstream label:\n%s", metrics)
+	}
+	logs := r.log.String()
+	for _, secret := range []string{msPass, testPass} {
+		if strings.Contains(logs, secret) || strings.Contains(string(metrics), secret) {
+			t.Errorf("an upstream password reached the log or /metrics")
+		}
+	}
+	if !strings.Contains(logs, `"src":"http://***@`+httpExit.http+`"`) {
+		t.Errorf("log lines do not name the upstream entry")
+	}
+}
+
+// An upstream that refuses rotor's credentials: the client gets 502 (never
+// a 407 that would have it resend its own password), the log names the
+// entry without its credentials, and after --health-fall such failures
+// the entry is out of rotation and requests succeed from the rest.
+func TestUpstreamRefusingAuthLeavesRotation(t *testing.T) {
+	t.Parallel()
+	peer := tcpTarget(t, target.WritePeer)
+	exit := exitRotor(t, "127.0.0.3")
+	r := startRotor(t, func(c *config.Config) {
+		c.Pool = []netip.Prefix{pool.Single(netip.MustParseAddr("127.0.0.2"))}
+		c.Upstreams = []*pool.Upstream{mustUpstream(t, "http://"+testUser+":wrong-pass-zz@"+exit.http)}
+		c.HealthFall = 2
+	})
+	var statuses []string
+	for i := 0; i < 6; i++ {
+		st, body := connectStatus(t, r.http, peer.Addr)
+		statuses = append(statuses, st)
+		if strings.Contains(body, "wrong-pass-zz") {
+			t.Errorf("the upstream's password is in the answer: %q", body)
+		}
+	}
+	// Round-robin: the local address, then the upstream (502), twice;
+	// then the upstream is out and every request leaves from 127.0.0.2.
+	want := []string{"200", "502", "200", "502", "200", "200"}
+	if strings.Join(statuses, " ") != strings.Join(want, " ") {
+		t.Errorf("statuses %v, want %v", statuses, want)
+	}
+	logs := r.waitLog("upstream", "out of rotation")
+	if strings.Contains(logs, "wrong-pass-zz") || !strings.Contains(logs, "http://***@"+exit.http) {
+		t.Errorf("log lines:\n%s", logs)
+	}
+}
+
+// connectStatus sends one CONNECT with the test credentials and returns
+// the status code and the whole answer.
+func connectStatus(t *testing.T, proxyAddr, targetAddr string) (string, string) {
+	t.Helper()
+	c, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	req := "CONNECT " + targetAddr + " HTTP/1.1\r\nProxy-Authorization: Basic " + basicCreds(testUser, testPass) + "\r\n\r\n"
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	n, _ := io.ReadAtLeast(c, buf, 12)
+	ans := string(buf[:n])
+	if len(ans) < 12 {
+		t.Fatalf("answer %q", ans)
+	}
+	return ans[9:12], ans
+}
+
+func basicCreds(user, pass string) string {
+	return base64.StdEncoding.EncodeToString([]byte(user + ":" + pass))
+}

@@ -1,0 +1,463 @@
+package pool
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/rotor-proxy/rotor/dest"
+)
+
+// UpstreamKind is the protocol rotor speaks to an upstream proxy entry.
+type UpstreamKind uint8
+
+const (
+	SOCKS5Upstream UpstreamKind = iota + 1 // socks5://
+	HTTPUpstream                           // http:// (CONNECT)
+)
+
+// Upstream is a pool entry that is another proxy: connections chosen to
+// leave through it are tunnelled by it (SOCKS5 CONNECT, or HTTP CONNECT),
+// and the target sees the upstream's address. Its credentials are never
+// part of its label, so never in a log line, metric or error.
+type Upstream struct {
+	Kind UpstreamKind
+	Addr string // host:port of the upstream proxy
+	User string // empty: no authentication
+	Pass string
+	// SessionPass appends the client's -session-KEY[-ttl-DUR] to User
+	// (?session=pass), so that a session holds on the upstream's own
+	// rotation too.
+	SessionPass bool
+	// Key is the entry as configured, credentials included: what a reload
+	// matches an entry by. Never logged.
+	Key string
+	// label is the entry without credentials.
+	label string
+	// fails counts upstream failures in a row (connect, handshake,
+	// authentication), for passive health.
+	fails atomic.Int32
+}
+
+// Errors of upstream entries. ErrUpstream wraps every failure of the
+// upstream itself (it cannot be reached, speaks wrongly or refuses rotor's
+// credentials), which counts toward taking the entry out of rotation; an
+// upstream's refusal of the target does not.
+var (
+	ErrUpstream       = errors.New("upstream proxy failed")
+	ErrUpstreamAuth   = fmt.Errorf("%w: it refused rotor's credentials for it", ErrUpstream)
+	errUpstreamSyntax = errors.New("want socks5://[user:pass@]host:port or http://[user:pass@]host:port")
+)
+
+// IsUpstreamEntry reports whether a pool entry names an upstream proxy
+// rather than a local address or block.
+func IsUpstreamEntry(s string) bool { return strings.Contains(s, "://") }
+
+// ParseUpstream parses a pool entry naming an upstream proxy:
+// socks5://[user:pass@]host:port or http://[user:pass@]host:port, with an
+// optional ?session=pass. Errors never repeat the password.
+func ParseUpstream(s string) (*Upstream, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		// url's errors quote the whole input, password included.
+		return nil, fmt.Errorf("upstream entry %s: %w", redact(s), errUpstreamSyntax)
+	}
+	up := &Upstream{Key: s}
+	switch u.Scheme {
+	case "socks5", "socks5h":
+		up.Kind = SOCKS5Upstream
+	case "http":
+		up.Kind = HTTPUpstream
+	default:
+		return nil, fmt.Errorf("upstream entry %s: scheme %q: %w", redact(s), u.Scheme, errUpstreamSyntax)
+	}
+	host, port, err := net.SplitHostPort(u.Host)
+	if err != nil || host == "" || (u.Path != "" && u.Path != "/") || u.Fragment != "" {
+		return nil, fmt.Errorf("upstream entry %s: %w", redact(s), errUpstreamSyntax)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return nil, fmt.Errorf("upstream entry %s: port %q: %w", redact(s), port, errUpstreamSyntax)
+	}
+	up.Addr = net.JoinHostPort(host, port)
+	if u.User != nil {
+		up.User = u.User.Username()
+		up.Pass, _ = u.User.Password()
+		if up.Kind == SOCKS5Upstream && (len(up.User) > 255 || len(up.Pass) > 255 || up.User == "") {
+			return nil, fmt.Errorf("upstream entry %s: SOCKS5 user name and password are 1-255 bytes", redact(s))
+		}
+	}
+	for k, v := range u.Query() {
+		switch {
+		case k == "session" && len(v) == 1 && v[0] == "pass":
+			up.SessionPass = true
+		default:
+			return nil, fmt.Errorf("upstream entry %s: unknown parameter %q (known: session=pass)", redact(s), k)
+		}
+	}
+	if up.SessionPass && up.User == "" {
+		return nil, fmt.Errorf("upstream entry %s: session=pass needs a user name to append the session to", redact(s))
+	}
+	scheme := "socks5"
+	if up.Kind == HTTPUpstream {
+		scheme = "http"
+	}
+	up.label = scheme + "://" + up.Addr
+	if up.User != "" {
+		up.label = scheme + "://***@" + up.Addr
+	}
+	return up, nil
+}
+
+// redact is s with anything between "://" and "@" replaced, for an error
+// about an entry that did not parse.
+func redact(s string) string {
+	i := strings.Index(s, "://")
+	j := strings.LastIndex(s, "@")
+	if i < 0 || j < i {
+		return strconv.Quote(s)
+	}
+	return strconv.Quote(s[:i+3] + "***" + s[j:])
+}
+
+// Label is the entry without its credentials.
+func (u *Upstream) Label() string { return u.label }
+
+// upstreamHandshakeTimeout bounds the upstream's answer to one CONNECT
+// (its dial to the target included) when the dialer has no timeout.
+const upstreamHandshakeTimeout = 30 * time.Second
+
+// viaUpstream opens a tunnel to host:port through e's upstream. A literal
+// address is checked against the destination policy first; a name is
+// resolved by the upstream, whose own policy applies to what it resolves,
+// except names that are this host by definition.
+func (d *Dialer) viaUpstream(ctx context.Context, e Egress, host string, port uint16) (*net.TCPConn, error) {
+	up := e.Src.Up
+	if ip, ok := dest.ParseHost(host); ok {
+		if err := d.policy.Check(netip.AddrPortFrom(ip, port)); err != nil {
+			return nil, err
+		}
+		host = ip.Unmap().String()
+	} else if h := strings.TrimSuffix(strings.ToLower(host), "."); h == "localhost" || strings.HasSuffix(h, ".localhost") {
+		// The upstream would resolve it to itself, which may be this
+		// host: as loopback's, unless --allow-dest opens loopback.
+		for _, lo := range []netip.Addr{netip.IPv6Loopback(), netip.AddrFrom4([4]byte{127, 0, 0, 1})} {
+			if err := d.policy.Check(netip.AddrPortFrom(lo, port)); err != nil {
+				return nil, fmt.Errorf("%s: %w", host, err)
+			}
+		}
+	}
+	if d.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d.timeout)
+		defer cancel()
+	}
+	var start time.Time
+	if d.onDial != nil {
+		start = time.Now()
+	}
+	c, err := d.upstreamConn(ctx, up)
+	if err == nil {
+		err = handshake(ctx, c, up, e.Session, host, port)
+		if err != nil {
+			c.Close()
+			c = nil
+		}
+	}
+	if d.onDial != nil {
+		d.onDial(e.Src, time.Since(start), err)
+	}
+	d.noteUpstream(e.Src, err)
+	if err != nil {
+		return nil, fmt.Errorf("via %s: %w", up.label, err)
+	}
+	return c, nil
+}
+
+// upstreamConn connects to the upstream proxy itself. The operator chose
+// its address: the destination policy does not apply to it.
+func (d *Dialer) upstreamConn(ctx context.Context, up *Upstream) (*net.TCPConn, error) {
+	var nd net.Dialer
+	c, err := nd.DialContext(ctx, "tcp", up.Addr)
+	if err != nil {
+		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: connect: %w", ErrUpstream, err)
+	}
+	tc := c.(*net.TCPConn)
+	_ = tc.SetNoDelay(true)
+	return tc, nil
+}
+
+// check reports whether the upstream proxy accepts a TCP connection now:
+// what brings an entry that failed back when no health target is set.
+func (u *Upstream) check() error {
+	c, err := net.DialTimeout("tcp", u.Addr, 5*time.Second)
+	if err != nil {
+		return fmt.Errorf("upstream %s: %w: %w", u.label, ErrUpstream, err)
+	}
+	return c.Close()
+}
+
+// noteUpstream counts an upstream failure toward taking the entry out of
+// rotation (upstreamFall in a row), and resets the count on success. The
+// health prober (upstreamFall 0) leaves that to the health checker.
+func (d *Dialer) noteUpstream(src *Source, err error) {
+	switch {
+	case d.upstreamFall == 0:
+	case err == nil:
+		src.Up.fails.Store(0)
+	case errors.Is(err, ErrUpstream):
+		if int(src.Up.fails.Add(1)) >= d.upstreamFall {
+			d.MarkDown(src, err)
+		}
+	}
+}
+
+// handshake asks the upstream on c for a tunnel to host:port, within ctx,
+// reading no byte past its answer: the connection is the tunnel after it.
+func handshake(ctx context.Context, c *net.TCPConn, up *Upstream, sess Session, host string, port uint16) error {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(upstreamHandshakeTimeout)
+	}
+	_ = c.SetDeadline(deadline)
+	defer c.SetDeadline(time.Time{})
+	// A cancelled client ends the handshake at once.
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	user := up.User
+	if up.SessionPass && sess.Key != "" {
+		user += "-session-" + sess.Key
+		if sess.TTL > 0 {
+			user += "-ttl-" + sess.TTL.String()
+		}
+	}
+	var err error
+	if up.Kind == SOCKS5Upstream {
+		err = socksConnect(c, user, up.Pass, host, port)
+	} else {
+		err = httpConnect(c, user, up.Pass, host, port)
+	}
+	if err != nil && ctx.Err() != nil {
+		// The client left, or the dial timeout passed while the upstream
+		// dialled the target: not the upstream's failure.
+		return ctx.Err()
+	}
+	return err
+}
+
+// socksConnect runs a SOCKS5 CONNECT (RFC 1928, RFC 1929 when user is
+// set) on c, one step at a time: servers such as microsocks read each
+// message with one read and drop what was pipelined behind it. The
+// replies are read to their exact lengths.
+func socksConnect(c *net.TCPConn, user, pass, host string, port uint16) error {
+	var r [262]byte
+	greeting := []byte{5, 1, 0}
+	if user != "" {
+		greeting[2] = 2
+	}
+	if err := exchange(c, greeting, r[:2], "SOCKS5 greeting"); err != nil {
+		return err
+	}
+	switch {
+	case r[0] != 5:
+		return fmt.Errorf("%w: not a SOCKS5 server (version %d)", ErrUpstream, r[0])
+	case r[1] == greeting[2]:
+	case r[1] == 0xff:
+		return fmt.Errorf("%w: no acceptable authentication method", ErrUpstreamAuth)
+	default:
+		return fmt.Errorf("%w: chose method %d", ErrUpstream, r[1])
+	}
+	if user != "" {
+		auth := append(append(append([]byte{1, byte(len(user))}, user...), byte(len(pass))), pass...)
+		if err := exchange(c, auth, r[:2], "SOCKS5 auth"); err != nil {
+			return err
+		}
+		if r[1] != 0 {
+			return ErrUpstreamAuth
+		}
+	}
+	req := []byte{5, 1, 0}
+	if ip, err := netip.ParseAddr(host); err == nil && ip.Is4() {
+		a := ip.As4()
+		req = append(append(req, 1), a[:]...)
+	} else if err == nil {
+		a := ip.As16()
+		req = append(append(req, 4), a[:]...)
+	} else {
+		if len(host) > 255 {
+			return fmt.Errorf("%w: name longer than 255 bytes", ErrBadTarget)
+		}
+		req = append(append(req, 3, byte(len(host))), host...)
+	}
+	req = binary.BigEndian.AppendUint16(req, port)
+	if err := exchange(c, req, r[:5], "SOCKS5 reply"); err != nil {
+		return err
+	}
+	if r[0] != 5 {
+		return fmt.Errorf("%w: SOCKS5 reply version %d", ErrUpstream, r[0])
+	}
+	if r[1] != 0 {
+		return socksReplyError(r[1])
+	}
+	// The bound address: its length is in the reply.
+	var rest int
+	switch r[3] {
+	case 1:
+		rest = 4 - 1 + 2
+	case 4:
+		rest = 16 - 1 + 2
+	case 3:
+		rest = int(r[4]) + 2
+	default:
+		return fmt.Errorf("%w: SOCKS5 reply address type %d", ErrUpstream, r[3])
+	}
+	if _, err := io.ReadFull(c, r[:rest]); err != nil {
+		return fmt.Errorf("%w: SOCKS5 reply: %w", ErrUpstream, err)
+	}
+	return nil
+}
+
+// exchange writes msg and reads exactly len(reply) bytes of the answer.
+func exchange(c *net.TCPConn, msg, reply []byte, what string) error {
+	if _, err := c.Write(msg); err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrUpstream, what, err)
+	}
+	if _, err := io.ReadFull(c, reply); err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrUpstream, what, err)
+	}
+	return nil
+}
+
+// socksReplyError maps an upstream's SOCKS5 failure reply to the error
+// classes rotor answers with; these are the target's fault, not the
+// upstream's.
+func socksReplyError(rep byte) error {
+	switch rep {
+	case 2:
+		return fmt.Errorf("upstream: %w (SOCKS5 reply 2)", dest.ErrForbidden)
+	case 3:
+		return fmt.Errorf("upstream: %w", syscall.ENETUNREACH)
+	case 4:
+		return fmt.Errorf("upstream: %w", syscall.EHOSTUNREACH)
+	case 5:
+		return fmt.Errorf("upstream: %w", syscall.ECONNREFUSED)
+	case 6:
+		return fmt.Errorf("upstream: %w", syscall.ETIMEDOUT)
+	}
+	return fmt.Errorf("upstream: SOCKS5 reply %d", rep)
+}
+
+// maxUpstreamHead bounds an HTTP upstream's answer to CONNECT.
+const maxUpstreamHead = 16 << 10
+
+// httpConnect sends CONNECT host:port on c and reads the answer's head
+// without reading past it: bytes the target sends at once (a server
+// banner) stay in the socket for the tunnel. It peeks at what arrived and
+// consumes exactly the head: all of what it peeked while the head's end
+// is not in it (so that the next peek waits for more), then up to the end.
+func httpConnect(c *net.TCPConn, user, pass, host string, port uint16) error {
+	target := net.JoinHostPort(host, strconv.Itoa(int(port)))
+	req := "CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\n"
+	if user != "" {
+		req += "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass)) + "\r\n"
+	}
+	if _, err := io.WriteString(c, req+"\r\n"); err != nil {
+		return fmt.Errorf("%w: write: %w", ErrUpstream, err)
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrUpstream, err)
+	}
+	const end = "\r\n\r\n"
+	head := make([]byte, 0, 512)
+	buf := make([]byte, 4096)
+	matched := 0 // bytes of end matched by the last bytes consumed
+	for {
+		n, err := peek(rc, buf)
+		if err != nil {
+			return fmt.Errorf("%w: reading the answer to CONNECT: %w", ErrUpstream, err)
+		}
+		take := n
+		for i := 0; i < n; i++ {
+			switch {
+			case buf[i] == end[matched]:
+				matched++
+			case buf[i] == '\r':
+				matched = 1
+			default:
+				matched = 0
+			}
+			if matched == len(end) {
+				take = i + 1
+				break
+			}
+		}
+		if len(head)+take > maxUpstreamHead {
+			return fmt.Errorf("%w: answer to CONNECT longer than %d bytes", ErrUpstream, maxUpstreamHead)
+		}
+		if _, err := io.ReadFull(c, buf[:take]); err != nil {
+			return fmt.Errorf("%w: reading the answer to CONNECT: %w", ErrUpstream, err)
+		}
+		head = append(head, buf[:take]...)
+		if matched == len(end) {
+			return connectStatus(head)
+		}
+	}
+}
+
+// peek waits until c has bytes queued and copies them without consuming
+// them (MSG_PEEK).
+func peek(rc syscall.RawConn, buf []byte) (int, error) {
+	var n int
+	var serr error
+	err := rc.Read(func(fd uintptr) bool {
+		n, _, serr = syscall.Recvfrom(int(fd), buf, syscall.MSG_PEEK)
+		return serr != syscall.EAGAIN
+	})
+	if err == nil {
+		err = serr
+	}
+	if err == nil && n == 0 {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+// connectStatus reads the status of an answer to CONNECT.
+func connectStatus(head []byte) error {
+	line, _, _ := bytes.Cut(head, []byte("\r\n"))
+	if len(line) < 12 || !bytes.HasPrefix(line, []byte("HTTP/1.")) || line[8] != ' ' {
+		return fmt.Errorf("%w: not an HTTP answer to CONNECT: %q", ErrUpstream, line[:min(len(line), 40)])
+	}
+	code, err := strconv.Atoi(string(line[9:12]))
+	if err != nil {
+		return fmt.Errorf("%w: status line %q", ErrUpstream, line[:min(len(line), 40)])
+	}
+	switch {
+	case code >= 200 && code < 300:
+		return nil
+	case code == 407:
+		return ErrUpstreamAuth
+	case code == 403:
+		return fmt.Errorf("upstream: %w (403)", dest.ErrForbidden)
+	case code == 504:
+		return fmt.Errorf("upstream: %w (504)", syscall.ETIMEDOUT)
+	case code == 502 || code == 503:
+		return fmt.Errorf("upstream answered %d: %w", code, syscall.ECONNREFUSED)
+	}
+	return fmt.Errorf("upstream answered CONNECT with %d", code)
+}

@@ -1,0 +1,218 @@
+package pool
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rotor-proxy/rotor/dest"
+)
+
+func TestParseUpstream(t *testing.T) {
+	for _, tc := range []struct {
+		in, label, err string
+		kind           UpstreamKind
+		user, pass     string
+		session        bool
+	}{
+		{in: "socks5://10.0.0.1:1080", label: "socks5://10.0.0.1:1080", kind: SOCKS5Upstream},
+		{in: "socks5h://u:p@proxy.example:1080", label: "socks5://***@proxy.example:1080", kind: SOCKS5Upstream, user: "u", pass: "p"},
+		{in: "http://u:p%2Cw@[2001:db8::1]:3128?session=pass", label: "http://***@[2001:db8::1]:3128", kind: HTTPUpstream, user: "u", pass: "p,w", session: true},
+		{in: "http://proxy.example", err: "want socks5://"},
+		{in: "https://u:secret@x:1", err: `scheme "https"`},
+		{in: "socks5://u:secret@x:0", err: "port"},
+		{in: "socks5://u:secret@x:1/path", err: "want socks5://"},
+		{in: "socks5://u:secret@x:1?via=1.2.3.4", err: "unknown parameter"},
+		{in: "socks5://x:1?session=pass", err: "needs a user name"},
+		{in: "socks5://:secret@x:1", err: "1-255 bytes"},
+		{in: "socks5://u:sec ret@x:1\x7f", err: "want socks5://"},
+	} {
+		up, err := ParseUpstream(tc.in)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%q: %v, want an error with %q", tc.in, err, tc.err)
+			}
+			if err != nil && strings.Contains(err.Error(), "secret") {
+				t.Errorf("%q: the error shows the password: %v", tc.in, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%q: %v", tc.in, err)
+			continue
+		}
+		if up.Label() != tc.label || up.Kind != tc.kind || up.User != tc.user || up.Pass != tc.pass || up.SessionPass != tc.session {
+			t.Errorf("%q: %+v", tc.in, up)
+		}
+	}
+}
+
+func FuzzParseUpstream(f *testing.F) {
+	for _, s := range []string{"socks5://u:p@h:1", "http://[::1]:8080?session=pass", "http://a:b@c@d:1", "socks5://%zz@h:1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		up, err := ParseUpstream(s)
+		if err != nil {
+			return
+		}
+		if up.Pass != "" && len(up.Pass) > 2 && strings.Contains(up.Label(), up.Pass) {
+			t.Fatalf("label %q shows the password of %q", up.Label(), s)
+		}
+		if _, _, err := net.SplitHostPort(up.Addr); err != nil {
+			t.Fatalf("%q: address %q: %v", s, up.Addr, err)
+		}
+	})
+}
+
+// fakeUpstream serves one connection with serve and returns its address.
+func fakeUpstream(t *testing.T, serve func(c net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		serve(c)
+	}()
+	t.Cleanup(func() { ln.Close(); <-done })
+	return ln.Addr().String()
+}
+
+func upstreamEgress(t *testing.T, entry string) Egress {
+	t.Helper()
+	up, err := ParseUpstream(entry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Egress{Src: &Source{Up: up, Label: up.Label()}, Session: Session{Key: "k1", TTL: time.Minute}}
+}
+
+// An HTTP upstream's answer is read to its end and no further: a banner
+// the target sent at once stays for the tunnel. Rotor's credentials for
+// it go in Proxy-Authorization, with the session appended.
+func TestHTTPUpstreamKeepsBytesAfterTheHead(t *testing.T) {
+	got := make(chan string, 1)
+	addr := fakeUpstream(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		var head strings.Builder
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				return
+			}
+			head.WriteString(line)
+			if line == "\r\n" {
+				break
+			}
+		}
+		got <- head.String()
+		_, _ = io.WriteString(c, "HTTP/1.1 200 Connection established\r\nVia: x\r\n\r\nSSH-2.0-banner\r\n")
+	})
+	d := NewDialer(nil, DialerOptions{Timeout: 5 * time.Second})
+	c, err := d.viaUpstream(context.Background(), upstreamEgress(t, "http://alice:pw@"+addr+"?session=pass"), "example.com", 22)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	head := <-got
+	// alice-session-k1-ttl-1m0s:pw
+	if !strings.HasPrefix(head, "CONNECT example.com:22 HTTP/1.1\r\n") || !strings.Contains(head, "Proxy-Authorization: Basic YWxpY2Utc2Vzc2lvbi1rMS10dGwtMW0wczpwdw==\r\n") {
+		t.Errorf("upstream got %q", head)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || line != "SSH-2.0-banner\r\n" {
+		t.Fatalf("tunnel starts with %q, %v; want the banner", line, err)
+	}
+}
+
+// Hostile and failing upstreams: each is an error of the right class, and
+// only the upstream's own failures count toward taking it out.
+func TestUpstreamFailures(t *testing.T) {
+	for _, tc := range []struct {
+		name, scheme string
+		serve        func(c net.Conn)
+		upstream     bool  // ErrUpstream: counts toward health
+		is           error // and errors.Is this
+	}{
+		{"407", "http://u:p@", func(c net.Conn) {
+			_, _ = io.WriteString(c, "HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
+		}, true, ErrUpstreamAuth},
+		{"502 is the target's", "http://", func(c net.Conn) { _, _ = io.WriteString(c, "HTTP/1.1 502 Bad Gateway\r\n\r\n") }, false, syscall.ECONNREFUSED},
+		{"403 is forbidden", "http://", func(c net.Conn) { _, _ = io.WriteString(c, "HTTP/1.1 403 Forbidden\r\n\r\n") }, false, dest.ErrForbidden},
+		{"endless head", "http://", func(c net.Conn) {
+			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\n")
+			for i := 0; i < 2000; i++ {
+				if _, err := io.WriteString(c, "X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n"); err != nil {
+					return
+				}
+			}
+		}, true, nil},
+		{"not HTTP", "http://", func(c net.Conn) { _, _ = io.WriteString(c, "SSH-2.0-x\r\n\r\n") }, true, nil},
+		{"closes at once", "socks5://", func(c net.Conn) {}, true, nil},
+		{"SOCKS5 auth refused", "socks5://u:p@", func(c net.Conn) {
+			buf := make([]byte, 64)
+			_, _ = c.Read(buf)
+			_, _ = c.Write([]byte{5, 2, 1, 1})
+		}, true, ErrUpstreamAuth},
+		{"SOCKS5 refused target", "socks5://", func(c net.Conn) {
+			buf := make([]byte, 64)
+			_, _ = c.Read(buf)
+			_, _ = c.Write([]byte{5, 0, 5, 5, 0, 1, 0, 0, 0, 0, 0, 0})
+		}, false, syscall.ECONNREFUSED},
+		{"SOCKS5 lying address type", "socks5://", func(c net.Conn) {
+			buf := make([]byte, 64)
+			_, _ = c.Read(buf)
+			_, _ = c.Write([]byte{5, 0, 5, 0, 0, 9, 0, 0})
+		}, true, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := fakeUpstream(t, tc.serve)
+			d := NewDialer(nil, DialerOptions{Timeout: 5 * time.Second, UpstreamFall: 1})
+			e := upstreamEgress(t, tc.scheme+addr)
+			c, err := d.viaUpstream(context.Background(), e, "192.0.2.1", 80)
+			if err == nil {
+				c.Close()
+				t.Fatal("no error")
+			}
+			if errors.Is(err, ErrUpstream) != tc.upstream || (tc.is != nil && !errors.Is(err, tc.is)) {
+				t.Fatalf("%v: upstream's fault %v, want %v (and %v)", err, errors.Is(err, ErrUpstream), tc.upstream, tc.is)
+			}
+			if e.Src.Down() != tc.upstream {
+				t.Errorf("entry down %v after %v, want %v", e.Src.Down(), err, tc.upstream)
+			}
+			if strings.Contains(err.Error(), ":p@") {
+				t.Errorf("error shows credentials: %v", err)
+			}
+		})
+	}
+}
+
+// A literal target the policy forbids is refused before the upstream is
+// asked, and so is a name that is this host by definition.
+func TestUpstreamPolicy(t *testing.T) {
+	d := NewDialer(nil, DialerOptions{Timeout: time.Second, Policy: dest.NewPolicy(nil, nil)})
+	e := upstreamEgress(t, "socks5://127.0.0.1:1")
+	for _, host := range []string{"127.0.0.1", "169.254.169.254", "localhost", "db.localhost."} {
+		if _, err := d.viaUpstream(context.Background(), e, host, 80); !errors.Is(err, dest.ErrForbidden) {
+			t.Errorf("%s: %v, want forbidden", host, err)
+		}
+	}
+	if e.Src.Down() {
+		t.Error("a refused target took the upstream out")
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -34,8 +35,8 @@ func needMicrosocks(t *testing.T) string {
 }
 
 // startMicrosocks runs microsocks on a free loopback port, its outgoing
-// connections bound to bind, with credentials.
-func startMicrosocks(t *testing.T, bind, user, pass string) string {
+// connections bound to bind, with credentials; kill ends it early.
+func startMicrosocks(t *testing.T, bind, user, pass string) (addr string, kill func()) {
 	t.Helper()
 	bin := needMicrosocks(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -48,14 +49,16 @@ func startMicrosocks(t *testing.T, bind, user, pass string) string {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	addr := "127.0.0.1:" + port
+	var once sync.Once
+	kill = func() { once.Do(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }) }
+	t.Cleanup(kill)
+	addr = "127.0.0.1:" + port
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		c, err := net.Dial("tcp", addr)
 		if err == nil {
 			c.Close()
-			return addr
+			return addr, kill
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("microsocks did not listen on %s: %v", addr, err)
@@ -92,7 +95,7 @@ func TestUpstreamEntriesRotate(t *testing.T) {
 	ht := httpTarget(t)
 	socksExit, httpExit := exitRotor(t, "127.0.0.3"), exitRotor(t, "127.0.0.4")
 	const msUser, msPass = "ms-user", "ms-secret-c0ffee"
-	ms := startMicrosocks(t, "127.0.0.5", msUser, msPass)
+	ms, _ := startMicrosocks(t, "127.0.0.5", msUser, msPass)
 	r := startRotor(t, func(c *config.Config) {
 		c.Pool = []netip.Prefix{pool.Single(netip.MustParseAddr("127.0.0.2"))}
 		c.Upstreams = []*pool.Upstream{
@@ -204,4 +207,34 @@ func connectStatus(t *testing.T, proxyAddr, targetAddr string) (string, string) 
 
 func basicCreds(user, pass string) string {
 	return base64.StdEncoding.EncodeToString([]byte(user + ":" + pass))
+}
+
+// An upstream that dies mid-tunnel ends the client's tunnel: the client
+// reads EOF (or a reset), it is not left hanging.
+func TestUpstreamDiesMidTunnel(t *testing.T) {
+	t.Parallel()
+	echo := tcpTarget(t, target.Echo)
+	ms, kill := startMicrosocks(t, "127.0.0.3", "u", "p-mid-tunnel")
+	r := startRotor(t, func(c *config.Config) {
+		c.Pool = nil
+		c.Upstreams = []*pool.Upstream{mustUpstream(t, "socks5://u:p-mid-tunnel@"+ms)}
+	})
+	c, err := connectRaw(r.http, testUser, testPass, echo.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, "ping\n"); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping\n" {
+		t.Fatalf("echo through the upstream: %q, %v", buf, err)
+	}
+	// Kill microsocks: its sockets close, and so must the client's tunnel.
+	kill()
+	if _, err := io.ReadAll(c); err != nil && !strings.Contains(err.Error(), "reset") {
+		t.Fatalf("client tunnel after the upstream died: %v", err)
+	}
 }

@@ -68,6 +68,9 @@ type Config struct {
 	Users []auth.UserSpec
 	// AllowClients are networks whose clients need no credentials.
 	AllowClients []netip.Prefix
+	// ProxyProtocolFrom are the load balancers whose connections carry a
+	// PROXY protocol header with the client's address.
+	ProxyProtocolFrom []netip.Prefix
 
 	// PerIPRate caps how often one source address (or block) is used, per
 	// second; 0: no cap. PerIPBurst is the bucket size; PerIPWait how
@@ -266,6 +269,9 @@ func parseUsers(c *Config, f flagValues) error {
 	}
 	if c.AllowClients, err = ParsePrefixes(f.str("allow-clients")); err != nil {
 		return fmt.Errorf("--allow-clients: %w", err)
+	}
+	if c.ProxyProtocolFrom, err = ParsePrefixes(f.str("proxy-protocol-from")); err != nil {
+		return fmt.Errorf("--proxy-protocol-from: %w", err)
 	}
 	return nil
 }

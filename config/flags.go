@@ -60,6 +60,7 @@ func flagGroups() []flagGroup {
 			{"pass", "PROXY_PASS", "", "proxy password (prefer the environment variable: flags show in ps)"},
 			{"users-file", "USERS_FILE", "", "htpasswd-style users file (bcrypt, {SHA256} or {PLAIN}), with optional per-user pool, max-conns and rate; re-read on SIGHUP"},
 			{"allow-clients", "ALLOW_CLIENTS", "", "comma-separated CIDRs whose clients need no credentials"},
+			{"proxy-protocol-from", "PROXY_PROTOCOL_FROM", "", "comma-separated CIDRs of load balancers whose connections start with a PROXY protocol v1 or v2 header, whose client address rotor then uses; from elsewhere a header is refused"},
 		}},
 		{"Limits and timeouts", []flagDef{
 			{"max-conns", "MAX_CONNS", int64(0), "most client connections served at once, both listeners together (0: half the open-file limit)"},

@@ -60,6 +60,9 @@ type Options struct {
 	// handshake; zero means DefaultHandshakeTimeout.
 	TLS              *tls.Config
 	HandshakeTimeout time.Duration
+	// ProxyProtocol, when set, reads the PROXY protocol header of
+	// connections from trusted balancers (--proxy-protocol-from).
+	ProxyProtocol *serve.ProxyProto
 	// IdleTimeout closes a keep-alive client connection idle this long;
 	// zero means two minutes.
 	IdleTimeout time.Duration
@@ -125,6 +128,7 @@ func New(o Options) *Server {
 	}
 	s := &Server{opts: o, reaper: make(chan struct{}), reaped: make(chan struct{})}
 	s.Init(o.Limiter, o.Hits)
+	s.Proxy = o.ProxyProtocol
 	s.idle = newIdlePool(o.Dialer.Pool(), o.UpstreamIdleTimeout, o.MaxIdleConns, o.MaxIdlePerSource, o.Limiter)
 	o.Limiter.AddReclaim(s.idle.reclaim)
 	go s.reap()

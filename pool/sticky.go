@@ -44,10 +44,17 @@ func pickRendezvous(sources []*Source, s Session, now time.Time) *Source {
 	var best, bestDown *Source
 	var bestScore, bestDownScore uint64
 	for _, src := range sources {
-		a := src.Addr.As16()
 		h := keyHash
-		for _, b := range a {
-			h = (h ^ uint64(b)) * fnvPrime
+		if src.Up != nil {
+			// An upstream entry scores by the entry as configured: the
+			// same on every rotor given the same pool, so that gateways
+			// send a session to the same upstream.
+			h = fnv(h, src.Up.Key)
+		} else {
+			a := src.Addr.As16()
+			for _, b := range a {
+				h = (h ^ uint64(b)) * fnvPrime
+			}
 		}
 		// A down source is left out, so only the sessions on it move;
 		// if all are down, the best of them is used anyway.

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/rotor-proxy/rotor/dest"
+	"github.com/rotor-proxy/rotor/internal/sockread"
 )
 
 // UpstreamKind is the protocol rotor speaks to an upstream proxy entry.
@@ -365,10 +366,8 @@ func socksReplyError(rep byte) error {
 const maxUpstreamHead = 16 << 10
 
 // httpConnect sends CONNECT host:port on c and reads the answer's head
-// without reading past it: bytes the target sends at once (a server
-// banner) stay in the socket for the tunnel. It peeks at what arrived and
-// consumes exactly the head: all of what it peeked while the head's end
-// is not in it (so that the next peek waits for more), then up to the end.
+// without reading past it (package sockread): bytes the target sends at
+// once (a server banner) stay in the socket for the tunnel.
 func httpConnect(c *net.TCPConn, user, pass, host string, port uint16) error {
 	target := net.JoinHostPort(host, strconv.Itoa(int(port)))
 	req := "CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\n"
@@ -378,63 +377,11 @@ func httpConnect(c *net.TCPConn, user, pass, host string, port uint16) error {
 	if _, err := io.WriteString(c, req+"\r\n"); err != nil {
 		return fmt.Errorf("%w: write: %w", ErrUpstream, err)
 	}
-	rc, err := c.SyscallConn()
+	head, err := sockread.Through(c, "\r\n\r\n", maxUpstreamHead)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrUpstream, err)
+		return fmt.Errorf("%w: reading the answer to CONNECT: %w", ErrUpstream, err)
 	}
-	const end = "\r\n\r\n"
-	head := make([]byte, 0, 512)
-	buf := make([]byte, 4096)
-	matched := 0 // bytes of end matched by the last bytes consumed
-	for {
-		n, err := peek(rc, buf)
-		if err != nil {
-			return fmt.Errorf("%w: reading the answer to CONNECT: %w", ErrUpstream, err)
-		}
-		take := n
-		for i := 0; i < n; i++ {
-			switch {
-			case buf[i] == end[matched]:
-				matched++
-			case buf[i] == '\r':
-				matched = 1
-			default:
-				matched = 0
-			}
-			if matched == len(end) {
-				take = i + 1
-				break
-			}
-		}
-		if len(head)+take > maxUpstreamHead {
-			return fmt.Errorf("%w: answer to CONNECT longer than %d bytes", ErrUpstream, maxUpstreamHead)
-		}
-		if _, err := io.ReadFull(c, buf[:take]); err != nil {
-			return fmt.Errorf("%w: reading the answer to CONNECT: %w", ErrUpstream, err)
-		}
-		head = append(head, buf[:take]...)
-		if matched == len(end) {
-			return connectStatus(head)
-		}
-	}
-}
-
-// peek waits until c has bytes queued and copies them without consuming
-// them (MSG_PEEK).
-func peek(rc syscall.RawConn, buf []byte) (int, error) {
-	var n int
-	var serr error
-	err := rc.Read(func(fd uintptr) bool {
-		n, _, serr = syscall.Recvfrom(int(fd), buf, syscall.MSG_PEEK)
-		return serr != syscall.EAGAIN
-	})
-	if err == nil {
-		err = serr
-	}
-	if err == nil && n == 0 {
-		err = io.ErrUnexpectedEOF
-	}
-	return n, err
+	return connectStatus(head)
 }
 
 // connectStatus reads the status of an answer to CONNECT.

@@ -216,3 +216,36 @@ func TestUpstreamPolicy(t *testing.T) {
 		t.Error("a refused target took the upstream out")
 	}
 }
+
+// Sessions spread over upstream entries by rendezvous hashing on the entry
+// as configured, as they do over addresses; the same key picks the same
+// entry in another pool built from the same entries (another gateway).
+func TestSessionsOverUpstreamEntries(t *testing.T) {
+	var ups, ups2 []*Upstream
+	for _, e := range []string{"socks5://10.0.0.1:1080", "socks5://10.0.0.2:1080", "http://u:p@10.0.0.3:3128"} {
+		a, _ := ParseUpstream(e)
+		b, _ := ParseUpstream(e)
+		ups, ups2 = append(ups, a), append(ups2, b)
+	}
+	p, err := NewEntries(nil, ups, RoundRobin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, _ := NewEntries(nil, ups2, RoundRobin)
+	per := map[string]int{}
+	now := time.Now()
+	for i := 0; i < 300; i++ {
+		s := Session{Key: "k" + strings.Repeat("x", i%7) + string(rune('a'+i%26)) + string(rune('a'+i/26))}
+		a, _ := p.PickSession(Any, s, now)
+		b, _ := q.PickSession(Any, s, now)
+		if a.Label != b.Label {
+			t.Fatalf("session %q: %s in one pool, %s in the other", s.Key, a.Label, b.Label)
+		}
+		per[a.Label]++
+	}
+	for _, up := range ups {
+		if per[up.Label()] < 60 {
+			t.Errorf("sessions per entry %v: uneven", per)
+		}
+	}
+}

@@ -22,6 +22,9 @@ type Core struct {
 	// under it stop.
 	Ctx    context.Context
 	cancel context.CancelFunc
+	// Proxy, when set, reads the PROXY protocol header of connections
+	// from trusted balancers before they are handled (see ProxyProto).
+	Proxy *ProxyProto
 }
 
 // Init readies c: client connections count against limit (nil: none) and
@@ -35,6 +38,18 @@ func (c *Core) Init(limit *Limiter, hits *Hits) {
 // Serve accepts connections on ln and hands each to handle until Shutdown.
 // It returns nil after Shutdown, or the listener's error.
 func (c *Core) Serve(ln net.Listener, log zerolog.Logger, handle func(net.Conn)) error {
+	if c.Proxy != nil && len(c.Proxy.From) > 0 {
+		inner := handle
+		handle = func(conn net.Conn) {
+			w, err := c.Proxy.Wrap(conn)
+			if err != nil {
+				conn.Close()
+				log.Warn().Err(err).Msg("connection from a trusted balancer refused: no valid PROXY protocol header")
+				return
+			}
+			inner(w)
+		}
+	}
 	return c.Acc.Serve(ln, log, handle)
 }
 

@@ -43,6 +43,9 @@ type Options struct {
 	// HandshakeTimeout bounds greeting, auth, request and dial together.
 	// Zero means DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
+	// ProxyProtocol, when set, reads the PROXY protocol header of
+	// connections from trusted balancers (--proxy-protocol-from).
+	ProxyProtocol *serve.ProxyProto
 	// IdleTimeout closes a tunnel that moves no byte either way for this
 	// long; zero means never.
 	IdleTimeout time.Duration
@@ -86,6 +89,7 @@ func New(o Options) *Server {
 	}
 	s := &Server{opts: o}
 	s.Init(o.Limiter, o.Hits)
+	s.Proxy = o.ProxyProtocol
 	return s
 }
 

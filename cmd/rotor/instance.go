@@ -273,8 +273,19 @@ func (in *instance) serveProxies(d *pool.Dialer, pl proxyListeners) {
 			m.mux.TLS = m.http.HandleTLS
 		}
 		m.mux.Init(nil, &m.hits)
+		m.mux.Proxy = in.proxyProto()
 		in.serve(func() error { return m.mux.Serve(ln) })
 	}
+}
+
+// proxyProto is the PROXY protocol reader of every listener; nil without
+// --proxy-protocol-from. On the mixed port the Mux reads the header; the
+// servers it hands connections to do not accept, so read none again.
+func (in *instance) proxyProto() *serve.ProxyProto {
+	if len(in.cfg.ProxyProtocolFrom) == 0 {
+		return nil
+	}
+	return &serve.ProxyProto{From: in.cfg.ProxyProtocolFrom, Timeout: in.cfg.HandshakeTimeout}
 }
 
 // accept readies ln to be served, returning what to serve: rotor closes
@@ -293,7 +304,7 @@ func (in *instance) newHTTP(d *pool.Dialer, limit *serve.Limiter, name string, h
 	return httpproxy.New(httpproxy.Options{
 		Dialer: d, Access: in.access, HeaderTimeout: cfg.HeaderTimeout, TunnelIdleTimeout: cfg.IdleTimeout,
 		IdleTimeout: cfg.KeepAliveTimeout, Limiter: limit, MaxHeaderBytes: cfg.MaxHeaderBytes, Hits: hits,
-		TLS: tlsConf, HandshakeTimeout: cfg.HandshakeTimeout,
+		TLS: tlsConf, HandshakeTimeout: cfg.HandshakeTimeout, ProxyProtocol: in.proxyProto(),
 		Log: in.log.With().Str("listener", name).Logger(), Metrics: in.metrics,
 		Listener: in.listenerMetrics(name, active, hits),
 	})
@@ -304,7 +315,7 @@ func (in *instance) newSOCKS(d *pool.Dialer, limit *serve.Limiter, name string, 
 	cfg := in.cfg
 	return socks.New(socks.Options{
 		Dialer: d, Access: in.access, HandshakeTimeout: cfg.HandshakeTimeout, IdleTimeout: cfg.IdleTimeout, UDPIdleTimeout: cfg.UDPIdleTimeout,
-		Limiter: limit, Hits: hits,
+		Limiter: limit, Hits: hits, ProxyProtocol: in.proxyProto(),
 		Log: in.log.With().Str("listener", name).Logger(), Metrics: in.metrics,
 		Listener: in.listenerMetrics(name, active, hits),
 	})

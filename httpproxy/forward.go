@@ -119,6 +119,11 @@ func (x *exchange) open(mayReuse bool) error {
 		return err
 	}
 	uc.key = x.key(uc.local)
+	if x.eg.Src != nil && x.eg.Src.Up != nil {
+		// Through an upstream entry the local address is the socket's to
+		// the upstream: connections are the entry's, as Choose named it.
+		uc.key = x.key(x.eg.Local)
+	}
 	x.uc = uc
 	return nil
 }

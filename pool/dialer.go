@@ -201,12 +201,13 @@ func (d *Dialer) withRetry(ctx context.Context, f Family, s Session, open func(E
 	return c, next.Src, err
 }
 
-// IsLocal reports whether a dial failed on rotor's side of the connection
-// (EADDRNOTAVAIL): the source address cannot be bound, or it has no
-// ephemeral port left for this destination. Either way another source
-// may well succeed, and the failure says nothing about the target.
+// IsLocal reports whether a dial failed on rotor's side of the connection:
+// the source address cannot be bound, or it has no ephemeral port left
+// for this destination (EADDRNOTAVAIL), or the upstream proxy entry
+// failed (ErrUpstream). Either way another source may well succeed, and
+// the failure says nothing about the target.
 func IsLocal(err error) bool {
-	return errors.Is(err, syscall.EADDRNOTAVAIL)
+	return errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, ErrUpstream)
 }
 
 // AddressGone reports whether the source address itself is unusable:

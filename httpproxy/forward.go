@@ -139,6 +139,9 @@ func (x *exchange) key(local netip.Addr) upKey {
 	} else {
 		k.client = x.cc.client
 	}
+	if src := x.eg.Src; src != nil && src.Up != nil && src.Up.SessionPass {
+		k.session = x.sess.Key
+	}
 	return k
 }
 

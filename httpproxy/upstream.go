@@ -54,6 +54,10 @@ type upKey struct {
 	ip     netip.Addr // the origin, when given as an address
 	name   string     // the origin, when given as a name
 	port   string
+	// session is the client's session key through an upstream entry that
+	// hands sessions on (?session=pass): the upstream chose the address
+	// of a connection by it, which rotor cannot see.
+	session string
 }
 
 // Idle connection caps, unless Options say otherwise.

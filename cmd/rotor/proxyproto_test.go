@@ -141,8 +141,10 @@ func TestBehindHAProxy(t *testing.T) {
 		}))
 	}
 	front := freePort(t)
+	// One thread: round-robin is then strict, and so are the counts.
 	cfg := fmt.Sprintf(`global
   maxconn 200
+  nbthread 1
 defaults
   mode tcp
   timeout connect 2s

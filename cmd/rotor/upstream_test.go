@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/base64"
 	"io"
@@ -185,8 +186,9 @@ func TestUpstreamRefusingAuthLeavesRotation(t *testing.T) {
 	}
 }
 
-// connectStatus sends one CONNECT with the test credentials and returns
-// the status code and the whole answer.
+// connectStatus sends one CONNECT with the test credentials to a target
+// that writes the peer address, and returns the status code and either
+// the line the target wrote (200) or the whole answer.
 func connectStatus(t *testing.T, proxyAddr, targetAddr string) (string, string) {
 	t.Helper()
 	c, err := net.Dial("tcp", proxyAddr)
@@ -199,13 +201,18 @@ func connectStatus(t *testing.T, proxyAddr, targetAddr string) (string, string) 
 	if _, err := io.WriteString(c, req); err != nil {
 		t.Fatal(err)
 	}
-	buf := make([]byte, 4096)
-	n, _ := io.ReadAtLeast(c, buf, 12)
-	ans := string(buf[:n])
-	if len(ans) < 12 {
-		t.Fatalf("answer %q", ans)
+	br := bufio.NewReader(c)
+	status, err := br.ReadString('\n')
+	if err != nil || len(status) < 12 {
+		t.Fatalf("status line %q: %v", status, err)
 	}
-	return ans[9:12], ans
+	if status[9:12] == "200" {
+		_, _ = br.ReadString('\n')
+		line, _ := br.ReadString('\n')
+		return "200", line
+	}
+	rest, _ := io.ReadAll(br)
+	return status[9:12], status + string(rest)
 }
 
 func basicCreds(user, pass string) string {

@@ -184,7 +184,7 @@ func (x *exchange) roundTrip() (*response, error) {
 	uc, r := x.uc, x.r
 	x.cut = false
 	uc.nread = 0
-	writeRequestHead(uc.bw, r)
+	writeRequestHead(uc.bw, r, uc.proxy)
 	var err error
 	if r.body != nil {
 		x.sendContinue()
@@ -298,7 +298,16 @@ func (x *exchange) readFinal() (*response, error) {
 				return nil, badOrigin("101 Switching Protocols to a request that asked for no upgrade")
 			}
 			return resp, nil
+		case resp.status == http.StatusProxyAuthRequired && uc.proxy != nil:
+			// The upstream refused rotor's credentials: rotor's failure,
+			// never a 407 that would have the client resend its own.
+			err := fmt.Errorf("upstream %s: %w", x.eg.Src.Label, pool.ErrUpstreamAuth)
+			s.opts.Dialer.NoteUpstream(x.eg.Src, err)
+			return nil, err
 		case resp.status >= 200:
+			if uc.proxy != nil {
+				s.opts.Dialer.NoteUpstream(x.eg.Src, nil)
+			}
 			return resp, nil
 		case i == maxInterim:
 			return nil, badOrigin("more than %d interim responses", maxInterim)
@@ -473,9 +482,18 @@ func (s *Server) dialUpstream(eg pool.Egress, sess pool.Session, r *request) (*u
 	var c *net.TCPConn
 	var err error
 	hostport := r.hostport()
+	var hop *proxyHop
 	if eg.Src != nil {
 		host, port, serr := pool.SplitTarget(hostport)
-		if err = serr; err == nil {
+		switch up := eg.Src.Up; {
+		case serr != nil:
+			err = serr
+		case up != nil && up.Kind == pool.HTTPUpstream && r.scheme == "http" && r.upgrade == "":
+			// An HTTP upstream takes the request itself, in absolute form:
+			// no CONNECT, which proxies often allow to port 443 only.
+			c, err = s.opts.Dialer.OpenProxy(s.Ctx, eg, host, port)
+			hop = &proxyHop{auth: up.ProxyAuthorization(eg.Session)}
+		default:
 			c, err = s.opts.Dialer.OpenTCP(s.Ctx, eg, host, port)
 		}
 	} else {
@@ -486,7 +504,7 @@ func (s *Server) dialUpstream(eg pool.Egress, sess pool.Session, r *request) (*u
 	if err != nil {
 		return nil, eg, err
 	}
-	u := &upConn{c: c, raw: c}
+	u := &upConn{c: c, raw: c, proxy: hop}
 	if la, ok := c.LocalAddr().(*net.TCPAddr); ok {
 		u.local = la.AddrPort().Addr().Unmap()
 	}

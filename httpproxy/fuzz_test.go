@@ -55,7 +55,7 @@ func FuzzReadRequest(f *testing.F) {
 		if req.scheme != "" {
 			var out bytes.Buffer
 			w := bufio.NewWriter(&out)
-			writeRequestHead(w, req)
+			writeRequestHead(w, req, nil)
 			w.Flush()
 			again, err := readRequest(bufio.NewReader(&out), 1<<20, &headBuf{}, lim)
 			if err != nil {

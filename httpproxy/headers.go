@@ -119,13 +119,28 @@ func hasConnectionOptions(h header) bool {
 // 3.2.2), in the Host line's place, or first when the client sent none.
 // Framing fields are written as rotor frames the body: Content-Length
 // once, or Transfer-Encoding: chunked.
-func writeRequestHead(w *bufio.Writer, r *request) {
+// proxyHop is an HTTP upstream proxy entry a request is sent to in
+// absolute form: auth is rotor's Proxy-Authorization for it ("" for none).
+type proxyHop struct{ auth string }
+
+func writeRequestHead(w *bufio.Writer, r *request, hop *proxyHop) {
 	w.WriteString(r.method)
 	w.WriteByte(' ')
+	if hop != nil {
+		// To an upstream proxy: the absolute form, as the client sent it.
+		w.WriteString(r.scheme)
+		w.WriteString("://")
+		w.WriteString(r.authority)
+	}
 	w.WriteString(r.path)
 	w.WriteString(" HTTP/1.1\r\n")
 	if r.fields.count("Host") == 0 {
 		writeField(w, "Host", r.authority)
+	}
+	if hop != nil && hop.auth != "" {
+		// rotor's credentials for the upstream; the client's own
+		// Proxy-Authorization is hop-by-hop and never forwarded.
+		writeField(w, "Proxy-Authorization", hop.auth)
 	}
 	named := hasConnectionOptions(r.fields)
 	wroteLength, wroteConnection := false, false

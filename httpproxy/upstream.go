@@ -23,6 +23,9 @@ type upConn struct {
 	bw    *bufio.Writer
 	buf   headBuf // response heads are read into this
 	nread int64   // bytes read from the origin, to tell whether any came
+	// proxy is set when the connection is to an HTTP upstream proxy entry,
+	// which gets requests in absolute form with rotor's credentials for it.
+	proxy *proxyHop
 
 	key        upKey
 	idleAt     time.Time

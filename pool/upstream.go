@@ -139,11 +139,25 @@ func (u *Upstream) Label() string { return u.label }
 // (its dial to the target included) when the dialer has no timeout.
 const upstreamHandshakeTimeout = 30 * time.Second
 
-// viaUpstream opens a tunnel to host:port through e's upstream. A literal
-// address is checked against the destination policy first; a name is
-// resolved by the upstream, whose own policy applies to what it resolves,
-// except names that are this host by definition.
+// viaUpstream opens a tunnel to host:port through e's upstream.
 func (d *Dialer) viaUpstream(ctx context.Context, e Egress, host string, port uint16) (*net.TCPConn, error) {
+	return d.throughUpstream(ctx, e, host, port, true)
+}
+
+// OpenProxy connects to e's upstream, an HTTP proxy, for a request to
+// host:port that rotor will send it in absolute form (with
+// ProxyAuthorization), instead of through a CONNECT tunnel. The target
+// is checked as for a tunnel; the upstream's failures count as for one.
+func (d *Dialer) OpenProxy(ctx context.Context, e Egress, host string, port uint16) (*net.TCPConn, error) {
+	return d.throughUpstream(ctx, e, host, port, false)
+}
+
+// throughUpstream checks host:port, connects to e's upstream and, when
+// tunnel is set, asks it for a tunnel to host:port. A literal address is
+// checked against the destination policy first; a name is resolved by
+// the upstream, whose own policy applies to what it resolves, except
+// names that are this host by definition.
+func (d *Dialer) throughUpstream(ctx context.Context, e Egress, host string, port uint16, tunnel bool) (*net.TCPConn, error) {
 	up := e.Src.Up
 	if ip, ok := dest.ParseHost(host); ok {
 		if err := d.policy.Check(netip.AddrPortFrom(ip, port)); err != nil {
@@ -169,7 +183,7 @@ func (d *Dialer) viaUpstream(ctx context.Context, e Egress, host string, port ui
 		start = time.Now()
 	}
 	c, err := d.upstreamConn(ctx, up)
-	if err == nil {
+	if err == nil && tunnel {
 		err = handshake(ctx, c, up, e.Session, host, port)
 		if err != nil {
 			c.Close()
@@ -179,11 +193,37 @@ func (d *Dialer) viaUpstream(ctx context.Context, e Egress, host string, port ui
 	if d.onDial != nil {
 		d.onDial(e.Src, time.Since(start), err)
 	}
-	d.noteUpstream(e.Src, err)
+	if tunnel || err != nil {
+		// Without a tunnel, the upstream's answer to the request itself
+		// says whether it took rotor's credentials (see NoteUpstream).
+		d.NoteUpstream(e.Src, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("via %s: %w", up.label, err)
 	}
 	return c, nil
+}
+
+// ProxyAuthorization is the Proxy-Authorization value of rotor's
+// credentials for the upstream, with s's session appended to the user
+// name under ?session=pass; "" without credentials.
+func (u *Upstream) ProxyAuthorization(s Session) string {
+	if u.User == "" {
+		return ""
+	}
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(u.user(s)+":"+u.Pass))
+}
+
+// user is the upstream user name for session s.
+func (u *Upstream) user(s Session) string {
+	user := u.User
+	if u.SessionPass && s.Key != "" {
+		user += "-session-" + s.Key
+		if s.TTL > 0 {
+			user += "-ttl-" + s.TTL.String()
+		}
+	}
+	return user
 }
 
 // upstreamConn connects to the upstream proxy itself. The operator chose
@@ -212,10 +252,11 @@ func (u *Upstream) check() error {
 	return c.Close()
 }
 
-// noteUpstream counts an upstream failure toward taking the entry out of
-// rotation (upstreamFall in a row), and resets the count on success. The
-// health prober (upstreamFall 0) leaves that to the health checker.
-func (d *Dialer) noteUpstream(src *Source, err error) {
+// NoteUpstream counts an upstream failure (ErrUpstream: a forwarded
+// request's 407 too) toward taking the entry out of rotation
+// (upstreamFall in a row), and resets the count on success. The health
+// prober (upstreamFall 0) leaves that to the health checker.
+func (d *Dialer) NoteUpstream(src *Source, err error) {
 	switch {
 	case d.upstreamFall == 0:
 	case err == nil:
@@ -239,13 +280,7 @@ func handshake(ctx context.Context, c *net.TCPConn, up *Upstream, sess Session, 
 	// A cancelled client ends the handshake at once.
 	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	user := up.User
-	if up.SessionPass && sess.Key != "" {
-		user += "-session-" + sess.Key
-		if sess.TTL > 0 {
-			user += "-ttl-" + sess.TTL.String()
-		}
-	}
+	user := up.user(sess)
 	var err error
 	if up.Kind == SOCKS5Upstream {
 		err = socksConnect(c, user, up.Pass, host, port)

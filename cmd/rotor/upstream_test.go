@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -68,6 +69,34 @@ func startMicrosocks(t *testing.T, bind, user, pass string) (addr string, kill f
 	}
 }
 
+// startTinyproxy runs tinyproxy on a free loopback port, its outgoing
+// connections bound to bind, with Basic credentials; with no ConnectPort
+// line it tunnels to any port.
+func startTinyproxy(t *testing.T, bind, user, pass string) string {
+	t.Helper()
+	bin, err := exec.LookPath("tinyproxy")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("tinyproxy not installed; .ci/run must install it")
+		}
+		t.Skip("tinyproxy not installed")
+	}
+	port := strconv.Itoa(freePort(t))
+	conf := filepath.Join(t.TempDir(), "tinyproxy.conf")
+	writeFile(t, conf, "Port "+port+"\nListen 127.0.0.1\nBind "+bind+"\nTimeout 30\nMaxClients 100\nLogLevel Critical\n"+
+		"DisableViaHeader Yes\nBasicAuth "+user+" "+pass+"\n")
+	cmd := exec.Command(bin, "-d", "-c", conf)
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	addr := "127.0.0.1:" + port
+	waitListen(t, addr, out)
+	return addr
+}
+
 // exitRotor is a rotor on one loopback address, another rotor's upstream.
 func exitRotor(t *testing.T, addr string) *rotor {
 	t.Helper()
@@ -85,11 +114,11 @@ func mustUpstream(t *testing.T, entry string) *pool.Upstream {
 	return up
 }
 
-// One rotation over a local address and three upstream proxies (a rotor's
-// SOCKS5 listener, a rotor's HTTP listener, microsocks bound to its own
-// address): CONNECT, SOCKS5 and absolute-form each see every exit address
-// the same number of times, and no upstream credential reaches a log line
-// or a metric.
+// One rotation over a local address and four upstream proxies (a rotor's
+// SOCKS5 listener, a rotor's HTTP listener, microsocks and tinyproxy, each
+// bound to an address of its own): CONNECT, SOCKS5 and absolute-form each
+// see every exit address the same number of times, and no upstream
+// credential reaches a log line or a metric.
 func TestUpstreamEntriesRotate(t *testing.T) {
 	t.Parallel()
 	peer := tcpTarget(t, target.WritePeer)
@@ -97,12 +126,15 @@ func TestUpstreamEntriesRotate(t *testing.T) {
 	socksExit, httpExit := exitRotor(t, "127.0.0.3"), exitRotor(t, "127.0.0.4")
 	const msUser, msPass = "ms-user", "ms-secret-c0ffee"
 	ms, _ := startMicrosocks(t, "127.0.0.5", msUser, msPass)
+	const tpUser, tpPass = "tp-user", "tp-secret-beef"
+	tp := startTinyproxy(t, "127.0.0.6", tpUser, tpPass)
 	r := startRotor(t, func(c *config.Config) {
 		c.Pool = []netip.Prefix{pool.Single(netip.MustParseAddr("127.0.0.2"))}
 		c.Upstreams = []*pool.Upstream{
 			mustUpstream(t, "socks5://"+testUser+":"+testPass+"@"+socksExit.sock),
 			mustUpstream(t, "http://"+testUser+":"+testPass+"@"+httpExit.http),
 			mustUpstream(t, "socks5://"+msUser+":"+msPass+"@"+ms),
+			mustUpstream(t, "http://"+tpUser+":"+tpPass+"@"+tp),
 		}
 		c.MetricsListen = "127.0.0.1:0"
 	})
@@ -120,14 +152,18 @@ func TestUpstreamEntriesRotate(t *testing.T) {
 	} {
 		t.Run(path.name, func(t *testing.T) {
 			seen := map[string]int{}
-			for i := 0; i < 8; i++ {
+			for i := 0; i < 10; i++ {
 				got, err := path.do()
 				if err != nil {
 					t.Fatalf("request %d: %v\n%s", i, err, r.log.String())
 				}
 				seen[got]++
 			}
-			wantEach(t, seen, 2)
+			for _, a := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6"} {
+				if seen[a] != 2 {
+					t.Errorf("%s seen %d times of 10, want 2 (all: %v)", a, seen[a], seen)
+				}
+			}
 		})
 	}
 	resp, err := http.Get("http://" + r.metricsLn.Addr().String() + "/metrics")
@@ -140,7 +176,7 @@ func TestUpstreamEntriesRotate(t *testing.T) {
 		t.Errorf("no metrics under the redacted upstream label:\n%s", metrics)
 	}
 	logs := r.log.String()
-	for _, secret := range []string{msPass, testPass} {
+	for _, secret := range []string{msPass, tpPass, testPass} {
 		if strings.Contains(logs, secret) || strings.Contains(string(metrics), secret) {
 			t.Errorf("an upstream password reached the log or /metrics")
 		}
@@ -246,5 +282,72 @@ func TestUpstreamDiesMidTunnel(t *testing.T) {
 	kill()
 	if _, err := io.ReadAll(c); err != nil && !strings.Contains(err.Error(), "reset") {
 		t.Fatalf("client tunnel after the upstream died: %v", err)
+	}
+}
+
+// fakeHTTPUpstream is an HTTP proxy that answers every request itself,
+// recording its request line and Proxy-Authorization; status is what it
+// answers.
+func fakeHTTPUpstream(t *testing.T, status int) (addr string, seen chan [2]string) {
+	t.Helper()
+	seen = make(chan [2]string, 16)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- [2]string{r.Method + " " + r.RequestURI, r.Header.Get("Proxy-Authorization")}
+		if status == http.StatusProxyAuthRequired {
+			w.Header().Set("Proxy-Authenticate", `Basic realm="upstream"`)
+		}
+		w.WriteHeader(status)
+		io.WriteString(w, "fake-upstream\n")
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().String(), seen
+}
+
+// Absolute-form through an HTTP upstream entry goes to it as absolute-form
+// (no CONNECT), with rotor's credentials for it and never the client's;
+// an upstream that answers 407 is a 502 to the client, without the
+// upstream's challenge, and counts toward taking it out.
+func TestAbsoluteFormThroughHTTPUpstream(t *testing.T) {
+	t.Parallel()
+	ok, okSeen := fakeHTTPUpstream(t, http.StatusOK)
+	r := startRotor(t, func(c *config.Config) {
+		c.Pool = nil
+		c.Upstreams = []*pool.Upstream{mustUpstream(t, "http://gw:gw-pass-q@"+ok+"?session=pass")}
+	})
+	c := proxyClient("http://"+testUser+"-session-abc:"+testPass+"@"+r.http, 1)
+	defer c.CloseIdleConnections()
+	got, err := getVia(context.Background(), c, "http://origin.example:8080/path?q=1")
+	if err != nil || got != "fake-upstream" {
+		t.Fatalf("%q, %v", got, err)
+	}
+	req := <-okSeen
+	if req[0] != "GET http://origin.example:8080/path?q=1" || req[1] != "Basic "+basicCreds("gw-session-abc", "gw-pass-q") {
+		t.Errorf("upstream got %q with Proxy-Authorization %q", req[0], req[1])
+	}
+
+	refusing, _ := fakeHTTPUpstream(t, http.StatusProxyAuthRequired)
+	r2 := startRotor(t, func(c *config.Config) {
+		c.Pool = nil
+		c.Upstreams = []*pool.Upstream{mustUpstream(t, "http://gw:wrong-q@"+refusing)}
+		c.HealthFall = 2
+	})
+	for i := 0; i < 2; i++ {
+		resp, err := proxyClient(r2.httpURL(), 1).Get("http://origin.example/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadGateway || resp.Header.Get("Proxy-Authenticate") != "" || strings.Contains(string(body), "wrong-q") {
+			t.Fatalf("an upstream's 407: %d %v %q, want 502 without its challenge", resp.StatusCode, resp.Header, body)
+		}
+	}
+	if src := r2.dialer.Pool().Sources()[0]; !src.Down() {
+		t.Error("an upstream answering 407 twice (--health-fall 2) is still in rotation")
 	}
 }

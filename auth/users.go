@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -350,7 +351,16 @@ func subPool(p *pool.Pool, refs []string, tags map[string][]netip.Prefix) (*pool
 		return nil
 	}
 	for _, ref := range refs {
-		if entries, ok := tags[ref]; ok {
+		entries, isTag := tags[ref]
+		for _, s := range p.Sources() {
+			// Upstream entries carry their own tags (pool.Upstream.Tags).
+			if s.Up != nil && slices.Contains(s.Up.Tags, ref) && !have[s] {
+				isTag = true
+				have[s] = true
+				picked = append(picked, s)
+			}
+		}
+		if isTag {
 			for _, e := range entries {
 				if err := add(e, ref); err != nil {
 					return nil, err

@@ -503,8 +503,7 @@ func openConfigFile(path string) (*os.File, error) {
 //	2001:db8:1::/64  team-a team-b
 //	socks5://user:pass@198.51.100.9:1080
 //
-// An upstream proxy entry takes no tags (users' pool= cannot name one
-// yet). Blank lines and lines starting with # are ignored. Errors name the
+// An upstream proxy entry takes tags as an address does. Blank lines and lines starting with # are ignored. Errors name the
 // file and line.
 func ReadPoolFile(path string) ([]netip.Prefix, []*pool.Upstream, map[string][]netip.Prefix, error) {
 	entries, ups, tags, err := readPoolFile(path)
@@ -535,12 +534,13 @@ func readPoolFile(path string) ([]netip.Prefix, []*pool.Upstream, map[string][]n
 		fields := strings.Fields(line)
 		if pool.IsUpstreamEntry(fields[0]) {
 			up, err := pool.ParseUpstream(fields[0])
-			if err == nil && len(fields) > 1 {
-				err = errors.New("an upstream entry takes no tags (users' pool= cannot name one yet)")
+			if err == nil {
+				err = checkTags(fields[1:])
 			}
 			if err != nil {
 				return nil, nil, nil, fmt.Errorf("pool file %s line %d: %w", path, n, err)
 			}
+			up.Tags = fields[1:]
 			ups = append(ups, up)
 			continue
 		}
@@ -554,13 +554,10 @@ func readPoolFile(path string) ([]netip.Prefix, []*pool.Upstream, map[string][]n
 			}
 		}
 		entries = append(entries, e[0])
+		if err := checkTags(fields[1:]); err != nil {
+			return nil, nil, nil, fmt.Errorf("pool file %s line %d: %w", path, n, err)
+		}
 		for _, tag := range fields[1:] {
-			if _, err := netip.ParsePrefix(tag); err == nil || strings.Contains(tag, ",") {
-				return nil, nil, nil, fmt.Errorf("pool file %s line %d: tag %q: want a name", path, n, tag)
-			}
-			if _, err := netip.ParseAddr(tag); err == nil {
-				return nil, nil, nil, fmt.Errorf("pool file %s line %d: tag %q: want a name, one entry per line", path, n, tag)
-			}
 			tags[tag] = append(tags[tag], e[0])
 		}
 	}
@@ -568,6 +565,19 @@ func readPoolFile(path string) ([]netip.Prefix, []*pool.Upstream, map[string][]n
 		return nil, nil, nil, fmt.Errorf("pool file %s: %w", path, err)
 	}
 	return entries, ups, tags, nil
+}
+
+// checkTags refuses tags that read as entries.
+func checkTags(tags []string) error {
+	for _, tag := range tags {
+		if _, err := netip.ParsePrefix(tag); err == nil || strings.Contains(tag, ",") || pool.IsUpstreamEntry(tag) {
+			return fmt.Errorf("tag %q: want a name", tag)
+		}
+		if _, err := netip.ParseAddr(tag); err == nil {
+			return fmt.Errorf("tag %q: want a name, one entry per line", tag)
+		}
+	}
+	return nil
 }
 
 // ReadUsers is c's users: the users file's (read now) and the

@@ -254,8 +254,8 @@ func TestFilesAndLimits(t *testing.T) {
 	}
 }
 
-// Upstream proxies mix with local entries in --pool and the pool file;
-// errors never show their passwords; an upstream line takes no tags.
+// Upstream proxies mix with local entries in --pool and the pool file,
+// with tags as addresses have; errors never show their passwords.
 func TestUpstreamEntries(t *testing.T) {
 	prefixes, ups, err := ParseEntries("127.0.0.2, socks5://u:pw-1@127.0.0.1:1080 ,http://127.0.0.1:3128,127.0.0.3")
 	if err != nil || len(prefixes) != 2 || len(ups) != 2 || ups[0].Label() != "socks5://***@127.0.0.1:1080" {
@@ -275,10 +275,16 @@ func TestUpstreamEntries(t *testing.T) {
 	if p, ups, tags, err := ReadPoolFile(pf); err != nil || len(p) != 1 || len(ups) != 1 || len(tags["team"]) != 1 {
 		t.Fatalf("pool file: %v %v %v %v", p, ups, tags, err)
 	}
-	if err := os.WriteFile(pf, []byte("socks5://u:hunter2@127.0.0.1:1080 team\n"), 0o600); err != nil {
+	if err := os.WriteFile(pf, []byte("socks5://u:hunter2@127.0.0.1:1080 team paid\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, ups, _, err := ReadPoolFile(pf); err != nil || len(ups) != 1 || strings.Join(ups[0].Tags, ",") != "team,paid" {
+		t.Fatalf("tagged upstream line: %v %v", ups, err)
+	}
+	if err := os.WriteFile(pf, []byte("socks5://u:hunter2@127.0.0.1:1080 10.0.0.0/8\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, _, err := ReadPoolFile(pf); err == nil || !strings.Contains(err.Error(), "line 1") || strings.Contains(err.Error(), "hunter2") {
-		t.Fatalf("tagged upstream line: %v", err)
+		t.Fatalf("upstream line with an address for a tag: %v", err)
 	}
 }

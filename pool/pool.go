@@ -229,9 +229,18 @@ func newPool(entries []netip.Prefix, ups []*Upstream, strategy Strategy, check b
 		}
 		labels[up.Key] = true
 		s := keptUp[up.Key]
-		if s == nil {
+		if s != nil {
+			s.Up.Tags = up.Tags // the file's tags may have changed
+		} else {
 			s = &Source{Up: up, Label: up.Label(), Index: p.nextIndex}
 			p.nextIndex++
+			// A via= address must be bindable, as a local entry's; the
+			// upstream itself may be down now, which health follows.
+			if check && up.Via.IsValid() {
+				if err := checkBindable(up.Via); err != nil {
+					return nil, fmt.Errorf("upstream entry %s via=%s: %w", up.Label(), up.Via, err)
+				}
+			}
 		}
 		p.sources = append(p.sources, s)
 	}

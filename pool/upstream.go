@@ -38,6 +38,9 @@ type Upstream struct {
 	Addr string // host:port of the upstream proxy
 	User string // empty: no authentication
 	Pass string
+	// Via is the local address connections to the upstream leave from
+	// (?via=ADDR); invalid: the system's choice.
+	Via netip.Addr
 	// SessionPass appends the client's -session-KEY[-ttl-DUR] to User
 	// (?session=pass), so that a session holds on the upstream's own
 	// rotation too.
@@ -45,6 +48,9 @@ type Upstream struct {
 	// Key is the entry as configured, credentials included: what a reload
 	// matches an entry by. Never logged.
 	Key string
+	// Tags name the entry for users' pool= settings (from the pool file).
+	// Read and written only while a pool is built, at start or reload.
+	Tags []string
 	// label is the entry without credentials.
 	label string
 	// fails counts upstream failures in a row (connect, handshake,
@@ -103,8 +109,14 @@ func ParseUpstream(s string) (*Upstream, error) {
 		switch {
 		case k == "session" && len(v) == 1 && v[0] == "pass":
 			up.SessionPass = true
+		case k == "via" && len(v) == 1:
+			a, err := netip.ParseAddr(v[0])
+			if err != nil || a.Zone() != "" || a.IsUnspecified() {
+				return nil, fmt.Errorf("upstream entry %s: via=%q: want a local IP address", redact(s), v[0])
+			}
+			up.Via = a.Unmap()
 		default:
-			return nil, fmt.Errorf("upstream entry %s: unknown parameter %q (known: session=pass)", redact(s), k)
+			return nil, fmt.Errorf("upstream entry %s: unknown parameter %q (known: session=pass, via=ADDR)", redact(s), k)
 		}
 	}
 	if up.SessionPass && up.User == "" {
@@ -230,6 +242,9 @@ func (u *Upstream) user(s Session) string {
 // its address: the destination policy does not apply to it.
 func (d *Dialer) upstreamConn(ctx context.Context, up *Upstream) (*net.TCPConn, error) {
 	var nd net.Dialer
+	if up.Via.IsValid() {
+		nd.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(up.Via, 0))
+	}
 	c, err := nd.DialContext(ctx, "tcp", up.Addr)
 	if err != nil {
 		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
@@ -245,6 +260,11 @@ func (d *Dialer) upstreamConn(ctx context.Context, up *Upstream) (*net.TCPConn, 
 // check reports whether the upstream proxy accepts a TCP connection now:
 // what brings an entry that failed back when no health target is set.
 func (u *Upstream) check() error {
+	if u.Via.IsValid() {
+		if err := checkBindable(u.Via); err != nil {
+			return fmt.Errorf("upstream %s via=%s: %w", u.label, u.Via, err)
+		}
+	}
 	c, err := net.DialTimeout("tcp", u.Addr, 5*time.Second)
 	if err != nil {
 		return fmt.Errorf("upstream %s: %w: %w", u.label, ErrUpstream, err)

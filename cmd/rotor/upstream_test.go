@@ -351,3 +351,47 @@ func TestAbsoluteFormThroughHTTPUpstream(t *testing.T) {
 		t.Error("an upstream answering 407 twice (--health-fall 2) is still in rotation")
 	}
 }
+
+// Upstream entries take tags in the pool file, and a user's pool= names
+// them like any entry: bob leaves only through the "paid" upstream, alice
+// only from the local address.
+func TestUpstreamTagsAndUserPools(t *testing.T) {
+	t.Parallel()
+	peer := tcpTarget(t, target.WritePeer)
+	exit := exitRotor(t, "127.0.0.5")
+	r := startWithFiles(t,
+		"127.0.0.2 own\nsocks5://"+testUser+":"+testPass+"@"+exit.sock+" paid\n",
+		"alice:{PLAIN}pa pool=own\nbob:{PLAIN}pb pool=paid\n")
+	ctx := context.Background()
+	for i := 0; i < 4; i++ {
+		if got, err := socksVia(ctx, r.sock, "bob", "pb", peer.Addr); err != nil || got != "127.0.0.5" {
+			t.Fatalf("bob: %q, %v; want the paid upstream's 127.0.0.5", got, err)
+		}
+		if got, err := connectVia(ctx, r.http, "alice", "pa", peer.Addr); err != nil || got != "127.0.0.2" {
+			t.Fatalf("alice: %q, %v; want 127.0.0.2", got, err)
+		}
+	}
+}
+
+// ?via=ADDR: connections to the upstream leave from that local address,
+// which the upstream sees; an address the host does not have is refused
+// at start, naming it.
+func TestUpstreamVia(t *testing.T) {
+	t.Parallel()
+	peer := tcpTarget(t, target.WritePeer)
+	exit := exitRotor(t, "127.0.0.5")
+	r := startRotor(t, func(c *config.Config) {
+		c.Pool = nil
+		c.Upstreams = []*pool.Upstream{mustUpstream(t, "socks5://"+testUser+":"+testPass+"@"+exit.sock+"?via=127.0.0.7")}
+	})
+	if got, err := socksVia(context.Background(), r.sock, testUser, testPass, peer.Addr); err != nil || got != "127.0.0.5" {
+		t.Fatalf("%q, %v", got, err)
+	}
+	if logs := exit.waitLog(`"client":"127.0.0.7:`); !strings.Contains(logs, `"client":"127.0.0.7:`) {
+		t.Errorf("the upstream did not see rotor come from 127.0.0.7:\n%s", logs)
+	}
+	up := mustUpstream(t, "socks5://"+exit.sock+"?via=192.0.2.77")
+	if _, err := pool.NewEntries(nil, []*pool.Upstream{up}, pool.RoundRobin); err == nil || !strings.Contains(err.Error(), "192.0.2.77") {
+		t.Errorf("via= an address the host lacks: %v", err)
+	}
+}

@@ -25,7 +25,7 @@ import (
 func checkFlags() *pflag.FlagSet {
 	fs := pflag.NewFlagSet("rotor check", pflag.ContinueOnError)
 	fs.SortFlags = false
-	fs.String("pool", "", "comma-separated local source IPs (env IP_POOL)")
+	fs.String("pool", "", "comma-separated local source IPs, blocks and upstream proxies (env IP_POOL)")
 	fs.String("url", "", "http:// or https:// URL whose body is the caller's address, e.g. https://api.ipify.org")
 	fs.Duration("timeout", 10*time.Second, "bound on each fetch")
 	fs.String("allow-dest", "", "CIDRs the destination policy should allow (env ALLOW_DEST)")
@@ -37,9 +37,10 @@ func runCheck(ctx context.Context, std stdio, fs *pflag.FlagSet) error {
 	return check(ctx, fs, std.getenv, std.stdout, nil)
 }
 
-// check fetches a URL once from every pool address and prints what the
-// remote saw: the first thing to run when "IPs are not rotating". It
-// returns an error (exit 1) if any address fails.
+// check fetches a URL once from every pool entry (through it, for an
+// upstream proxy) and prints what the remote saw: the first thing to run
+// when "IPs are not rotating". It returns an error (exit 1) if any entry
+// fails.
 //
 //	rotor check --pool 203.0.113.10,203.0.113.11 --url https://api.ipify.org
 func check(ctx context.Context, fs *pflag.FlagSet, getenv func(string) string, out io.Writer, resolver *net.Resolver) error {
@@ -57,7 +58,7 @@ func check(ctx context.Context, fs *pflag.FlagSet, getenv func(string) string, o
 	if allow == "" && getenv != nil {
 		allow = getenv("ALLOW_DEST")
 	}
-	addrs, err := config.ParsePool(poolFlag)
+	addrs, ups, err := config.ParseEntries(poolFlag)
 	if err != nil {
 		return fmt.Errorf("%w: %w", errConfig, err)
 	}
@@ -69,7 +70,7 @@ func check(ctx context.Context, fs *pflag.FlagSet, getenv func(string) string, o
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return fmt.Errorf("%w: --url %q: want an http:// or https:// URL", errConfig, rawURL)
 	}
-	p, err := pool.NewPrefixes(addrs, pool.RoundRobin)
+	p, err := pool.NewEntries(addrs, ups, pool.RoundRobin)
 	if err != nil {
 		return fmt.Errorf("%w: %w", errConfig, err)
 	}
@@ -91,7 +92,9 @@ func check(ctx context.Context, fs *pflag.FlagSet, getenv func(string) string, o
 			errText = err.Error()
 		case len(addrs) == 0:
 			errText = "the body is not an IP address: use a URL that answers with the caller's address, e.g. https://api.ipify.org"
-		case !sawSource(addrs, src):
+		case src.Up == nil && !sawSource(addrs, src):
+			// (Through an upstream entry the remote sees the upstream's
+			// address, which rotor cannot know: what it saw is the answer.)
 			errText = "remote saw another address: NAT or a proxy between rotor and it?"
 		}
 		if errText != "" {

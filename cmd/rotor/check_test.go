@@ -74,3 +74,22 @@ func TestCheck(t *testing.T) {
 		t.Fatalf("bad URL: %v, want a configuration error", err)
 	}
 }
+
+// rotor check through upstream entries: each row is the entry (without
+// its credentials) and what the remote saw through it.
+func TestCheckThroughUpstreams(t *testing.T) {
+	t.Parallel()
+	ht := httpTarget(t)
+	exit := exitRotor(t, "127.0.0.5")
+	var out bytes.Buffer
+	entry := "socks5://" + testUser + ":" + testPass + "@" + exit.sock
+	args := []string{"--pool", "127.0.0.2," + entry, "--url", "http://" + ht.Addr + "/ip", "--allow-dest", "127.0.0.0/8"}
+	if err := checkArgs(t, args, &out); err != nil {
+		t.Fatalf("check: %v\n%s", err, out.String())
+	}
+	rows := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(rows) != 3 || !strings.HasPrefix(rows[2], "socks5://***@"+exit.sock) || strings.Fields(rows[2])[1] != "127.0.0.5" ||
+		strings.Contains(out.String(), testPass) {
+		t.Fatalf("rows:\n%s", out.String())
+	}
+}

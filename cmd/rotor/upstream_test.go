@@ -395,3 +395,40 @@ func TestUpstreamVia(t *testing.T) {
 		t.Errorf("via= an address the host lacks: %v", err)
 	}
 }
+
+// Active health through an upstream entry: --health-target is probed
+// through it, so an upstream that dies leaves rotation without any client
+// request failing on it, and comes back when it answers again.
+func TestUpstreamActiveHealth(t *testing.T) {
+	t.Parallel()
+	ht := httpTarget(t)
+	ms, kill := startMicrosocks(t, "127.0.0.3", "u", "p-health")
+	r := startRotor(t, func(c *config.Config) {
+		c.Pool = []netip.Prefix{pool.Single(netip.MustParseAddr("127.0.0.2"))}
+		c.Upstreams = []*pool.Upstream{mustUpstream(t, "socks5://u:p-health@"+ms)}
+		c.HealthTarget = "http://" + ht.Addr + "/ip"
+		c.HealthInterval, c.HealthTimeout, c.HealthFall, c.HealthRise = 100*time.Millisecond, time.Second, 2, 1
+	})
+	up := r.dialer.Pool().Sources()[1]
+	kill()
+	waitFor(t, func() bool { return up.Down() }, "the dead upstream left rotation")
+	// Back on the same port: the probes through it pass again.
+	restarted := exec.Command(needMicrosocks(t), "-i", "127.0.0.1", "-p", portOf(ms), "-b", "127.0.0.3", "-u", "u", "-P", "p-health")
+	if err := restarted.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = restarted.Process.Kill(); _ = restarted.Wait() })
+	waitFor(t, func() bool { return !up.Down() }, "the upstream came back into rotation")
+}
+
+// waitFor polls cond for up to 10 s.
+func waitFor(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within 10 s: %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -178,11 +178,9 @@ func (d *Dialer) throughUpstream(ctx context.Context, e Egress, host string, por
 		host = ip.Unmap().String()
 	} else if h := strings.TrimSuffix(strings.ToLower(host), "."); h == "localhost" || strings.HasSuffix(h, ".localhost") {
 		// The upstream would resolve it to itself, which may be this
-		// host: as loopback's, unless --allow-dest opens loopback.
-		for _, lo := range []netip.Addr{netip.IPv6Loopback(), netip.AddrFrom4([4]byte{127, 0, 0, 1})} {
-			if err := d.policy.Check(netip.AddrPortFrom(lo, port)); err != nil {
-				return nil, fmt.Errorf("%s: %w", host, err)
-			}
+		// host: refused as 127.0.0.1 is, unless --allow-dest opens it.
+		if err := d.policy.Check(netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), port)); err != nil {
+			return nil, fmt.Errorf("%s: %w", host, err)
 		}
 	}
 	if d.timeout > 0 {

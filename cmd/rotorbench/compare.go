@@ -74,6 +74,7 @@ func (c benchCase) run(o compareOpts, tgt string, udpTgt netip.AddrPort, p *peer
 	ro := runOpts{Name: "direct", Target: tgt, Conc: c.Conc, Duration: o.Duration, ByName: c.ByName}
 	if p != nil {
 		ro.Name, ro.Via, ro.PID, ro.DebugAddr = p.Name, p.spec(c.SOCKS), p.PID(), p.DebugAddr
+		ro.ExtraPIDs = p.extraPIDs()
 		if c.TLS {
 			ro.Via.HTTP, ro.Via.TLS = p.HTTPS, true
 		}
@@ -100,6 +101,8 @@ func (c benchCase) run(o compareOpts, tgt string, udpTgt netip.AddrPort, p *peer
 // serves reports whether p takes part in case c.
 func (c benchCase) serves(p *peer) bool {
 	switch {
+	case len(p.Workloads) > 0 && !selected(p.Workloads, c.Workload, true):
+		return false
 	case c.UDP:
 		return p.UDP && p.SOCKS != ""
 	case c.TLS:
@@ -205,6 +208,8 @@ func compare(o compareOpts, log io.Writer) error {
 		{"rotor-mixed", func() (*peer, error) { return startRotorPeer("rotor-mixed", bin, pp, cp, true) }},
 		{baseName, func() (*peer, error) { return startRotorPeer(baseName, baseBin, pp, nil, false) }},
 		{"squid", func() (*peer, error) { return startSquid(repo, pp, cp) }},
+		{"rotor-chain", func() (*peer, error) { return startRotorChain(bin, pp) }},
+		{"squid-chain", func() (*peer, error) { return startSquidChain(repo, pp) }},
 		{"tinyproxy", func() (*peer, error) { return startTinyproxy(repo, pp) }},
 		{"microsocks", func() (*peer, error) { return startMicrosocks(pp) }},
 		{"dante", func() (*peer, error) { return startDante(repo, pp) }},

@@ -14,7 +14,10 @@
 // proxy inside TLS: rotor's --https-listen, squid's https_port, on one
 // certificate), and direct, the baseline of every ratio. The peer
 // rotor-mixed is rotor serving everything on its mixed port (--listen),
-// to weigh that port against the dedicated listeners.
+// to weigh that port against the dedicated listeners. The peers
+// rotor-chain and squid-chain are two processes each, a gateway in front
+// of an exit (rotor: an http:// upstream entry; squid: cache_peer parent),
+// measured on new connections and bulk transfers (chain.go).
 package main
 
 import (
@@ -49,7 +52,7 @@ func main() {
 	fs.DurationVar(&o.Sustain, "sustain", 60*time.Second, "length of the sustained new-connection runs; 0 skips them")
 	fs.Int64Var(&o.BulkSize, "bulk", 1<<30, "bytes per bulk transfer")
 	fs.StringVar(&o.Out, "out", "BENCHMARKS.md", "report file")
-	fs.StringSliceVar(&o.Peers, "peers", nil, "only these proxies (rotor, rotor-mixed, squid, tinyproxy, microsocks, dante); default all found")
+	fs.StringSliceVar(&o.Peers, "peers", nil, "only these proxies (rotor, rotor-mixed, rotor-chain, squid, squid-chain, tinyproxy, microsocks, dante); default all found")
 	fs.StringSliceVar(&o.Workloads, "workloads", nil, "only workloads whose name starts with one of these (e.g. socks5-new,idle)")
 	fs.StringVar(&o.Baseline, "baseline", "", "a git revision to build and run beside this build as the peer rotor@REV, with a side-by-side table")
 	quick := fs.Bool("quick", false, "smoke run: 1 repetition of 1 s, c=16, K=200, 64 MiB bulk, no sustained run")

@@ -26,8 +26,22 @@ type peer struct {
 	UDP       bool   // serves SOCKS5 UDP ASSOCIATE
 	UDPOnly   bool   // measured on the udp workloads only (dante)
 	NoAuth    bool   // takes no credentials (dante: system accounts only)
-	cmd       *exec.Cmd
-	dir       string
+	// Workloads, when set, are the only workloads (by name prefix) the
+	// peer is measured on.
+	Workloads []string
+	// exit is the second process of a chain (gateway in front, exit
+	// behind): stopped with it, its CPU counted with it.
+	exit *peer
+	cmd  *exec.Cmd
+	dir  string
+}
+
+// extraPIDs are the peer's processes besides PID.
+func (p *peer) extraPIDs() []int {
+	if p.exit == nil {
+		return nil
+	}
+	return []int{p.exit.PID()}
 }
 
 func (p *peer) PID() int { return p.cmd.Process.Pid }
@@ -47,6 +61,9 @@ func (p *peer) spec(socks bool) proxySpec {
 
 // stop ends the peer (SIGTERM, then SIGKILL) and removes its files.
 func (p *peer) stop() {
+	if p.exit != nil {
+		defer p.exit.stop()
+	}
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan struct{})
 	go func() { _ = p.cmd.Wait(); close(done) }()
@@ -196,7 +213,13 @@ func startRotorPeer(name, bin string, pp *ports, cp *certPair, mixed bool) (*pee
 // into the peer's directory, args builds the command line from the
 // rendered config's path.
 func startConfPeer(repo string, pp *ports, name string, extra map[string]any, prepare func(dir string) error, args func(conf string) []string) (*peer, error) {
-	bin, err := exec.LookPath(name)
+	return startConfPeerAs(repo, pp, name, name, extra, prepare, args)
+}
+
+// startConfPeerAs is startConfPeer for a peer whose config
+// (testdata/peers/NAME.conf) and binary are named differently.
+func startConfPeerAs(repo string, pp *ports, name, binary string, extra map[string]any, prepare func(dir string) error, args func(conf string) []string) (*peer, error) {
+	bin, err := exec.LookPath(binary)
 	if err != nil {
 		return nil, errNotInstalled
 	}
@@ -221,6 +244,17 @@ func startConfPeer(repo string, pp *ports, name string, extra map[string]any, pr
 	return p, startCmd(p, bin, args(conf)...)
 }
 
+// squidHtpasswd writes the bench user's htpasswd into a squid's dir.
+// basic_ncsa_auth checks with crypt(3), which takes bcrypt; Squid caches a
+// good credential (credentialsttl), so the cost is paid once.
+func squidHtpasswd(dir string) error {
+	hash, err := bcrypt.GenerateFromPassword([]byte(benchPass), bcrypt.MinCost)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "htpasswd"), []byte(benchUser+":"+string(hash)+"\n"), 0o644)
+}
+
 // startSquid runs squid, with cp (nil: none) an https_port too (Debian's
 // squid-openssl; the GnuTLS build has no https_port).
 func startSquid(repo string, pp *ports, cp *certPair) (*peer, error) {
@@ -232,16 +266,7 @@ func startSquid(repo string, pp *ports, cp *certPair) (*peer, error) {
 		}
 		extra = map[string]any{"TLSPort": tp, "Cert": cp.Cert, "Key": cp.Key}
 	}
-	htpasswd := func(dir string) error {
-		// basic_ncsa_auth checks with crypt(3), which takes bcrypt; Squid
-		// caches a good credential (credentialsttl), so the cost is paid once.
-		hash, err := bcrypt.GenerateFromPassword([]byte(benchPass), bcrypt.MinCost)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(filepath.Join(dir, "htpasswd"), []byte(benchUser+":"+string(hash)+"\n"), 0o644)
-	}
-	p, err := startConfPeer(repo, pp, "squid", extra, htpasswd, func(conf string) []string { return []string{"-N", "-f", conf} })
+	p, err := startConfPeer(repo, pp, "squid", extra, squidHtpasswd, func(conf string) []string { return []string{"-N", "-f", conf} })
 	if err == nil && cp != nil {
 		p.HTTPS = addr(extra["TLSPort"].(int))
 		err = waitListening(p.HTTPS)

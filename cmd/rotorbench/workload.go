@@ -22,6 +22,7 @@ type runOpts struct {
 	// MaxRequests bounds the run by count as well as time.
 	MaxRequests int64
 	PID         int    // proxy process, for CPU; 0 for none
+	ExtraPIDs   []int  // more processes of the same proxy (a chain's exit), whose CPU counts too
 	DebugAddr   string // rotor's pprof listener, for goroutine counts
 	Window      time.Duration
 }
@@ -50,7 +51,7 @@ func drive(o runOpts, workload string, newOp func() (op func(*recorder) ([]byte,
 	recs := make([]*recorder, o.Conc)
 	var cpu0 time.Duration
 	if o.PID > 0 {
-		cpu0 = cpuTime(o.PID)
+		cpu0 = o.cpu()
 	}
 	start := time.Now()
 	deadline := start.Add(o.Duration)
@@ -81,7 +82,7 @@ func drive(o runOpts, workload string, newOp func() (op func(*recorder) ([]byte,
 	res.Elapsed = time.Since(start)
 	merge(&res, recs)
 	if o.PID > 0 && res.Requests > 0 {
-		res.CPU = (cpuTime(o.PID) - cpu0) * 1000 / time.Duration(res.Requests)
+		res.CPU = (o.cpu() - cpu0) * 1000 / time.Duration(res.Requests)
 	}
 	if o.Window > 0 {
 		for i := range windows {
@@ -147,6 +148,15 @@ func runKeepAlive(o runOpts, workload string) result {
 }
 
 // open returns a connection to the target: direct, CONNECT or SOCKS5.
+// cpu is the CPU time of the proxy's processes so far.
+func (o runOpts) cpu() time.Duration {
+	t := cpuTime(o.PID)
+	for _, pid := range o.ExtraPIDs {
+		t += cpuTime(pid)
+	}
+	return t
+}
+
 func (o runOpts) open() (*conn, error) {
 	switch {
 	case o.Via.HTTP != "":

@@ -36,6 +36,8 @@ const (
 type Upstream struct {
 	Kind UpstreamKind
 	Addr string // host:port of the upstream proxy
+	// ap is Addr when its host is an address literal (no resolving).
+	ap netip.AddrPort
 	User string // empty: no authentication
 	Pass string
 	// Via is the local address connections to the upstream leave from
@@ -98,6 +100,9 @@ func ParseUpstream(s string) (*Upstream, error) {
 		return nil, fmt.Errorf("upstream entry %s: port %q: %w", redact(s), port, errUpstreamSyntax)
 	}
 	up.Addr = net.JoinHostPort(host, port)
+	if ap, err := netip.ParseAddrPort(up.Addr); err == nil {
+		up.ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
 	if u.User != nil {
 		up.User = u.User.Username()
 		up.Pass, _ = u.User.Password()
@@ -239,20 +244,31 @@ func (u *Upstream) user(s Session) string {
 // upstreamConn connects to the upstream proxy itself. The operator chose
 // its address: the destination policy does not apply to it.
 func (d *Dialer) upstreamConn(ctx context.Context, up *Upstream) (*net.TCPConn, error) {
-	var nd net.Dialer
-	if up.Via.IsValid() {
-		nd.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(up.Via, 0))
+	// No TCP keepalive probes (four setsockopt calls per connection; the
+	// tunnel has rotor's idle timeout), and TCP_NODELAY is Go's default.
+	nd := net.Dialer{KeepAlive: -1}
+	var c net.Conn
+	var err error
+	if up.ap.IsValid() {
+		// An address literal: no resolver on the way.
+		var local netip.AddrPort
+		if up.Via.IsValid() {
+			local = netip.AddrPortFrom(up.Via, 0)
+		}
+		c, err = nd.DialTCP(ctx, "tcp", local, up.ap)
+	} else {
+		if up.Via.IsValid() {
+			nd.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(up.Via, 0))
+		}
+		c, err = nd.DialContext(ctx, "tcp", up.Addr)
 	}
-	c, err := nd.DialContext(ctx, "tcp", up.Addr)
 	if err != nil {
 		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 			return nil, err
 		}
 		return nil, fmt.Errorf("%w: connect: %w", ErrUpstream, err)
 	}
-	tc := c.(*net.TCPConn)
-	_ = tc.SetNoDelay(true)
-	return tc, nil
+	return c.(*net.TCPConn), nil
 }
 
 // check reports whether the upstream proxy accepts a TCP connection now:

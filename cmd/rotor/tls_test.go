@@ -235,7 +235,7 @@ for p in sys.argv[2:]:
 // certificate too.
 func TestTLSWrongFirstBytes(t *testing.T) {
 	t.Parallel()
-	r := startTLSRotor(t, func(c *config.Config) { c.HandshakeTimeout = time.Minute })
+	r := startTLSRotor(t, func(c *config.Config) { c.HandshakeTimeout = time.Minute; c.MetricsListen = "127.0.0.1:0" })
 	exchange := func(addr, send string) string {
 		t.Helper()
 		c, err := net.Dial("tcp", addr)
@@ -268,6 +268,15 @@ func TestTLSWrongFirstBytes(t *testing.T) {
 	}
 	if strings.Contains(logs, testPass) || strings.Contains(logs, base64.StdEncoding.EncodeToString([]byte(testUser+":"+testPass))) {
 		t.Errorf("a credential reached the log:\n%s", logs)
+	}
+	resp, err := http.Get("http://" + r.metricsLn.Addr().String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(metrics), `rotor_listener_tls_handshake_failures_total{listener="https"} 1`) {
+		t.Errorf("the failed handshake is not counted:\n%s", metrics)
 	}
 
 	// Without a certificate the mixed port says so to a TLS client.

@@ -36,8 +36,6 @@ const (
 type Upstream struct {
 	Kind UpstreamKind
 	Addr string // host:port of the upstream proxy
-	// ap is Addr when its host is an address literal (no resolving).
-	ap netip.AddrPort
 	User string // empty: no authentication
 	Pass string
 	// Via is the local address connections to the upstream leave from
@@ -100,9 +98,6 @@ func ParseUpstream(s string) (*Upstream, error) {
 		return nil, fmt.Errorf("upstream entry %s: port %q: %w", redact(s), port, errUpstreamSyntax)
 	}
 	up.Addr = net.JoinHostPort(host, port)
-	if ap, err := netip.ParseAddrPort(up.Addr); err == nil {
-		up.ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
 	if u.User != nil {
 		up.User = u.User.Username()
 		up.Pass, _ = u.User.Password()
@@ -245,30 +240,27 @@ func (u *Upstream) user(s Session) string {
 // its address: the destination policy does not apply to it.
 func (d *Dialer) upstreamConn(ctx context.Context, up *Upstream) (*net.TCPConn, error) {
 	// No TCP keepalive probes (four setsockopt calls per connection; the
-	// tunnel has rotor's idle timeout), and TCP_NODELAY is Go's default.
+	// tunnel has rotor's idle timeout); TCP_NODELAY is Go's default. No
+	// local address unless via= names one, and then bound without a port
+	// (IP_BIND_ADDRESS_NO_PORT): a port taken at bind time cannot reuse
+	// one in TIME_WAIT, and a busy gateway runs out of them.
 	nd := net.Dialer{KeepAlive: -1}
-	var c net.Conn
-	var err error
-	if up.ap.IsValid() {
-		// An address literal: no resolver on the way.
-		var local netip.AddrPort
-		if up.Via.IsValid() {
-			local = netip.AddrPortFrom(up.Via, 0)
-		}
-		c, err = nd.DialTCP(ctx, "tcp", local, up.ap)
-	} else {
-		if up.Via.IsValid() {
-			nd.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(up.Via, 0))
-		}
-		c, err = nd.DialContext(ctx, "tcp", up.Addr)
+	if up.Via.IsValid() {
+		nd.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(up.Via, 0))
+		nd.Control = bindNoPort
 	}
-	if err != nil {
-		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
-			return nil, err
-		}
-		return nil, fmt.Errorf("%w: connect: %w", ErrUpstream, err)
+	c, err := nd.DialContext(ctx, "tcp", up.Addr)
+	switch {
+	case err == nil:
+		return c.(*net.TCPConn), nil
+	case ctx.Err() != nil && errors.Is(err, ctx.Err()):
+		return nil, err
+	case errors.Is(err, syscall.EADDRNOTAVAIL), errors.Is(err, syscall.EADDRINUSE):
+		// No local port left: rotor's side, not the upstream's (and
+		// IsLocal tries another entry).
+		return nil, fmt.Errorf("connect to upstream %s: %w", up.label, err)
 	}
-	return c.(*net.TCPConn), nil
+	return nil, fmt.Errorf("%w: connect: %w", ErrUpstream, err)
 }
 
 // check reports whether the upstream proxy accepts a TCP connection now:

@@ -56,6 +56,9 @@ type Upstream struct {
 	// fails counts upstream failures in a row (connect, handshake,
 	// authentication), for passive health.
 	fails atomic.Int32
+	// noUDP is set once the upstream refused UDP ASSOCIATE: associations
+	// pass over it from then on.
+	noUDP atomic.Bool
 }
 
 // Errors of upstream entries. ErrUpstream wraps every failure of the
@@ -66,6 +69,9 @@ var (
 	ErrUpstream       = errors.New("upstream proxy failed")
 	ErrUpstreamAuth   = fmt.Errorf("%w: it refused rotor's credentials for it", ErrUpstream)
 	errUpstreamSyntax = errors.New("want socks5://[user:pass@]host:port or http://[user:pass@]host:port")
+	// ErrUpstreamNoUDP is an upstream that does not take UDP ASSOCIATE
+	// (an HTTP proxy, or a SOCKS5 server answering 0x07).
+	ErrUpstreamNoUDP = errors.New("upstream proxy does not relay UDP")
 )
 
 // IsUpstreamEntry reports whether a pool entry names an upstream proxy
@@ -176,12 +182,8 @@ func (d *Dialer) throughUpstream(ctx context.Context, e Egress, host string, por
 			return nil, err
 		}
 		host = ip.Unmap().String()
-	} else if h := strings.TrimSuffix(strings.ToLower(host), "."); h == "localhost" || strings.HasSuffix(h, ".localhost") {
-		// The upstream would resolve it to itself, which may be this
-		// host: refused as 127.0.0.1 is, unless --allow-dest opens it.
-		if err := d.policy.Check(netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), port)); err != nil {
-			return nil, fmt.Errorf("%s: %w", host, err)
-		}
+	} else if err := d.CheckUpstreamName(host, port); err != nil {
+		return nil, err
 	}
 	if d.timeout > 0 {
 		var cancel context.CancelFunc
@@ -212,6 +214,19 @@ func (d *Dialer) throughUpstream(ctx context.Context, e Egress, host string, por
 		return nil, fmt.Errorf("via %s: %w", up.label, err)
 	}
 	return c, nil
+}
+
+// CheckUpstreamName reports whether a name may be sent to an upstream to
+// resolve: any but names that are its host by definition (localhost),
+// refused as 127.0.0.1 is, unless --allow-dest opens it (the upstream may
+// be on this host).
+func (d *Dialer) CheckUpstreamName(host string, port uint16) error {
+	if h := strings.TrimSuffix(strings.ToLower(host), "."); h == "localhost" || strings.HasSuffix(h, ".localhost") {
+		if err := d.policy.Check(netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), port)); err != nil {
+			return fmt.Errorf("%s: %w", host, err)
+		}
+	}
+	return nil
 }
 
 // ProxyAuthorization is the Proxy-Authorization value of rotor's
@@ -326,12 +341,22 @@ func handshake(ctx context.Context, c *net.TCPConn, up *Upstream, sess Session, 
 // message with one read and drop what was pipelined behind it. The
 // replies are read to their exact lengths.
 func socksConnect(c *net.TCPConn, user, pass, host string, port uint16) error {
-	var r [262]byte
+	if err := socksAuth(c, user, pass); err != nil {
+		return err
+	}
+	_, err := socksRequest(c, 1, host, port)
+	return err
+}
+
+// socksAuth sends the greeting and, when user is set, the RFC 1929
+// credentials.
+func socksAuth(c *net.TCPConn, user, pass string) error {
+	var r [2]byte
 	greeting := []byte{5, 1, 0}
 	if user != "" {
 		greeting[2] = 2
 	}
-	if err := exchange(c, greeting, r[:2], "SOCKS5 greeting"); err != nil {
+	if err := exchange(c, greeting, r[:], "SOCKS5 greeting"); err != nil {
 		return err
 	}
 	switch {
@@ -345,14 +370,22 @@ func socksConnect(c *net.TCPConn, user, pass, host string, port uint16) error {
 	}
 	if user != "" {
 		auth := append(append(append([]byte{1, byte(len(user))}, user...), byte(len(pass))), pass...)
-		if err := exchange(c, auth, r[:2], "SOCKS5 auth"); err != nil {
+		if err := exchange(c, auth, r[:], "SOCKS5 auth"); err != nil {
 			return err
 		}
 		if r[1] != 0 {
 			return ErrUpstreamAuth
 		}
 	}
-	req := []byte{5, 1, 0}
+	return nil
+}
+
+// socksRequest sends a SOCKS5 request (cmd 1 CONNECT, 3 UDP ASSOCIATE)
+// for host:port and returns the bound address of the reply (invalid when
+// it is a name).
+func socksRequest(c *net.TCPConn, cmd byte, host string, port uint16) (netip.AddrPort, error) {
+	var r [262]byte
+	req := []byte{5, cmd, 0}
 	if ip, err := netip.ParseAddr(host); err == nil && ip.Is4() {
 		a := ip.As4()
 		req = append(append(req, 1), a[:]...)
@@ -361,36 +394,44 @@ func socksConnect(c *net.TCPConn, user, pass, host string, port uint16) error {
 		req = append(append(req, 4), a[:]...)
 	} else {
 		if len(host) > 255 {
-			return fmt.Errorf("%w: name longer than 255 bytes", ErrBadTarget)
+			return netip.AddrPort{}, fmt.Errorf("%w: name longer than 255 bytes", ErrBadTarget)
 		}
 		req = append(append(req, 3, byte(len(host))), host...)
 	}
 	req = binary.BigEndian.AppendUint16(req, port)
 	if err := exchange(c, req, r[:5], "SOCKS5 reply"); err != nil {
-		return err
+		return netip.AddrPort{}, err
 	}
 	if r[0] != 5 {
-		return fmt.Errorf("%w: SOCKS5 reply version %d", ErrUpstream, r[0])
+		return netip.AddrPort{}, fmt.Errorf("%w: SOCKS5 reply version %d", ErrUpstream, r[0])
 	}
 	if r[1] != 0 {
-		return socksReplyError(r[1])
+		return netip.AddrPort{}, socksReplyError(r[1])
 	}
 	// The bound address: its length is in the reply.
 	var rest int
-	switch r[3] {
+	atyp, first := r[3], r[4]
+	switch atyp {
 	case 1:
 		rest = 4 - 1 + 2
 	case 4:
 		rest = 16 - 1 + 2
 	case 3:
-		rest = int(r[4]) + 2
+		rest = int(first) + 2
 	default:
-		return fmt.Errorf("%w: SOCKS5 reply address type %d", ErrUpstream, r[3])
+		return netip.AddrPort{}, fmt.Errorf("%w: SOCKS5 reply address type %d", ErrUpstream, atyp)
 	}
-	if _, err := io.ReadFull(c, r[:rest]); err != nil {
-		return fmt.Errorf("%w: SOCKS5 reply: %w", ErrUpstream, err)
+	if _, err := io.ReadFull(c, r[5:5+rest]); err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%w: SOCKS5 reply: %w", ErrUpstream, err)
 	}
-	return nil
+	bport := binary.BigEndian.Uint16(r[5+rest-2 : 5+rest])
+	switch atyp {
+	case 1:
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(r[4:8])), bport), nil
+	case 4:
+		return netip.AddrPortFrom(netip.AddrFrom16([16]byte(r[4:20])).Unmap(), bport), nil
+	}
+	return netip.AddrPort{}, nil
 }
 
 // exchange writes msg and reads exactly len(reply) bytes of the answer.
@@ -419,6 +460,8 @@ func socksReplyError(rep byte) error {
 		return fmt.Errorf("upstream: %w", syscall.ECONNREFUSED)
 	case 6:
 		return fmt.Errorf("upstream: %w", syscall.ETIMEDOUT)
+	case 7:
+		return ErrUpstreamNoUDP
 	}
 	return fmt.Errorf("upstream: SOCKS5 reply %d", rep)
 }

@@ -43,6 +43,7 @@ var (
 	errAssociationLimit = errors.New("too many UDP associations for this user")
 	errUDPIdle          = errors.New("UDP association idle")
 	errControlClosed    = errors.New("control connection closed")
+	errUpstreamClosed   = errors.New("the upstream closed its control connection")
 )
 
 // association is one UDP ASSOCIATE: a relay socket the client sends to, a
@@ -56,6 +57,10 @@ type association struct {
 	ctl   net.Conn
 	relay *net.UDPConn // client side, on the address the client reached
 	out   *net.UDPConn // bound to the egress
+	// up is the association on a SOCKS5 upstream entry, when the egress
+	// is one: datagrams go to its relay with their headers, as the client
+	// wrote them, and its replies come back with theirs.
+	up *pool.UpstreamUDP
 
 	clientIP netip.Addr                     // only datagrams from it are taken
 	client   atomic.Pointer[netip.AddrPort] // pinned: declared, or the first datagram's source
@@ -97,7 +102,13 @@ func (s *Server) associate(c net.Conn, ss *session, req statute.Request, start t
 	a.m.UDPOpened()
 	var wg sync.WaitGroup
 	wg.Add(2)
-	s.Acc.Go(func() { defer wg.Done(); a.fromDestinations() })
+	if a.up != nil {
+		wg.Add(1)
+		s.Acc.Go(func() { defer wg.Done(); a.fromUpstream() })
+		s.Acc.Go(func() { defer wg.Done(); a.watchUpstream() })
+	} else {
+		s.Acc.Go(func() { defer wg.Done(); a.fromDestinations() })
+	}
 	s.Acc.Go(func() { defer wg.Done(); a.watchControl() })
 	a.fromClient()
 	wg.Wait()
@@ -139,35 +150,25 @@ func (s *Server) holdAssociation(ss *session, c net.Conn) (release func(), err e
 // openAssociation chooses the egress, opens both sockets and sends the
 // reply naming the relay socket.
 func (s *Server) openAssociation(c net.Conn, ss *session, req statute.Request) (*association, error) {
-	eg, err := s.opts.Dialer.ChooseUDP(s.Ctx, ss.sticky)
-	ss.src = eg.Src
-	m := s.opts.Metrics.Source(eg.Src)
-	m.Request(metrics.SOCKS5, err)
+	eg, out, up, m, err := s.egressUDP(c, ss)
 	if err != nil {
-		if pool.Classify(err) == pool.ClassRateLimited {
-			ss.limit = serve.PerIPRate
-		}
-		return nil, s.fail(c, ss, replyFor(pool.Classify(err)), err)
-	}
-	out, err := s.opts.Dialer.OpenUDP(s.Ctx, eg)
-	if err != nil {
-		return nil, s.fail(c, ss, repGeneralFailure, err)
+		return nil, err
 	}
 	// The relay listens on the address the client reached us on, so the
 	// reply's BND.ADDR is one the client can send to.
 	local := c.LocalAddr().(*net.TCPAddr).AddrPort().Addr()
 	relay, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(local, 0)))
 	if err != nil {
-		out.Close()
+		closeEgress(out, up)
 		return nil, s.fail(c, ss, repGeneralFailure, fmt.Errorf("UDP relay socket: %w", err))
 	}
 	if err := writeReply(c, statute.RepSuccess, relay.LocalAddr()); err != nil {
-		out.Close()
+		closeEgress(out, up)
 		relay.Close()
 		return nil, fmt.Errorf("success reply: %w", err)
 	}
 	ss.reply = statute.RepSuccess
-	a := &association{s: s, ss: ss, eg: eg, m: m, ctl: c, relay: relay, out: out,
+	a := &association{s: s, ss: ss, eg: eg, m: m, ctl: c, relay: relay, out: out, up: up,
 		clientIP: clientAddr(c).Unmap(), names: map[string]netip.Addr{}, refused: map[netip.AddrPort]struct{}{},
 		dests: map[netip.AddrPort]struct{}{}}
 	// A client that declared the port it will send from is held to it;
@@ -180,6 +181,53 @@ func (s *Server) openAssociation(c net.Conn, ss *session, req statute.Request) (
 	return a, nil
 }
 
+// egressUDP chooses the association's egress and opens its socket: one
+// bound to a local source, or an association on a SOCKS5 upstream entry
+// (up set; out is then its socket). An upstream that turns out not to
+// relay UDP is passed over for the next entry. On error the client has
+// had its reply.
+func (s *Server) egressUDP(c net.Conn, ss *session) (pool.Egress, *net.UDPConn, *pool.UpstreamUDP, *metrics.Source, error) {
+	for attempt := 0; ; attempt++ {
+		eg, err := s.opts.Dialer.ChooseUDP(s.Ctx, ss.sticky)
+		ss.src = eg.Src
+		m := s.opts.Metrics.Source(eg.Src)
+		if err != nil {
+			m.Request(metrics.SOCKS5, err)
+			if pool.Classify(err) == pool.ClassRateLimited {
+				ss.limit = serve.PerIPRate
+			}
+			return eg, nil, nil, m, s.fail(c, ss, replyFor(pool.Classify(err)), err)
+		}
+		if eg.Src.Up == nil {
+			m.Request(metrics.SOCKS5, nil)
+			out, err := s.opts.Dialer.OpenUDP(s.Ctx, eg)
+			if err != nil {
+				return eg, nil, nil, m, s.fail(c, ss, repGeneralFailure, err)
+			}
+			return eg, out, nil, m, nil
+		}
+		up, err := s.opts.Dialer.OpenUDPUpstream(s.Ctx, eg)
+		if errors.Is(err, pool.ErrUpstreamNoUDP) && attempt < 4 {
+			continue // remembered: ChooseUDP passes over it from now on
+		}
+		m.Request(metrics.SOCKS5, err)
+		if err != nil {
+			return eg, nil, nil, m, s.fail(c, ss, replyFor(pool.Classify(err)), err)
+		}
+		return eg, up.Conn, up, m, nil
+	}
+}
+
+// closeEgress closes an association's egress socket, and its upstream's
+// control connection when it has one.
+func closeEgress(out *net.UDPConn, up *pool.UpstreamUDP) {
+	if up != nil {
+		up.Close()
+		return
+	}
+	out.Close()
+}
+
 func (a *association) touch() { a.last.Store(time.Now().UnixNano()) }
 
 // end closes the association once, recording why.
@@ -187,7 +235,7 @@ func (a *association) end(why error) {
 	a.endOnce.Do(func() {
 		a.why = why
 		a.relay.Close()
-		a.out.Close()
+		closeEgress(a.out, a.up)
 		a.ctl.Close()
 	})
 }
@@ -269,6 +317,10 @@ func (a *association) toDestination(b []byte, from netip.AddrPort) {
 	}
 	now := time.Now().UnixNano()
 	a.last.Store(now)
+	if a.up != nil {
+		a.toUpstream(b, h, len(payload), now)
+		return
+	}
 	ip := h.addr
 	if h.name != nil {
 		if ip = a.resolve(h.name); !ip.IsValid() {
@@ -298,6 +350,80 @@ func (a *association) toDestination(b []byte, from netip.AddrPort) {
 	a.sent.Add(1)
 	a.sentBytes.Add(int64(len(payload)))
 	a.m.UDPSent(len(payload))
+}
+
+// toUpstream sends a client's datagram b, header and all, to the upstream
+// association's relay: the upstream resolves names and sends it on. A
+// literal destination meets the destination policy first (cached as for
+// a direct association), a name the upstream name check.
+func (a *association) toUpstream(b []byte, h udpHeader, payloadLen int, now int64) {
+	if h.name != nil {
+		if err := a.s.opts.Dialer.CheckUpstreamName(string(h.name), h.port); err != nil {
+			a.refuse(netip.AddrPortFrom(netip.IPv4Unspecified(), h.port), err)
+			return
+		}
+	} else if dst := netip.AddrPortFrom(h.addr, h.port); dst != a.lastDst || now-a.lastChecked >= int64(policyRecheck) {
+		if err := a.s.opts.Dialer.CheckUDP(a.eg, dst); err != nil {
+			a.lastDst = netip.AddrPort{}
+			a.refuse(dst, err)
+			return
+		}
+		if _, seen := a.dests[dst]; !seen && len(a.dests) < 4096 {
+			a.dests[dst] = struct{}{}
+		}
+		a.lastDst, a.lastChecked = dst, now
+	}
+	if _, err := a.out.WriteToUDPAddrPort(b, a.up.Relay); err != nil {
+		a.drop(metrics.DropSend)
+		return
+	}
+	a.sent.Add(1)
+	a.sentBytes.Add(int64(payloadLen))
+	a.m.UDPSent(payloadLen)
+}
+
+// fromUpstream relays the upstream association's replies to the client as
+// they come, each with the header naming its source; datagrams from any
+// other address, or that do not parse, are dropped.
+func (a *association) fromUpstream() {
+	buf := make([]byte, maxDatagram+1)
+	a.readLoop(a.out, buf, func(b []byte, from netip.AddrPort) {
+		if netip.AddrPortFrom(from.Addr().Unmap(), from.Port()) != a.up.Relay {
+			a.drop(metrics.DropForeign)
+			return
+		}
+		h, payload, err := parseUDPHeader(b)
+		switch {
+		case err != nil || len(b) > maxDatagram:
+			a.drop(metrics.DropMalformed)
+			return
+		case h.frag != 0:
+			a.drop(metrics.DropFragmented)
+			return
+		}
+		client := a.client.Load()
+		if client == nil {
+			return
+		}
+		a.touch()
+		if _, err := a.relay.WriteToUDPAddrPort(b, *client); err != nil {
+			a.drop(metrics.DropSend)
+			return
+		}
+		a.recv.Add(1)
+		a.recvBytes.Add(int64(len(payload)))
+		a.m.UDPReceived(len(payload))
+	})
+}
+
+// watchUpstream ends the association when the upstream closes its control
+// connection: its relay is gone with it.
+func (a *association) watchUpstream() {
+	_, err := io.Copy(io.Discard, a.up.Ctl)
+	if err == nil {
+		err = errUpstreamClosed
+	}
+	a.end(err)
 }
 
 // resolve returns the address of name for this association, resolving it
@@ -374,7 +500,12 @@ func (a *association) log(d time.Duration) {
 		return
 	}
 	e = a.ss.userField(e.Str("proto", "socks5-udp").Str("client", a.ctl.RemoteAddr().String()))
-	e = e.Stringer("src", a.eg.Local).Int("destinations", len(a.dests)).Bool("destinations_capped", a.destOverflow).
+	if a.up != nil {
+		e = e.Str("src", a.eg.Src.Label) // an upstream entry, without its credentials
+	} else {
+		e = e.Stringer("src", a.eg.Local)
+	}
+	e = e.Int("destinations", len(a.dests)).Bool("destinations_capped", a.destOverflow).
 		Int64("datagrams_up", a.sent.Load()).Int64("datagrams_down", a.recv.Load()).
 		Int64("up", a.sentBytes.Load()).Int64("down", a.recvBytes.Load()).Int64("dropped", a.dropped.Load()).
 		Dur("dur_ms", d)
@@ -382,6 +513,8 @@ func (a *association) log(d time.Duration) {
 	switch {
 	case errors.Is(a.why, errUDPIdle):
 		reason = "udp-idle-timeout"
+	case errors.Is(a.why, errUpstreamClosed):
+		reason = "upstream-closed"
 	case errors.Is(a.why, net.ErrClosed), errors.Is(a.why, errControlClosed):
 	default:
 		e = e.Err(a.why)

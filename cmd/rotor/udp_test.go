@@ -8,10 +8,13 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"testing"
-
-	"github.com/rotor-proxy/rotor/internal/target"
 	"time"
+
+	"github.com/rotor-proxy/rotor/config"
+	"github.com/rotor-proxy/rotor/internal/target"
+	"github.com/rotor-proxy/rotor/pool"
 )
 
 // A real SOCKS5 UDP client, PySocks (Debian python3-socks), through
@@ -104,4 +107,38 @@ func (a *udpAssoc) roundTrip(t *testing.T, dst netip.AddrPort) string {
 		t.Fatalf("reply % x", buf[:n])
 	}
 	return string(buf[len(hdr):n])
+}
+
+// UDP ASSOCIATE through SOCKS5 upstream entries: an association that
+// picks a rotor exit relays through the exit's own association (the echo
+// sees the exit's address); microsocks answers "command not supported"
+// the first time it is tried, and its turns pass to the next entry from
+// then on. So associations alternate between the local address and the
+// exit.
+func TestUDPThroughUpstreams(t *testing.T) {
+	t.Parallel()
+	echo := target.UDPPeer(t).Addr
+	exit := exitRotor(t, "127.0.0.3")
+	ms, _ := startMicrosocks(t, "127.0.0.5", "u", "p-udp")
+	r := startRotor(t, func(c *config.Config) {
+		c.Pool = []netip.Prefix{pool.Single(netip.MustParseAddr("127.0.0.2"))}
+		c.Upstreams = []*pool.Upstream{
+			mustUpstream(t, "socks5://"+testUser+":"+testPass+"@"+exit.sock),
+			mustUpstream(t, "socks5://u:p-udp@"+ms),
+		}
+	})
+	var got []string
+	for range 10 {
+		a := socksUDPAssociate(t, r.sock)
+		got = append(got, strings.TrimSpace(a.roundTrip(t, echo)))
+		a.close()
+	}
+	want := strings.Repeat("127.0.0.2 127.0.0.3 ", 5)
+	if strings.Join(got, " ")+" " != want {
+		t.Errorf("sources in order %v, want 127.0.0.2 and 127.0.0.3 in turn", got)
+	}
+	logs := r.waitLog(`"src":"socks5://***@` + exit.sock + `"`)
+	if !strings.Contains(logs, `"proto":"socks5-udp"`) || strings.Contains(logs, "p-udp") {
+		t.Errorf("log lines:\n%s", logs)
+	}
 }

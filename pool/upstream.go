@@ -268,8 +268,14 @@ func (d *Dialer) upstreamConn(ctx context.Context, up *Upstream) (*net.TCPConn, 
 	switch {
 	case err == nil:
 		return c.(*net.TCPConn), nil
-	case ctx.Err() != nil && errors.Is(err, ctx.Err()):
-		return nil, err
+	case errors.Is(err, context.Canceled):
+		return nil, err // the client left: nobody's failure
+	case errors.Is(err, context.DeadlineExceeded):
+		// The upstream did not take a TCP connection within the dial
+		// timeout: a host that is down or black-holed, which must leave
+		// rotation. (A slow answer to CONNECT once connected does not
+		// count: the upstream may be waiting on a slow target.)
+		return nil, fmt.Errorf("%w: connect: %w", ErrUpstream, err)
 	case errors.Is(err, syscall.EADDRNOTAVAIL), errors.Is(err, syscall.EADDRINUSE):
 		// No local port left: rotor's side, not the upstream's (and
 		// IsLocal tries another entry).

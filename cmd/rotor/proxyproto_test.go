@@ -228,3 +228,25 @@ func waitListen(t *testing.T, addr string, log *syncBuffer) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// A trusted balancer's connection that sends nothing, or half a header,
+// is closed at the handshake timeout: the header read is bounded in time
+// as in size.
+func TestProxyProtocolStall(t *testing.T) {
+	t.Parallel()
+	r := startRotor(t, func(c *config.Config) {
+		c.ProxyProtocolFrom = []netip.Prefix{netip.MustParsePrefix("127.0.0.8/32")}
+		c.HandshakeTimeout = 200 * time.Millisecond
+	})
+	for _, send := range []string{"", "PROXY TCP4 203.0.113.9 ", "\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c\x01"} {
+		c := connFrom(t, "127.0.0.8", r.http)
+		io.WriteString(c, send)
+		if b, err := io.ReadAll(c); err != nil || len(b) != 0 {
+			t.Errorf("after %q: %q, %v; want a close at the handshake timeout", send, b, err)
+		}
+	}
+	refusals := func() int64 { return int64(strings.Count(r.log.String(), "no valid PROXY protocol header")) }
+	if n := waitCount(refusals, 3); n != 3 {
+		t.Errorf("%d refusals logged, want 3", n)
+	}
+}

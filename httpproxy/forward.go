@@ -479,7 +479,7 @@ var bodyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b 
 // https. It returns the egress used (with a source, even on failure, for
 // the log).
 func (s *Server) dialUpstream(eg pool.Egress, sess pool.Session, r *request) (*upConn, pool.Egress, error) {
-	var c *net.TCPConn
+	var c net.Conn
 	var err error
 	hostport := r.hostport()
 	var hop *proxyHop
@@ -504,7 +504,7 @@ func (s *Server) dialUpstream(eg pool.Egress, sess pool.Session, r *request) (*u
 	if err != nil {
 		return nil, eg, err
 	}
-	u := &upConn{c: c, raw: c, proxy: hop}
+	u := &upConn{c: c, raw: pool.TCPConnOf(c), proxy: hop}
 	if la, ok := c.LocalAddr().(*net.TCPAddr); ok {
 		u.local = la.AddrPort().Addr().Unmap()
 	}

@@ -17,7 +17,7 @@ import (
 // upConn is a connection to an origin, from one source address.
 type upConn struct {
 	c     net.Conn     // what requests are written to (TLS for https)
-	raw   *net.TCPConn // the socket, for the liveness check
+	raw   *net.TCPConn // the socket, for the liveness check (nil: none to check)
 	local netip.Addr   // the address bound (for a block, the one drawn)
 	br    *bufio.Reader
 	bw    *bufio.Writer

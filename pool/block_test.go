@@ -147,14 +147,14 @@ func TestBlockStartupCheck(t *testing.T) {
 func TestHappyEyeballs(t *testing.T) {
 	v6, v4 := &Source{Label: "v6"}, &Source{Label: "v4"}
 	fail := errors.New("unreachable")
-	ok := func(src *Source) func(context.Context) (*net.TCPConn, *Source, error) {
-		return func(context.Context) (*net.TCPConn, *Source, error) { return nil, src, nil }
+	ok := func(src *Source) func(context.Context) (net.Conn, *Source, error) {
+		return func(context.Context) (net.Conn, *Source, error) { return nil, src, nil }
 	}
-	bad := func(src *Source) func(context.Context) (*net.TCPConn, *Source, error) {
-		return func(context.Context) (*net.TCPConn, *Source, error) { return nil, src, fail }
+	bad := func(src *Source) func(context.Context) (net.Conn, *Source, error) {
+		return func(context.Context) (net.Conn, *Source, error) { return nil, src, fail }
 	}
-	hang := func(src *Source, cancelled chan<- bool) func(context.Context) (*net.TCPConn, *Source, error) {
-		return func(ctx context.Context) (*net.TCPConn, *Source, error) {
+	hang := func(src *Source, cancelled chan<- bool) func(context.Context) (net.Conn, *Source, error) {
+		return func(ctx context.Context) (net.Conn, *Source, error) {
 			<-ctx.Done()
 			cancelled <- true
 			return nil, src, ctx.Err()

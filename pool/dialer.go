@@ -161,7 +161,7 @@ func (d *Dialer) PoolFor(s Session) *Pool {
 // Dial connects to target ("host:port") from the next source that can
 // reach it, or the session's own one: see DialAddr and DialName. It
 // returns the source even when the dial fails, for logging.
-func (d *Dialer) Dial(ctx context.Context, target string, s Session) (*net.TCPConn, *Source, error) {
+func (d *Dialer) Dial(ctx context.Context, target string, s Session) (net.Conn, *Source, error) {
 	// A client gone already takes no source. (A loopback connect that is
 	// refused at once returns before the dialer looks at ctx, so the
 	// error would read "refused".)
@@ -182,7 +182,7 @@ func (d *Dialer) Dial(ctx context.Context, target string, s Session) (*net.TCPCo
 // rotor's side (IsLocal), it is tried once more over another, and if the
 // address itself is gone (AddressGone) its source leaves rotation at once
 // (see OpenTCP).
-func (d *Dialer) withRetry(ctx context.Context, f Family, s Session, open func(Egress) (*net.TCPConn, error)) (*net.TCPConn, *Source, error) {
+func (d *Dialer) withRetry(ctx context.Context, f Family, s Session, open func(Egress) (net.Conn, error)) (net.Conn, *Source, error) {
 	e, err := d.Choose(ctx, f, s)
 	if err != nil {
 		return nil, nil, err
@@ -248,7 +248,7 @@ func (d *Dialer) MarkUp(src *Source) {
 
 // DialAddr picks the next source of dst's family (or the session's) and
 // connects from it.
-func (d *Dialer) DialAddr(ctx context.Context, dst netip.AddrPort, s Session) (*net.TCPConn, *Source, error) {
+func (d *Dialer) DialAddr(ctx context.Context, dst netip.AddrPort, s Session) (net.Conn, *Source, error) {
 	if dst.Port() == 0 {
 		return nil, nil, fmt.Errorf("%w %s: port must be 1-65535", ErrBadTarget, dst)
 	}
@@ -262,7 +262,7 @@ func (d *Dialer) DialAddr(ctx context.Context, dst netip.AddrPort, s Session) (*
 	if ip.Is4() {
 		f = IPv4
 	}
-	return d.withRetry(ctx, f, s, func(e Egress) (*net.TCPConn, error) {
+	return d.withRetry(ctx, f, s, func(e Egress) (net.Conn, error) {
 		return d.openTCP(ctx, e, netip.AddrPortFrom(ip, dst.Port()))
 	})
 }
@@ -273,12 +273,12 @@ func (d *Dialer) DialAddr(ctx context.Context, dst netip.AddrPort, s Session) (*
 // is never tried, and with answers in both the preferred family is tried
 // first and the other joins 300 ms later, or at once if the first fails
 // (RFC 8305 happy eyeballs); the first connection wins.
-func (d *Dialer) DialName(ctx context.Context, host string, port uint16, s Session) (*net.TCPConn, *Source, error) {
+func (d *Dialer) DialName(ctx context.Context, host string, port uint16, s Session) (net.Conn, *Source, error) {
 	if host == "" || port == 0 {
 		return nil, nil, fmt.Errorf("%w %q port %d", ErrBadTarget, host, port)
 	}
 	if !d.PoolFor(s).Mixed() {
-		return d.withRetry(ctx, Any, s, func(e Egress) (*net.TCPConn, error) {
+		return d.withRetry(ctx, Any, s, func(e Egress) (net.Conn, error) {
 			return d.dialHost(ctx, e, host, port)
 		})
 	}
@@ -310,9 +310,9 @@ func (d *Dialer) DialName(ctx context.Context, host string, port uint16, s Sessi
 	if len(byFam[first]) == 0 {
 		return nil, nil, fmt.Errorf("resolve %s: %w: no IPv4 or IPv6 answer", host, ErrNoAddress)
 	}
-	attempt := func(f Family) func(context.Context) (*net.TCPConn, *Source, error) {
-		return func(ctx context.Context) (*net.TCPConn, *Source, error) {
-			return d.withRetry(ctx, f, s, func(e Egress) (*net.TCPConn, error) {
+	attempt := func(f Family) func(context.Context) (net.Conn, *Source, error) {
+		return func(ctx context.Context) (net.Conn, *Source, error) {
+			return d.withRetry(ctx, f, s, func(e Egress) (net.Conn, error) {
 				return d.dialAnswers(ctx, e, host, byFam[f], port)
 			})
 		}
@@ -325,7 +325,7 @@ func (d *Dialer) DialName(ctx context.Context, host string, port uint16, s Sessi
 
 // openTCP connects over e to dst; the dialer's Timeout bounds it. This is
 // the one place a TCP socket is bound to a pool address and connected.
-func (d *Dialer) openTCP(ctx context.Context, e Egress, dst netip.AddrPort) (*net.TCPConn, error) {
+func (d *Dialer) openTCP(ctx context.Context, e Egress, dst netip.AddrPort) (net.Conn, error) {
 	src, local := e.Src, e.Local
 	if err := d.policy.Check(dst); err != nil {
 		return nil, err
@@ -360,7 +360,7 @@ func (d *Dialer) openTCP(ctx context.Context, e Egress, dst netip.AddrPort) (*ne
 
 // dialHost connects over e to host, which is resolved in the family of
 // e's source when it is a name.
-func (d *Dialer) dialHost(ctx context.Context, e Egress, host string, port uint16) (*net.TCPConn, error) {
+func (d *Dialer) dialHost(ctx context.Context, e Egress, host string, port uint16) (net.Conn, error) {
 	src := e.Src
 	if src.Up != nil {
 		// The upstream resolves names, in whatever family it has.
@@ -431,7 +431,7 @@ func otherFamily(src *Source) string {
 
 // dialAnswers tries each answer of src's family in order, as net.Dial
 // does, until one connects or the context ends.
-func (d *Dialer) dialAnswers(ctx context.Context, e Egress, host string, ips []netip.Addr, port uint16) (*net.TCPConn, error) {
+func (d *Dialer) dialAnswers(ctx context.Context, e Egress, host string, ips []netip.Addr, port uint16) (net.Conn, error) {
 	src := e.Src
 	var firstErr error
 	for _, ip := range ips {

@@ -65,7 +65,7 @@ func TestDialBindsSourceInOrder(t *testing.T) {
 			t.Errorf("socket bound to %s, want %s", local, src.Addr)
 		}
 		// IP_BIND_ADDRESS_NO_PORT was set before bind.
-		rc, _ := c.SyscallConn()
+		rc, _ := c.(*net.TCPConn).SyscallConn()
 		var v int
 		var gerr error
 		_ = rc.Control(func(fd uintptr) { v, gerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT) })

@@ -65,10 +65,26 @@ func (d *Dialer) Choose(ctx context.Context, f Family, s Session) (Egress, error
 // OpenTCP connects over e to host:port. A name resolves only in the
 // family of e's source. If the source's address has left the host, the
 // source leaves rotation (see AddressGone).
-func (d *Dialer) OpenTCP(ctx context.Context, e Egress, host string, port uint16) (*net.TCPConn, error) {
+func (d *Dialer) OpenTCP(ctx context.Context, e Egress, host string, port uint16) (net.Conn, error) {
 	c, err := d.dialHost(ctx, e, host, port)
 	d.noteGone(e, err)
 	return c, err
+}
+
+// TCPConnOf is the TCP socket under c: c itself, or what a TLS (or other
+// wrapping) connection runs over; nil when there is none.
+func TCPConnOf(c net.Conn) *net.TCPConn {
+	for c != nil {
+		switch w := c.(type) {
+		case *net.TCPConn:
+			return w
+		case interface{ NetConn() net.Conn }:
+			c = w.NetConn()
+		default:
+			return nil
+		}
+	}
+	return nil
 }
 
 // noteGone takes e's source out of rotation when err says its address is
@@ -83,6 +99,6 @@ func (d *Dialer) noteGone(e Egress, err error) {
 // but the destination policy does not apply (the operator chose the
 // target, which may well be on a private network), OnDial is not told,
 // and nothing leaves rotation here: the health checker decides.
-func (d *Dialer) Probe(ctx context.Context, e Egress, host string, port uint16) (*net.TCPConn, error) {
+func (d *Dialer) Probe(ctx context.Context, e Egress, host string, port uint16) (net.Conn, error) {
 	return d.prober.dialHost(ctx, e, host, port)
 }

@@ -12,7 +12,7 @@ import (
 const fallbackDelay = 300 * time.Millisecond
 
 type dialResult struct {
-	c   *net.TCPConn
+	c   net.Conn
 	src *Source
 	err error
 }
@@ -21,11 +21,11 @@ type dialResult struct {
 // fallbackDelay has passed; the first connection wins and the other is
 // closed. On failure it returns primary's error (and source), the
 // preferred family's, unless only the fallback ran to an error.
-func happyEyeballs(ctx context.Context, primary, fallback func(context.Context) (*net.TCPConn, *Source, error)) (*net.TCPConn, *Source, error) {
+func happyEyeballs(ctx context.Context, primary, fallback func(context.Context) (net.Conn, *Source, error)) (net.Conn, *Source, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	results := make(chan dialResult, 2)
-	start := func(f func(context.Context) (*net.TCPConn, *Source, error)) {
+	start := func(f func(context.Context) (net.Conn, *Source, error)) {
 		go func() {
 			c, src, err := f(ctx)
 			results <- dialResult{c, src, err}

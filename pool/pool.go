@@ -3,7 +3,7 @@
 // address chosen for it.
 //
 //	listener (HTTP or SOCKS5) ──Choose(family, session)──▶ Egress{Src, Local}
-//	          └──────────────OpenTCP(egress, host, port)──▶ *net.TCPConn
+//	          └──────────────OpenTCP(egress, host, port)──▶ net.Conn
 //
 // In the path of one CONNECT or SOCKS5 request, the listener asks the
 // Dialer for a connection to the target (DialName, DialAddr, Dial): the

@@ -158,7 +158,7 @@ func (u *Upstream) Label() string { return u.label }
 const upstreamHandshakeTimeout = 30 * time.Second
 
 // viaUpstream opens a tunnel to host:port through e's upstream.
-func (d *Dialer) viaUpstream(ctx context.Context, e Egress, host string, port uint16) (*net.TCPConn, error) {
+func (d *Dialer) viaUpstream(ctx context.Context, e Egress, host string, port uint16) (net.Conn, error) {
 	return d.throughUpstream(ctx, e, host, port, true)
 }
 
@@ -166,7 +166,7 @@ func (d *Dialer) viaUpstream(ctx context.Context, e Egress, host string, port ui
 // host:port that rotor will send it in absolute form (with
 // ProxyAuthorization), instead of through a CONNECT tunnel. The target
 // is checked as for a tunnel; the upstream's failures count as for one.
-func (d *Dialer) OpenProxy(ctx context.Context, e Egress, host string, port uint16) (*net.TCPConn, error) {
+func (d *Dialer) OpenProxy(ctx context.Context, e Egress, host string, port uint16) (net.Conn, error) {
 	return d.throughUpstream(ctx, e, host, port, false)
 }
 
@@ -175,7 +175,7 @@ func (d *Dialer) OpenProxy(ctx context.Context, e Egress, host string, port uint
 // checked against the destination policy first; a name is resolved by
 // the upstream, whose own policy applies to what it resolves, except
 // names that are this host by definition.
-func (d *Dialer) throughUpstream(ctx context.Context, e Egress, host string, port uint16, tunnel bool) (*net.TCPConn, error) {
+func (d *Dialer) throughUpstream(ctx context.Context, e Egress, host string, port uint16, tunnel bool) (net.Conn, error) {
 	up := e.Src.Up
 	if ip, ok := dest.ParseHost(host); ok {
 		if err := d.policy.Check(netip.AddrPortFrom(ip, port)); err != nil {

@@ -245,8 +245,8 @@ func (s *Server) request(c net.Conn, br *bufio.Reader, ss *session) (statute.Req
 }
 
 // connect dials the request's target from the pool and sends the reply.
-func (s *Server) connect(c net.Conn, ss *session, req statute.Request) (*net.TCPConn, error) {
-	var target *net.TCPConn
+func (s *Server) connect(c net.Conn, ss *session, req statute.Request) (net.Conn, error) {
+	var target net.Conn
 	var src *pool.Source
 	var err error
 	if req.DstAddr.AddrType == statute.ATYPDomain {

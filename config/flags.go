@@ -49,7 +49,7 @@ func flagGroups() []flagGroup {
 			{"allow-open", "", false, "allow listening on a non-loopback address without credentials"},
 		}},
 		{"Pool", []flagDef{
-			{"pool", "IP_POOL", "", "comma-separated local source IPs, CIDR blocks (a random address per connection) and upstream proxies (socks5://[user:pass@]host:port, http://...) to rotate through (required, or --pool-file)"},
+			{"pool", "IP_POOL", "", "comma-separated local source IPs, CIDR blocks (a random address per connection) and upstream proxies (socks5://, http:// or https://[user:pass@]host:port) to rotate through (required, or --pool-file)"},
 			{"pool-file", "POOL_FILE", "", "file with the pool, one address or CIDR block per line, optional tags after it; re-read on SIGHUP; instead of --pool"},
 			{"strategy", "ROTATION_STRATEGY", string(pool.RoundRobin), "rotation strategy: " + pool.StrategyChoices},
 			{"prefer-family", "PREFER_FAMILY", "ipv6", "with IPv4 and IPv6 in the pool, the family tried first for a name with both: ipv6 or ipv4"},

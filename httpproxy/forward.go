@@ -488,7 +488,7 @@ func (s *Server) dialUpstream(eg pool.Egress, sess pool.Session, r *request) (*u
 		switch up := eg.Src.Up; {
 		case serr != nil:
 			err = serr
-		case up != nil && up.Kind == pool.HTTPUpstream && r.scheme == "http" && r.upgrade == "":
+		case up != nil && up.Kind.IsHTTP() && r.scheme == "http" && r.upgrade == "":
 			// An HTTP upstream takes the request itself, in absolute form:
 			// no CONNECT, which proxies often allow to port 443 only.
 			c, err = s.opts.Dialer.OpenProxy(s.Ctx, eg, host, port)

@@ -1,8 +1,11 @@
 package pool
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -11,6 +14,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -27,7 +31,12 @@ type UpstreamKind uint8
 const (
 	SOCKS5Upstream UpstreamKind = iota + 1 // socks5://
 	HTTPUpstream                           // http:// (CONNECT)
+	HTTPSUpstream                          // https://: HTTP inside TLS to the upstream
 )
+
+// IsHTTP reports whether the upstream speaks HTTP (inside TLS or not):
+// absolute-form requests go to it as they are.
+func (k UpstreamKind) IsHTTP() bool { return k == HTTPUpstream || k == HTTPSUpstream }
 
 // Upstream is a pool entry that is another proxy: connections chosen to
 // leave through it are tunnelled by it (SOCKS5 CONNECT, or HTTP CONNECT),
@@ -38,6 +47,10 @@ type Upstream struct {
 	Addr string // host:port of the upstream proxy
 	User string // empty: no authentication
 	Pass string
+	// roots verify an https:// upstream's certificate (?ca=FILE); nil:
+	// the system's. serverName is the name it must be valid for.
+	roots      *x509.CertPool
+	serverName string
 	// Via is the local address connections to the upstream leave from
 	// (?via=ADDR); invalid: the system's choice.
 	Via netip.Addr
@@ -68,7 +81,7 @@ type Upstream struct {
 var (
 	ErrUpstream       = errors.New("upstream proxy failed")
 	ErrUpstreamAuth   = fmt.Errorf("%w: it refused rotor's credentials for it", ErrUpstream)
-	errUpstreamSyntax = errors.New("want socks5://[user:pass@]host:port or http://[user:pass@]host:port")
+	errUpstreamSyntax = errors.New("want socks5://, http:// or https://[user:pass@]host:port")
 	// ErrUpstreamNoUDP is an upstream that does not take UDP ASSOCIATE
 	// (an HTTP proxy, or a SOCKS5 server answering 0x07).
 	ErrUpstreamNoUDP = errors.New("upstream proxy does not relay UDP")
@@ -93,6 +106,8 @@ func ParseUpstream(s string) (*Upstream, error) {
 		up.Kind = SOCKS5Upstream
 	case "http":
 		up.Kind = HTTPUpstream
+	case "https":
+		up.Kind = HTTPSUpstream
 	default:
 		return nil, fmt.Errorf("upstream entry %s: scheme %q: %w", redact(s), u.Scheme, errUpstreamSyntax)
 	}
@@ -115,6 +130,15 @@ func ParseUpstream(s string) (*Upstream, error) {
 		switch {
 		case k == "session" && len(v) == 1 && v[0] == "pass":
 			up.SessionPass = true
+		case k == "ca" && len(v) == 1:
+			pem, err := os.ReadFile(v[0])
+			if err != nil {
+				return nil, fmt.Errorf("upstream entry %s: ca=%s: %w", redact(s), v[0], err)
+			}
+			up.roots = x509.NewCertPool()
+			if !up.roots.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("upstream entry %s: ca=%s: no PEM certificate in it", redact(s), v[0])
+			}
 		case k == "via" && len(v) == 1:
 			a, err := netip.ParseAddr(v[0])
 			if err != nil || a.Zone() != "" || a.IsUnspecified() {
@@ -122,15 +146,17 @@ func ParseUpstream(s string) (*Upstream, error) {
 			}
 			up.Via = a.Unmap()
 		default:
-			return nil, fmt.Errorf("upstream entry %s: unknown parameter %q (known: session=pass, via=ADDR)", redact(s), k)
+			return nil, fmt.Errorf("upstream entry %s: unknown parameter %q (known: session=pass, via=ADDR, ca=FILE)", redact(s), k)
 		}
 	}
 	if up.SessionPass && up.User == "" {
 		return nil, fmt.Errorf("upstream entry %s: session=pass needs a user name to append the session to", redact(s))
 	}
-	scheme := "socks5"
-	if up.Kind == HTTPUpstream {
-		scheme = "http"
+	scheme := map[UpstreamKind]string{SOCKS5Upstream: "socks5", HTTPUpstream: "http", HTTPSUpstream: "https"}[up.Kind]
+	if up.Kind == HTTPSUpstream {
+		up.serverName = host
+	} else if up.roots != nil {
+		return nil, fmt.Errorf("upstream entry %s: ca= is for https:// upstreams", redact(s))
 	}
 	up.label = scheme + "://" + up.Addr
 	if up.User != "" {
@@ -194,12 +220,12 @@ func (d *Dialer) throughUpstream(ctx context.Context, e Egress, host string, por
 	if d.onDial != nil {
 		start = time.Now()
 	}
+	var conn net.Conn
 	c, err := d.upstreamConn(ctx, up)
-	if err == nil && tunnel {
-		err = handshake(ctx, c, up, e.Session, host, port)
+	if err == nil {
+		conn, err = upstreamSession(ctx, c, up, e.Session, host, port, tunnel)
 		if err != nil {
 			c.Close()
-			c = nil
 		}
 	}
 	if d.onDial != nil {
@@ -213,8 +239,98 @@ func (d *Dialer) throughUpstream(ctx context.Context, e Egress, host string, por
 	if err != nil {
 		return nil, fmt.Errorf("via %s: %w", up.label, err)
 	}
-	return c, nil
+	return conn, nil
 }
+
+// upstreamSession readies c, a connection to up: TLS for an https://
+// upstream, then (tunnel) the handshake for a tunnel to host:port.
+func upstreamSession(ctx context.Context, c *net.TCPConn, up *Upstream, sess Session, host string, port uint16, tunnel bool) (net.Conn, error) {
+	if up.Kind != HTTPSUpstream {
+		if !tunnel {
+			return c, nil
+		}
+		return c, handshake(ctx, c, up, sess, host, port)
+	}
+	tc := tls.Client(c, &tls.Config{ServerName: up.serverName, RootCAs: up.roots, NextProtos: []string{"http/1.1"}})
+	if err := tc.HandshakeContext(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("%w: TLS: %w", ErrUpstream, err)
+	}
+	if !tunnel {
+		return tc, nil
+	}
+	return httpsConnect(ctx, tc, up.user(sess), up.Pass, host, port)
+}
+
+// httpsConnect sends CONNECT over an https:// upstream's TLS connection
+// and reads the answer's head through a buffer; bytes read past it (a
+// banner the target sent at once) are handed back first by the returned
+// connection.
+func httpsConnect(ctx context.Context, tc *tls.Conn, user, pass, host string, port uint16) (net.Conn, error) {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(upstreamHandshakeTimeout)
+	}
+	_ = tc.SetDeadline(deadline)
+	defer tc.SetDeadline(time.Time{})
+	if _, err := io.WriteString(tc, connectRequest(user, pass, host, port)); err != nil {
+		return nil, fmt.Errorf("%w: write: %w", ErrUpstream, err)
+	}
+	br := bufio.NewReaderSize(tc, 4096)
+	var head []byte
+	for {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, fmt.Errorf("%w: reading the answer to CONNECT: %w", ErrUpstream, err)
+		}
+		if head = append(head, line...); len(head) > maxUpstreamHead {
+			return nil, fmt.Errorf("%w: answer to CONNECT longer than %d bytes", ErrUpstream, maxUpstreamHead)
+		}
+		if len(line) <= 2 && (string(line) == "\r\n" || string(line) == "\n") {
+			break
+		}
+	}
+	if err := connectStatus(head); err != nil {
+		return nil, err
+	}
+	if n := br.Buffered(); n > 0 {
+		early, _ := br.Peek(n)
+		return &earlyConn{Conn: tc, early: append([]byte(nil), early...)}, nil
+	}
+	return tc, nil
+}
+
+// earlyConn is a connection whose first reads return bytes read from it
+// already.
+type earlyConn struct {
+	net.Conn
+	early []byte
+}
+
+func (c *earlyConn) Read(p []byte) (int, error) {
+	if len(c.early) == 0 {
+		return c.Conn.Read(p)
+	}
+	n := copy(p, c.early)
+	c.early = c.early[n:]
+	return n, nil
+}
+
+// CloseWrite passes a half-close on, as the relay asks of a tunnel.
+func (c *earlyConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// NetConn is the connection under c (see TCPConnOf).
+func (c *earlyConn) NetConn() net.Conn { return c.Conn }
 
 // CheckUpstreamName reports whether a name may be sent to an upstream to
 // resolve: any but names that are its host by definition (localhost),
@@ -479,12 +595,7 @@ const maxUpstreamHead = 16 << 10
 // without reading past it (package sockread): bytes the target sends at
 // once (a server banner) stay in the socket for the tunnel.
 func httpConnect(c *net.TCPConn, user, pass, host string, port uint16) error {
-	target := net.JoinHostPort(host, strconv.Itoa(int(port)))
-	req := "CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\n"
-	if user != "" {
-		req += "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass)) + "\r\n"
-	}
-	if _, err := io.WriteString(c, req+"\r\n"); err != nil {
+	if _, err := io.WriteString(c, connectRequest(user, pass, host, port)); err != nil {
 		return fmt.Errorf("%w: write: %w", ErrUpstream, err)
 	}
 	head, err := sockread.Through(c, "\r\n\r\n", maxUpstreamHead)
@@ -492,6 +603,17 @@ func httpConnect(c *net.TCPConn, user, pass, host string, port uint16) error {
 		return fmt.Errorf("%w: reading the answer to CONNECT: %w", ErrUpstream, err)
 	}
 	return connectStatus(head)
+}
+
+// connectRequest is a CONNECT head for host:port with Basic credentials
+// (none when user is empty).
+func connectRequest(user, pass, host string, port uint16) string {
+	target := net.JoinHostPort(host, strconv.Itoa(int(port)))
+	req := "CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\n"
+	if user != "" {
+		req += "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass)) + "\r\n"
+	}
+	return req + "\r\n"
 }
 
 // connectStatus reads the status of an answer to CONNECT.

@@ -3,9 +3,18 @@ package pool
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"io"
+	"math/big"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -25,7 +34,9 @@ func TestParseUpstream(t *testing.T) {
 		{in: "socks5h://u:p@proxy.example:1080", label: "socks5://***@proxy.example:1080", kind: SOCKS5Upstream, user: "u", pass: "p"},
 		{in: "http://u:p%2Cw@[2001:db8::1]:3128?session=pass", label: "http://***@[2001:db8::1]:3128", kind: HTTPUpstream, user: "u", pass: "p,w", session: true},
 		{in: "http://proxy.example", err: "want socks5://"},
-		{in: "https://u:secret@x:1", err: `scheme "https"`},
+		{in: "https://u:secret@proxy.example:443", label: "https://***@proxy.example:443", kind: HTTPSUpstream, user: "u", pass: "secret"},
+		{in: "ftp://u:secret@x:1", err: `scheme "ftp"`},
+		{in: "https://u:secret@x:1?ca=/nonexistent", err: "ca=/nonexistent"},
 		{in: "socks5://u:secret@x:0", err: "port"},
 		{in: "socks5://u:secret@x:1/path", err: "want socks5://"},
 		{in: "socks5://u:secret@x:1?via=nowhere", err: "want a local IP address"},
@@ -248,5 +259,67 @@ func TestSessionsOverUpstreamEntries(t *testing.T) {
 		if per[up.Label()] < 60 {
 			t.Errorf("sessions per entry %v: uneven", per)
 		}
+	}
+}
+
+// tlsUpstream serves one TLS connection with serve, on a certificate for
+// 127.0.0.1, and returns its address and a CA file that trusts it.
+func tlsUpstream(t *testing.T, serve func(c net.Conn)) (addr, caFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile = filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
+	return fakeUpstream(t, func(c net.Conn) {
+		tc := tls.Server(c, cfg)
+		if tc.Handshake() == nil {
+			serve(tc)
+		}
+	}), caFile
+}
+
+// Through an https:// upstream the answer to CONNECT is read through a
+// buffer: a banner that came in the same TLS record is handed back first,
+// and an endless head is bounded.
+func TestHTTPSUpstreamAnswer(t *testing.T) {
+	d := NewDialer(nil, DialerOptions{Timeout: 5 * time.Second, UpstreamFall: 1})
+	addr, ca := tlsUpstream(t, func(c net.Conn) {
+		_, _ = bufio.NewReader(c).ReadString('\n')
+		_, _ = io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\nSSH-2.0-banner\r\n")
+		time.Sleep(100 * time.Millisecond)
+	})
+	c, err := d.viaUpstream(context.Background(), upstreamEgress(t, "https://"+addr+"?ca="+ca), "192.0.2.1", 22)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	c.Close()
+	if err != nil || line != "SSH-2.0-banner\r\n" {
+		t.Fatalf("tunnel starts with %q, %v", line, err)
+	}
+
+	endless, ca2 := tlsUpstream(t, func(c net.Conn) {
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\n")
+		for i := 0; i < 1000; i++ {
+			if _, err := io.WriteString(c, "X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n"); err != nil {
+				return
+			}
+		}
+	})
+	e := upstreamEgress(t, "https://"+endless+"?ca="+ca2)
+	if _, err := d.viaUpstream(context.Background(), e, "192.0.2.1", 22); !errors.Is(err, ErrUpstream) || !e.Src.Down() {
+		t.Fatalf("endless head: %v (down %v), want an upstream failure", err, e.Src.Down())
 	}
 }

@@ -432,3 +432,51 @@ func waitFor(t *testing.T, cond func() bool, what string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// https:// upstream entries: TLS to the upstream (here a rotor's HTTPS
+// listener), verified against ?ca=FILE. CONNECT, SOCKS5 and absolute-form
+// all leave from the exit; an upstream whose certificate the CA did not
+// sign is refused in the handshake and counts against it.
+func TestHTTPSUpstream(t *testing.T) {
+	t.Parallel()
+	peer := tcpTarget(t, target.WritePeer)
+	ht := httpTarget(t)
+	exit := startTLSRotor(t, func(c *config.Config) {
+		c.Pool = []netip.Prefix{pool.Single(netip.MustParseAddr("127.0.0.6"))}
+	})
+	entry := "https://" + testUser + ":" + testPass + "@" + exit.https + "?ca=" + exit.certFile
+	r := startRotor(t, func(c *config.Config) {
+		c.Pool = nil
+		c.Upstreams = []*pool.Upstream{mustUpstream(t, entry)}
+	})
+	ctx := context.Background()
+	c := proxyClient(r.httpURL(), 1)
+	defer c.CloseIdleConnections()
+	for name, do := range map[string]func() (string, error){
+		"CONNECT":       func() (string, error) { return connectVia(ctx, r.http, testUser, testPass, peer.Addr) },
+		"SOCKS5":        func() (string, error) { return socksVia(ctx, r.sock, testUser, testPass, peer.Addr) },
+		"absolute-form": func() (string, error) { return getVia(ctx, c, "http://"+ht.Addr+"/ip") },
+	} {
+		for range 2 {
+			if got, err := do(); err != nil || got != "127.0.0.6" {
+				t.Fatalf("%s through the https:// upstream: %q, %v", name, got, err)
+			}
+		}
+	}
+	// Another CA: the upstream's certificate is refused.
+	otherCA, _, _ := tlsFiles(t, t.TempDir(), "other")
+	wrong := startRotor(t, func(c *config.Config) {
+		c.Pool = nil
+		c.Upstreams = []*pool.Upstream{mustUpstream(t, "https://"+exit.https+"?ca="+otherCA)}
+		c.HealthFall = 1
+	})
+	if st, _ := connectStatus(t, wrong.http, peer.Addr); st != "502" {
+		t.Errorf("an upstream signed by another CA: %s, want 502", st)
+	}
+	if !wrong.dialer.Pool().Sources()[0].Down() {
+		t.Error("an upstream failing the TLS check is still in rotation")
+	}
+	if _, err := pool.ParseUpstream("http://x:1?ca=" + exit.certFile); err == nil {
+		t.Error("ca= accepted on an http:// entry")
+	}
+}

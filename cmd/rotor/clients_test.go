@@ -16,19 +16,23 @@ import (
 	"github.com/rotor-proxy/rotor/internal/target"
 )
 
-// needCurl skips without curl, except in CI, where .ci/run installs it
-// and its absence is a failure.
-func needCurl(t *testing.T) string {
+// needBinary is the path of a program a test drives (a client, an
+// upstream proxy, a load balancer). Without it the test skips, except in
+// CI, where .ci/run installs it (Debian package pkg) and its absence is a
+// failure.
+func needBinary(t *testing.T, name, pkg string) string {
 	t.Helper()
-	path, err := exec.LookPath("curl")
+	path, err := exec.LookPath(name)
 	if err != nil {
 		if os.Getenv("CI") != "" {
-			t.Fatal("curl not installed; .ci/run must install it")
+			t.Fatalf("%s not installed; .ci/run must install %s", name, pkg)
 		}
-		t.Skip("curl not installed")
+		t.Skipf("%s not installed (Debian package %s)", name, pkg)
 	}
 	return path
 }
+
+func needCurl(t *testing.T) string { t.Helper(); return needBinary(t, "curl", "curl") }
 
 // tlsTarget is an HTTPS server on 127.0.0.1 that answers the peer IP.
 func tlsTarget(t *testing.T) *httptest.Server {

@@ -3,15 +3,10 @@ package main
 import (
 	"bufio"
 	"context"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -101,18 +96,7 @@ func TestProxyProtocolFrom(t *testing.T) {
 	}
 }
 
-// needHAProxy skips without haproxy, except in CI, where .ci/run installs it.
-func needHAProxy(t *testing.T) string {
-	t.Helper()
-	path, err := exec.LookPath("haproxy")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("haproxy not installed; .ci/run must install it")
-		}
-		t.Skip("haproxy not installed")
-	}
-	return path
-}
+func needHAProxy(t *testing.T) string { t.Helper(); return needBinary(t, "haproxy", "haproxy") }
 
 // freePort is a loopback port nothing listens on now.
 func freePort(t *testing.T) int {
@@ -140,39 +124,7 @@ func TestBehindHAProxy(t *testing.T) {
 			c.ProxyProtocolFrom = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
 		}))
 	}
-	front := freePort(t)
-	// One thread: round-robin is then strict, and so are the counts.
-	cfg := fmt.Sprintf(`global
-  maxconn 200
-  nbthread 1
-defaults
-  mode tcp
-  timeout connect 2s
-  timeout client 10s
-  timeout server 10s
-  retries 3
-  option redispatch
-frontend proxy
-  bind 127.0.0.1:%d
-  default_backend rotors
-backend rotors
-  balance roundrobin
-  option tcp-check
-  server r1 %s send-proxy-v2 check check-send-proxy inter 100ms fall 2 rise 2
-  server r2 %s send-proxy-v2 check check-send-proxy inter 100ms fall 2 rise 2
-`, front, rotors[0].http, rotors[1].http)
-	dir := t.TempDir()
-	cf := filepath.Join(dir, "haproxy.cfg")
-	writeFile(t, cf, cfg)
-	hp := exec.Command(bin, "-db", "-f", cf)
-	out := &syncBuffer{}
-	hp.Stdout, hp.Stderr = out, out
-	if err := hp.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = hp.Process.Kill(); _ = hp.Wait() })
-	frontAddr := "127.0.0.1:" + strconv.Itoa(front)
-	waitListen(t, frontAddr, out)
+	frontAddr := startHAProxy(t, bin, rotors[0].http, rotors[1].http)
 
 	ctx := context.Background()
 	get := func() (string, error) {
@@ -185,7 +137,7 @@ backend rotors
 	for i := 0; i < 40; i++ {
 		got, err := get()
 		if err != nil {
-			t.Fatalf("request %d through HAProxy: %v\n%s", i, err, out.String())
+			t.Fatalf("request %d through HAProxy: %v", i, err)
 		}
 		seen[got]++
 	}

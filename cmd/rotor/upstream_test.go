@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -22,18 +21,9 @@ import (
 	"github.com/rotor-proxy/rotor/pool"
 )
 
-// needMicrosocks skips without microsocks, except in CI, where .ci/run
-// installs it.
 func needMicrosocks(t *testing.T) string {
 	t.Helper()
-	path, err := exec.LookPath("microsocks")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("microsocks not installed; .ci/run must install it")
-		}
-		t.Skip("microsocks not installed")
-	}
-	return path
+	return needBinary(t, "microsocks", "microsocks")
 }
 
 // startMicrosocks runs microsocks on a free loopback port, its outgoing
@@ -74,13 +64,7 @@ func startMicrosocks(t *testing.T, bind, user, pass string) (addr string, kill f
 // line it tunnels to any port.
 func startTinyproxy(t *testing.T, bind, user, pass string) string {
 	t.Helper()
-	bin, err := exec.LookPath("tinyproxy")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("tinyproxy not installed; .ci/run must install it")
-		}
-		t.Skip("tinyproxy not installed")
-	}
+	bin := needBinary(t, "tinyproxy", "tinyproxy")
 	port := strconv.Itoa(freePort(t))
 	conf := filepath.Join(t.TempDir(), "tinyproxy.conf")
 	writeFile(t, conf, "Port "+port+"\nListen 127.0.0.1\nBind "+bind+"\nTimeout 30\nMaxClients 100\nLogLevel Critical\n"+

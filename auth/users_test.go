@@ -290,7 +290,7 @@ func newPool(addrs []netip.Addr, s pool.Strategy) (*pool.Pool, error) {
 	for _, a := range addrs {
 		entries = append(entries, pool.Single(a))
 	}
-	return pool.NewPrefixes(entries, s)
+	return pool.NewEntries(entries, nil, s)
 }
 
 // singleUser is a Users of one plain-password user with no limits.

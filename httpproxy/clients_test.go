@@ -262,7 +262,7 @@ func TestLogNamesBoundAddress(t *testing.T) {
 	o := origin(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.RemoteAddr) })
 	logs := &logBuf{}
 	proxy, _ := testProxy(t, func(opt *Options) {
-		p, err := pool.NewPrefixes([]netip.Prefix{netip.MustParsePrefix("127.1.0.0/16")}, pool.RoundRobin)
+		p, err := pool.NewEntries([]netip.Prefix{netip.MustParsePrefix("127.1.0.0/16")}, nil, pool.RoundRobin)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -105,7 +105,7 @@ func TestBlockLocalDoesNotAllocate(t *testing.T) {
 // passes the start-up check without root; a block with no local route
 // fails with the command that is missing.
 func TestBlockStartupCheck(t *testing.T) {
-	p, err := NewPrefixes([]netip.Prefix{netip.MustParsePrefix("127.0.1.0/24")}, RoundRobin)
+	p, err := NewEntries([]netip.Prefix{netip.MustParsePrefix("127.0.1.0/24")}, nil, RoundRobin)
 	if err != nil {
 		t.Fatalf("127.0.1.0/24: %v", err)
 	}
@@ -134,7 +134,7 @@ func TestBlockStartupCheck(t *testing.T) {
 		"198.18.200.0/24":    "`ip -4 route add local 198.18.200.0/24 dev lo`",
 		"2001:db8:dead::/64": "`ip -6 route add local 2001:db8:dead::/64 dev lo`",
 	} {
-		_, err := NewPrefixes([]netip.Prefix{netip.MustParsePrefix(cidr)}, RoundRobin)
+		_, err := NewEntries([]netip.Prefix{netip.MustParsePrefix(cidr)}, nil, RoundRobin)
 		if !errors.Is(err, ErrNotRouted) || !strings.Contains(err.Error(), cmd) {
 			t.Errorf("%s: %v, want ErrNotRouted naming %s", cidr, err, cmd)
 		}

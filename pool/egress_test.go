@@ -58,7 +58,7 @@ func TestEgressChooseThenOpen(t *testing.T) {
 
 // In a block, a session's egress is one address, chosen again the same.
 func TestEgressSessionInBlock(t *testing.T) {
-	p, err := NewPrefixes([]netip.Prefix{netip.MustParsePrefix("127.0.1.0/24")}, RoundRobin)
+	p, err := NewEntries([]netip.Prefix{netip.MustParsePrefix("127.0.1.0/24")}, nil, RoundRobin)
 	if err != nil {
 		t.Fatal(err)
 	}

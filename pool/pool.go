@@ -11,7 +11,7 @@
 // destination with package dest, binds and connects, and retries once
 // over another egress when the failure was on rotor's side.
 //
-// The pool is immutable once built (NewPrefixes); picking a source is one
+// The pool is immutable once built (NewEntries); picking a source is one
 // atomic operation (round-robin), a per-P random number (random), or a
 // short CAS loop (least-recent). No pick takes a lock or allocates.
 package pool
@@ -145,15 +145,10 @@ func Single(a netip.Addr) netip.Prefix {
 	return netip.PrefixFrom(a, a.BitLen())
 }
 
-// NewPrefixes checks every entry and builds the pool: an address must be
+// NewEntries checks every entry and builds the pool: an address must be
 // bindable on this host, a block must be routed to it as local (see
-// checkBlock). The first entry that fails is named in the error.
-func NewPrefixes(entries []netip.Prefix, strategy Strategy) (*Pool, error) {
-	return newPool(entries, nil, strategy, true, nil)
-}
-
-// NewEntries is NewPrefixes with upstream proxy entries (ParseUpstream)
-// after the local ones.
+// checkBlock); upstream proxy entries (ParseUpstream) follow the local
+// ones in the rotation. The first entry that fails is named in the error.
 func NewEntries(entries []netip.Prefix, ups []*Upstream, strategy Strategy) (*Pool, error) {
 	return newPool(entries, ups, strategy, true, nil)
 }

@@ -169,5 +169,5 @@ func New(addrs []netip.Addr, strategy Strategy) (*Pool, error) {
 	for i, a := range addrs {
 		entries[i] = Single(a)
 	}
-	return NewPrefixes(entries, strategy)
+	return NewEntries(entries, nil, strategy)
 }

@@ -246,7 +246,7 @@ func TestSubnetBurst50k(t *testing.T) {
 		entries["single"] = netip.MustParsePrefix("2001:db8:ff::1/128")
 	}
 	for name, e := range entries {
-		pl, err := pool.NewPrefixes([]netip.Prefix{e}, pool.RoundRobin)
+		pl, err := pool.NewEntries([]netip.Prefix{e}, nil, pool.RoundRobin)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -30,5 +30,5 @@ func Pool(addrs []netip.Addr, s pool.Strategy) (*pool.Pool, error) {
 	for i, a := range addrs {
 		entries[i] = pool.Single(a)
 	}
-	return pool.NewPrefixes(entries, s)
+	return pool.NewEntries(entries, nil, s)
 }

@@ -26,7 +26,7 @@ func loopbackPool(t *testing.T, s pool.Strategy) *pool.Pool {
 	for _, a := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"} {
 		entries = append(entries, pool.Single(netip.MustParseAddr(a)))
 	}
-	p, err := pool.NewPrefixes(entries, s)
+	p, err := pool.NewEntries(entries, nil, s)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -74,7 +74,7 @@ func (cc *clientConn) forward(r *request, who identity, sess pool.Session, start
 		}
 		x.eg = eg
 	}
-	x.reuse = x.eg.Src != nil && !x.eg.Src.Block && r.upgrade == "" && !r.bodyIgnorable()
+	x.reuse = x.eg.Src != nil && !x.eg.Src.Block && r.upgrade == "" && !r.bodyIgnorable() && rotatesPerRequest(x.eg.Src.Up, r, sess)
 	for attempt := 0; ; attempt++ {
 		if err := x.open(attempt == 0); err != nil {
 			return x.fail(err), false
@@ -92,6 +92,24 @@ func (cc *clientConn) forward(r *request, who identity, sess pool.Session, start
 		}
 		return x.fail(err), false
 	}
+}
+
+// rotatesPerRequest reports whether reusing an idle connection through up
+// (nil: a local source) keeps every request leaving from the address
+// rotation would give it. A local source is the address itself. An HTTP
+// upstream given the request in absolute form picks an address per
+// request, as rotor does. A tunnel through an upstream is one of its
+// addresses for as long as it lasts: reused, consecutive requests would
+// leave from one address, so only a session's requests (which want one
+// address) reuse it.
+func rotatesPerRequest(up *pool.Upstream, r *request, sess pool.Session) bool {
+	switch {
+	case up == nil:
+		return true
+	case up.Kind.IsHTTP() && r.scheme == "http":
+		return true
+	}
+	return sess.Key != ""
 }
 
 // open takes an idle connection to the origin, when it may, or dials one.

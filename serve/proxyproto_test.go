@@ -3,11 +3,12 @@ package serve
 import (
 	"encoding/binary"
 	"errors"
-	"net"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rotor-proxy/rotor/internal/target"
 )
 
 func v2Header(cmd, fam byte, block []byte) []byte {
@@ -49,7 +50,7 @@ func TestReadProxyHeader(t *testing.T) {
 		{"none", "CONNECT example.com:443 HTTP/1.1\r\n\r\n", "error"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			a, b := tcpPair(t)
+			a, b := target.TCPPair(t)
 			go func() { _, _ = a.Write([]byte(tc.header + "AFTER")) }()
 			_ = b.SetDeadline(time.Now().Add(2 * time.Second))
 			src, err := ReadProxyHeader(b)
@@ -70,26 +71,6 @@ func TestReadProxyHeader(t *testing.T) {
 			}
 		})
 	}
-}
-
-// tcpPair is two ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
-	t.Helper()
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	a, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := ln.AcceptTCP()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a, b
 }
 
 func FuzzProxyHeader(f *testing.F) {

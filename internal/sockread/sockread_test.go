@@ -3,30 +3,12 @@ package sockread
 import (
 	"errors"
 	"io"
-	"net"
 	"strings"
 	"testing"
 	"time"
-)
 
-func pair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
-	t.Helper()
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	a, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := ln.AcceptTCP()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a, b
-}
+	"github.com/rotor-proxy/rotor/internal/target"
+)
 
 // The head is read to its delimiter and no further, however the peer
 // splits it (one byte at a time, the delimiter across writes, "\r" runs
@@ -37,7 +19,7 @@ func TestThrough(t *testing.T) {
 		{"HTTP/1.1 200 OK\r", "\n\r", "\nafter"},
 		{"H", "T", "TP/1.1 200 OK\r\nX: \r\r\n", "\r\n", "after"},
 	} {
-		a, b := pair(t)
+		a, b := target.TCPPair(t)
 		go func() {
 			for _, c := range chunks {
 				_, _ = a.Write([]byte(c))
@@ -61,14 +43,14 @@ func TestThrough(t *testing.T) {
 // A peer that never sends the delimiter is cut at the bound; one that
 // closes mid-head, or stalls, is an error.
 func TestThroughHostile(t *testing.T) {
-	a, b := pair(t)
+	a, b := target.TCPPair(t)
 	go func() { _, _ = a.Write([]byte(strings.Repeat("x", 5000))) }()
 	_ = b.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := Through(b, "\r\n", 1000); !errors.Is(err, ErrTooLong) {
 		t.Errorf("endless line: %v, want ErrTooLong", err)
 	}
 
-	a, b = pair(t)
+	a, b = target.TCPPair(t)
 	_, _ = a.Write([]byte("HTTP/1.1 200"))
 	a.Close()
 	_ = b.SetDeadline(time.Now().Add(5 * time.Second))
@@ -76,7 +58,7 @@ func TestThroughHostile(t *testing.T) {
 		t.Errorf("closed mid-head: %v, want unexpected EOF", err)
 	}
 
-	_, b = pair(t)
+	_, b = target.TCPPair(t)
 	_ = b.SetDeadline(time.Now().Add(50 * time.Millisecond))
 	if _, err := Through(b, "\r\n", 1000); err == nil {
 		t.Error("a silent peer: no error at the deadline")

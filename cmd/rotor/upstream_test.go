@@ -280,7 +280,7 @@ func fakeHTTPUpstream(t *testing.T, status int) (addr string, seen chan [2]strin
 		t.Fatal(err)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		seen <- [2]string{r.Method + " " + r.RequestURI, r.Header.Get("Proxy-Authorization")}
+		seen <- [2]string{r.Method + " " + r.RequestURI, strings.Join(r.Header.Values("Proxy-Authorization"), " | ")}
 		if status == http.StatusProxyAuthRequired {
 			w.Header().Set("Proxy-Authenticate", `Basic realm="upstream"`)
 		}

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -106,18 +105,16 @@ func (d *Dialer) OpenUDPUpstream(ctx context.Context, e Egress) (*UpstreamUDP, e
 
 // associate asks the upstream on c for a UDP association, within ctx, and
 // returns its relay address.
-func associate(ctx context.Context, c *net.TCPConn, up *Upstream, sess Session) (netip.AddrPort, error) {
-	deadline, ok := ctx.Deadline()
-	if !ok {
-		deadline = time.Now().Add(upstreamHandshakeTimeout)
-	}
-	_ = c.SetDeadline(deadline)
-	defer c.SetDeadline(time.Time{})
-	if err := socksAuth(c, up.user(sess), up.Pass); err != nil {
-		return netip.AddrPort{}, err
-	}
-	// 0.0.0.0:0: rotor's datagrams may come from any port of this host.
-	return socksRequest(c, 3, "0.0.0.0", 0)
+func associate(ctx context.Context, c *net.TCPConn, up *Upstream, sess Session) (relay netip.AddrPort, err error) {
+	err = withDeadline(ctx, c, func() error {
+		if err := socksAuth(c, up.user(sess), up.Pass); err != nil {
+			return err
+		}
+		// 0.0.0.0:0: rotor's datagrams may come from any port of this host.
+		relay, err = socksRequest(c, 3, "0.0.0.0", 0)
+		return err
+	})
+	return relay, err
 }
 
 // OpenUDP binds a UDP socket to e's local address (any port). For a block

@@ -269,33 +269,26 @@ func upstreamSession(ctx context.Context, c *net.TCPConn, up *Upstream, sess Ses
 // banner the target sent at once) are handed back first by the returned
 // connection.
 func httpsConnect(ctx context.Context, tc *tls.Conn, user, pass, host string, port uint16) (net.Conn, error) {
-	deadline, ok := ctx.Deadline()
-	if !ok {
-		deadline = time.Now().Add(upstreamHandshakeTimeout)
-	}
-	_ = tc.SetDeadline(deadline)
-	defer tc.SetDeadline(time.Time{})
-	if _, err := io.WriteString(tc, connectRequest(user, pass, host, port)); err != nil {
-		return nil, fmt.Errorf("%w: write: %w", ErrUpstream, err)
-	}
 	br := bufio.NewReaderSize(tc, 4096)
-	var head []byte
-	for {
-		line, err := br.ReadSlice('\n')
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
+	err := withDeadline(ctx, tc, func() error {
+		if _, err := io.WriteString(tc, connectRequest(user, pass, host, port)); err != nil {
+			return fmt.Errorf("%w: write: %w", ErrUpstream, err)
+		}
+		var head []byte
+		for {
+			line, err := br.ReadSlice('\n')
+			if err != nil {
+				return fmt.Errorf("%w: reading the answer to CONNECT: %w", ErrUpstream, err)
 			}
-			return nil, fmt.Errorf("%w: reading the answer to CONNECT: %w", ErrUpstream, err)
+			if head = append(head, line...); len(head) > maxUpstreamHead {
+				return fmt.Errorf("%w: answer to CONNECT longer than %d bytes", ErrUpstream, maxUpstreamHead)
+			}
+			if string(line) == "\r\n" || string(line) == "\n" {
+				return connectStatus(head)
+			}
 		}
-		if head = append(head, line...); len(head) > maxUpstreamHead {
-			return nil, fmt.Errorf("%w: answer to CONNECT longer than %d bytes", ErrUpstream, maxUpstreamHead)
-		}
-		if len(line) <= 2 && (string(line) == "\r\n" || string(line) == "\n") {
-			break
-		}
-	}
-	if err := connectStatus(head); err != nil {
+	})
+	if err != nil {
 		return nil, err
 	}
 	if n := br.Buffered(); n > 0 {
@@ -434,25 +427,30 @@ func (d *Dialer) NoteUpstream(src *Source, err error) {
 // handshake asks the upstream on c for a tunnel to host:port, within ctx,
 // reading no byte past its answer: the connection is the tunnel after it.
 func handshake(ctx context.Context, c *net.TCPConn, up *Upstream, sess Session, host string, port uint16) error {
+	return withDeadline(ctx, c, func() error {
+		if up.Kind == SOCKS5Upstream {
+			return socksConnect(c, up.user(sess), up.Pass, host, port)
+		}
+		return httpConnect(c, up.user(sess), up.Pass, host, port)
+	})
+}
+
+// withDeadline runs f, an exchange with an upstream on c, within ctx: c's
+// deadline is ctx's (upstreamHandshakeTimeout when it has none), a
+// cancelled ctx ends f at once, and an error once ctx has ended is ctx's
+// (the client left, or the dial timeout passed while the upstream dialled
+// the target: not the upstream's failure).
+func withDeadline(ctx context.Context, c net.Conn, f func() error) error {
 	deadline, ok := ctx.Deadline()
 	if !ok {
 		deadline = time.Now().Add(upstreamHandshakeTimeout)
 	}
 	_ = c.SetDeadline(deadline)
 	defer c.SetDeadline(time.Time{})
-	// A cancelled client ends the handshake at once.
 	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	user := up.user(sess)
-	var err error
-	if up.Kind == SOCKS5Upstream {
-		err = socksConnect(c, user, up.Pass, host, port)
-	} else {
-		err = httpConnect(c, user, up.Pass, host, port)
-	}
+	err := f()
 	if err != nil && ctx.Err() != nil {
-		// The client left, or the dial timeout passed while the upstream
-		// dialled the target: not the upstream's failure.
 		return ctx.Err()
 	}
 	return err

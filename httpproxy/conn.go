@@ -13,17 +13,18 @@ import (
 	"time"
 
 	"github.com/rotor-proxy/rotor/auth"
+	"github.com/rotor-proxy/rotor/internal/sockread"
 	"github.com/rotor-proxy/rotor/serve"
 )
 
 // clientConn is one client connection and its buffers.
 type clientConn struct {
 	s      *Server
-	c      net.Conn // the client: the accepted connection, or TLS over it
-	id     net.Conn // the accepted connection, under which Conns tracks it
-	first  firstReader
-	cert   string     // the verified client certificate's common name; "" without
-	client netip.Addr // for --allow-clients, and the idle-pool key of anonymous clients
+	c      net.Conn          // the client: the accepted connection, or TLS over it
+	id     net.Conn          // the accepted connection, under which Conns tracks it
+	first  sockread.Prefixed // the mixed port's first read, then the connection
+	cert   string            // the verified client certificate's common name; "" without
+	client netip.Addr        // for --allow-clients, and the idle-pool key of anonymous clients
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	buf    headBuf // request heads are read into this
@@ -75,7 +76,7 @@ func (s *Server) serveFirst(c net.Conn, first []byte, useTLS bool) {
 		}
 		cc.c, r = tc, tc
 	case len(first) > 0:
-		cc.first = firstReader{first: first, c: c}
+		cc.first = sockread.Prefixed{Bytes: first, Src: c}
 		r = &cc.first
 	}
 	cc.br = readers.Get().(*bufio.Reader)
@@ -91,23 +92,6 @@ func (s *Server) serveFirst(c net.Conn, first []byte, useTLS bool) {
 		cc.c.Close()
 		s.Conns.Remove(c)
 	}
-}
-
-// firstReader reads the bytes a connection's first read took (see
-// serve.Mux), then the connection. It lives in clientConn, which the
-// connection allocates anyway.
-type firstReader struct {
-	first []byte
-	c     net.Conn
-}
-
-func (f *firstReader) Read(p []byte) (int, error) {
-	if len(f.first) == 0 {
-		return f.c.Read(p)
-	}
-	n := copy(p, f.first)
-	f.first = f.first[n:]
-	return n, nil
 }
 
 // serve reads and answers requests until the connection should close. It

@@ -59,12 +59,12 @@ func (cc *clientConn) takeBuffered() []byte {
 	if n := cc.br.Buffered(); n > 0 {
 		b, _ = cc.br.Peek(n)
 	}
-	if len(b)+len(cc.first.first) == 0 {
+	if len(b)+len(cc.first.Bytes) == 0 {
 		return nil
 	}
 	out := append([]byte(nil), b...)
-	out = append(out, cc.first.first...)
-	cc.first.first = nil
+	out = append(out, cc.first.Bytes...)
+	cc.first.Bytes = nil
 	return out
 }
 

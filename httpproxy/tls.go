@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/rotor-proxy/rotor/internal/sockread"
 	"github.com/rotor-proxy/rotor/serve"
 )
 
@@ -22,7 +23,7 @@ func (s *Server) handshake(cc *clientConn, first []byte) (*tls.Conn, bool) {
 	if len(first) > 0 {
 		// A copy: the handshake need not read all of first, and the
 		// tls.Conn outlives HandleTLS when it goes on to a tunnel.
-		conn = &readConn{Conn: c, r: &firstReader{first: append([]byte(nil), first...), c: c}}
+		conn = &readConn{Conn: c, pre: sockread.Prefixed{Bytes: append([]byte(nil), first...), Src: c}}
 	}
 	tc := tls.Server(conn, s.opts.TLS)
 	_ = c.SetDeadline(time.Now().Add(s.opts.HandshakeTimeout))
@@ -67,11 +68,11 @@ func looksLikeHTTP(h [5]byte) bool {
 	return true
 }
 
-// readConn is a connection whose reads go through r: the bytes the mixed
-// port read first, then the connection.
+// readConn is a connection whose reads return the bytes the mixed port
+// read first, then the connection's.
 type readConn struct {
 	net.Conn
-	r io.Reader
+	pre sockread.Prefixed
 }
 
-func (c *readConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *readConn) Read(p []byte) (int, error) { return c.pre.Read(p) }

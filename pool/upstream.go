@@ -293,7 +293,7 @@ func httpsConnect(ctx context.Context, tc *tls.Conn, user, pass, host string, po
 	}
 	if n := br.Buffered(); n > 0 {
 		early, _ := br.Peek(n)
-		return &earlyConn{Conn: tc, early: append([]byte(nil), early...)}, nil
+		return &earlyConn{Conn: tc, pre: sockread.Prefixed{Bytes: append([]byte(nil), early...), Src: tc}}, nil
 	}
 	return tc, nil
 }
@@ -302,17 +302,10 @@ func httpsConnect(ctx context.Context, tc *tls.Conn, user, pass, host string, po
 // already.
 type earlyConn struct {
 	net.Conn
-	early []byte
+	pre sockread.Prefixed
 }
 
-func (c *earlyConn) Read(p []byte) (int, error) {
-	if len(c.early) == 0 {
-		return c.Conn.Read(p)
-	}
-	n := copy(p, c.early)
-	c.early = c.early[n:]
-	return n, nil
-}
+func (c *earlyConn) Read(p []byte) (int, error) { return c.pre.Read(p) }
 
 // CloseWrite passes a half-close on, as the relay asks of a tunnel.
 func (c *earlyConn) CloseWrite() error {

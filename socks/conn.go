@@ -16,6 +16,7 @@ import (
 	"github.com/things-go/go-socks5/statute"
 
 	"github.com/rotor-proxy/rotor/auth"
+	"github.com/rotor-proxy/rotor/internal/sockread"
 	"github.com/rotor-proxy/rotor/metrics"
 	"github.com/rotor-proxy/rotor/pool"
 	"github.com/rotor-proxy/rotor/serve"
@@ -43,11 +44,12 @@ type session struct {
 	hasDst bool
 	src    *pool.Source
 	reply  byte
-	udp    bool     // a UDP ASSOCIATE
-	first  []byte   // read before the handshake (the mixed port); consumed by it
-	conn   net.Conn // read after first; nil once the handshake is over
-	stats  tunnel.Stats
-	err    error
+	udp    bool // a UDP ASSOCIATE
+	// pre holds the bytes read before the handshake (the mixed port's
+	// first read), then the connection; emptied when the handshake ends.
+	pre   sockread.Prefixed
+	stats tunnel.Stats
+	err   error
 }
 
 func (s *Server) serveConn(c net.Conn) { s.Handle(c, nil) }
@@ -61,7 +63,7 @@ func (s *Server) Handle(c net.Conn, first []byte) {
 		return
 	}
 	start := time.Now()
-	ss := &session{reply: noReply, first: first, conn: c}
+	ss := &session{reply: noReply, pre: sockread.Prefixed{Bytes: first, Src: c}}
 	req, early, err := s.handshake(c, ss)
 	if err != nil {
 		ss.err = err
@@ -140,8 +142,8 @@ func (s *Server) handshake(c net.Conn, ss *session) (statute.Request, []byte, er
 	// is read through it in two fills.
 	br := readers.Get().(*bufio.Reader)
 	br.Reset(c)
-	if len(ss.first) > 0 {
-		br.Reset(ss)
+	if len(ss.pre.Bytes) > 0 {
+		br.Reset(&ss.pre)
 	}
 	defer func() {
 		br.Reset(nil)
@@ -167,20 +169,9 @@ func (s *Server) handshake(c net.Conn, ss *session) (statute.Request, []byte, er
 		early = append([]byte(nil), b...)
 	}
 	// A first read larger than br may hold more optimistic data.
-	early = append(early, ss.first...)
-	ss.first, ss.conn = nil, nil
+	early = append(early, ss.pre.Bytes...)
+	ss.pre = sockread.Prefixed{}
 	return req, early, nil
-}
-
-// Read reads the handshake: first the bytes read before it (ss.first),
-// then the connection.
-func (ss *session) Read(p []byte) (int, error) {
-	if len(ss.first) == 0 {
-		return ss.conn.Read(p)
-	}
-	n := copy(p, ss.first)
-	ss.first = ss.first[n:]
-	return n, nil
 }
 
 // negotiate reads the greeting, chooses the method, authenticates, and

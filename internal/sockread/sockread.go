@@ -7,7 +7,8 @@
 // head that comes in one segment costs two system calls.
 //
 // It serves an HTTP upstream's answer to CONNECT (package pool) and a
-// PROXY protocol v1 line (package serve).
+// PROXY protocol v1 line (package serve). Prefixed hands bytes already
+// read back before a connection's own.
 package sockread
 
 import (
@@ -82,4 +83,22 @@ func peek(rc syscall.RawConn, buf []byte) (int, error) {
 		err = io.ErrUnexpectedEOF
 	}
 	return n, err
+}
+
+// Prefixed reads Bytes, then Src: bytes an earlier read took from a
+// connection (the mixed port's first read, or what came behind a CONNECT
+// answer), handed back before the connection's own. It is a value, kept
+// inside the struct that needs it, so it costs no allocation of its own.
+type Prefixed struct {
+	Bytes []byte
+	Src   io.Reader
+}
+
+func (p *Prefixed) Read(b []byte) (int, error) {
+	if len(p.Bytes) == 0 {
+		return p.Src.Read(b)
+	}
+	n := copy(b, p.Bytes)
+	p.Bytes = p.Bytes[n:]
+	return n, nil
 }

@@ -16,7 +16,8 @@ var chainWorkloads = []string{"connect-new", "socks5-new", "bulk-"}
 // startRotorChain runs an exit rotor (the pool of four) and a gateway
 // rotor whose pool is the exit, as an http:// upstream entry: one round
 // trip per tunnel (CONNECT with credentials), where SOCKS5 takes three
-// (about 20% more CPU per connection through the chain, measured here).
+// (about 20% more CPU per connection through the chain: BENCHMARKS.md says
+// how it was measured).
 func startRotorChain(bin string, pp *ports) (*peer, error) {
 	exit, err := startRotorPeer("rotor-exit", bin, pp, nil, false)
 	if err != nil {

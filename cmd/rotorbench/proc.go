@@ -58,18 +58,24 @@ func ppid(pid int) (int, bool) {
 	return p, err == nil
 }
 
-// cpuTime is the user+system CPU time of pid and its descendants.
+// cpuTime is the user+system CPU time of pid and its descendants, those
+// that have exited included: a process reaped by its parent leaves /proc,
+// and its time (its own children's with it) moves to the parent's cutime
+// and cstime. Without those, a proxy that forks workers and retires them
+// (dante) showed less CPU at the end of a run than at its start.
 func cpuTime(pid int) time.Duration {
 	var ticks int64
 	for _, p := range procTree(pid) {
 		f, ok := statFields(p)
-		if !ok || len(f) < 13 {
+		if !ok || len(f) < 15 {
 			continue
 		}
-		// utime and stime are fields 14 and 15 of stat; f starts at 3.
-		u, _ := strconv.ParseInt(f[11], 10, 64)
-		s, _ := strconv.ParseInt(f[12], 10, 64)
-		ticks += u + s
+		// utime, stime, cutime and cstime are fields 14 to 17 of stat;
+		// f starts at field 3.
+		for _, v := range f[11:15] {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			ticks += n
+		}
 	}
 	return time.Duration(ticks) * time.Second / clockTick
 }

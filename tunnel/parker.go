@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/rotor-proxy/rotor/internal/epolltoken"
 )
 
 // Parker holds the idle directions of a server's tunnels without a
@@ -60,7 +62,7 @@ func (p *Parker) start() error {
 		return err
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN}
-	setToken(&ev, 0) // token 0 is the wake-up
+	epolltoken.Set(&ev, 0) // token 0 is the wake-up
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
 		unix.Close(epfd)
 		unix.Close(wakefd)
@@ -92,7 +94,7 @@ func (p *Parker) park(d *direction) bool {
 	var cerr error
 	err = rc.Control(func(fd uintptr) {
 		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT}
-		setToken(&ev, token)
+		epolltoken.Set(&ev, token)
 		cerr = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
 	})
 	if err != nil || cerr != nil {
@@ -137,7 +139,7 @@ func (p *Parker) loop() {
 			return
 		}
 		for i := 0; i < n; i++ {
-			token := getToken(&events[i])
+			token := epolltoken.Get(&events[i])
 			if token == 0 {
 				p.mu.Lock()
 				closed := p.closed

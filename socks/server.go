@@ -20,6 +20,7 @@ package socks
 import (
 	"context"
 	"net"
+	"runtime"
 	"sync"
 	"time"
 
@@ -29,6 +30,7 @@ import (
 	"github.com/rotor-proxy/rotor/metrics"
 	"github.com/rotor-proxy/rotor/pool"
 	"github.com/rotor-proxy/rotor/serve"
+	"github.com/rotor-proxy/rotor/udploop"
 )
 
 // DefaultHandshakeTimeout bounds a handshake when Options says nothing.
@@ -74,6 +76,7 @@ type Server struct {
 
 	udpMu   sync.Mutex
 	udpHeld map[string]int // UDP associations by user (or client address)
+	udp     *udploop.Group // the associations' sockets, one loop per CPU
 }
 
 // New returns a server; call Serve to start it.
@@ -87,7 +90,7 @@ func New(o Options) *Server {
 	if o.UDPPerUser <= 0 {
 		o.UDPPerUser = DefaultUDPPerUser
 	}
-	s := &Server{opts: o}
+	s := &Server{opts: o, udp: udploop.NewGroup(runtime.GOMAXPROCS(0))}
 	s.Init(o.Limiter, o.Hits)
 	s.Proxy = o.ProxyProtocol
 	return s
@@ -102,7 +105,7 @@ func (s *Server) Serve(ln net.Listener) error {
 // Shutdown stops accepting at once, lets live connections finish until
 // ctx ends, then closes the rest and waits for their goroutines.
 func (s *Server) Shutdown(ctx context.Context) error {
-	return s.Core.Shutdown(ctx, nil)
+	return s.Core.Shutdown(ctx, s.udp.Close)
 }
 
 // Active returns the number of open client connections.

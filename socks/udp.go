@@ -1,6 +1,7 @@
 package socks
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"github.com/rotor-proxy/rotor/metrics"
 	"github.com/rotor-proxy/rotor/pool"
 	"github.com/rotor-proxy/rotor/serve"
+	"github.com/rotor-proxy/rotor/udploop"
 )
 
 // UDP ASSOCIATE limits.
@@ -37,6 +39,13 @@ const (
 	// policyRecheck is how long a destination's policy check holds for
 	// the datagrams that follow to it (the host's addresses may change).
 	policyRecheck = time.Second
+	// maxResolving caps the names an association resolves at once, and
+	// maxWaitingBytes the datagrams it holds for them meanwhile.
+	maxResolving    = 16
+	maxWaitingBytes = 256 << 10
+	// destHead is the room in front of a destination's datagram for the
+	// SOCKS5 UDP header naming it (IPv6: 4 + 16 + 2 bytes).
+	destHead = 22
 )
 
 var (
@@ -49,14 +58,22 @@ var (
 // association is one UDP ASSOCIATE: a relay socket the client sends to, a
 // socket bound to the chosen egress that every destination sees, and the
 // TCP control connection whose end ends it (RFC 1928 section 7).
+//
+// Both sockets belong to one udploop.Loop, whose goroutine runs the
+// handlers (toDestination and fromDestinations, or fromUpstream) one at a
+// time: the fields marked "loop only" need no lock. The connection's own
+// goroutine watches the control connection and the idle timeout.
 type association struct {
-	s     *Server
-	ss    *session
-	eg    pool.Egress
-	m     *metrics.Source
-	ctl   net.Conn
-	relay *net.UDPConn // client side, on the address the client reached
-	out   *net.UDPConn // bound to the egress
+	s      *Server
+	ss     *session
+	eg     pool.Egress
+	m      *metrics.Source
+	ctl    net.Conn
+	loop   *udploop.Loop
+	relay  *udploop.Socket // client side, on the address the client reached
+	out    *udploop.Socket // bound to the egress
+	ctx    context.Context // ends with the association: name lookups stop
+	cancel context.CancelFunc
 	// up is the association on a SOCKS5 upstream entry, when the egress
 	// is one: datagrams go to its relay with their headers, as the client
 	// wrote them, and its replies come back with theirs.
@@ -69,17 +86,29 @@ type association struct {
 	sent, recv           atomic.Int64 // datagrams
 	sentBytes, recvBytes atomic.Int64
 	dropped              atomic.Int64
-	names                map[string]netip.Addr // resolved in the source's family; inbound loop only
+	names                map[string]netip.Addr // resolved in the source's family; loop only
 	refused              map[netip.AddrPort]struct{}
 	dests                map[netip.AddrPort]struct{}
 	destOverflow         bool
 	// lastDst was allowed by the policy at lastChecked (unix nanos): a
 	// stream to one destination is checked again every policyRecheck,
-	// not per datagram. Inbound loop only.
+	// not per datagram. Loop only.
 	lastDst     netip.AddrPort
 	lastChecked int64
-	endOnce     sync.Once
-	why         error
+	// waiting holds datagrams to names being resolved, waitingBytes their
+	// size; lookups are the goroutines resolving them. Loop only, but for
+	// lookups.Wait once the sockets are closed.
+	waiting      map[string][]waitingDatagram
+	waitingBytes int
+	lookups      sync.WaitGroup
+	endOnce      sync.Once
+	why          error
+}
+
+// waitingDatagram is a payload held until its destination's name resolves.
+type waitingDatagram struct {
+	port    uint16
+	payload []byte
 }
 
 // associate serves a UDP ASSOCIATE request after the handshake, until the
@@ -101,17 +130,17 @@ func (s *Server) associate(c net.Conn, ss *session, req statute.Request, start t
 	}
 	a.m.UDPOpened()
 	var wg sync.WaitGroup
-	wg.Add(2)
-	if a.up != nil {
+	if err := a.serve(); err != nil {
+		a.end(err)
+	} else if a.up != nil {
 		wg.Add(1)
-		s.Acc.Go(func() { defer wg.Done(); a.fromUpstream() })
 		s.Acc.Go(func() { defer wg.Done(); a.watchUpstream() })
-	} else {
-		s.Acc.Go(func() { defer wg.Done(); a.fromDestinations() })
 	}
-	s.Acc.Go(func() { defer wg.Done(); a.watchControl() })
-	a.fromClient()
+	a.watchControl()
 	wg.Wait()
+	// end has closed both sockets: no handler runs from here on, and no
+	// lookup starts.
+	a.lookups.Wait()
 	a.m.UDPClosed()
 	ss.stats.Up, ss.stats.Down = a.sentBytes.Load(), a.recvBytes.Load()
 	ss.err = a.why
@@ -147,30 +176,29 @@ func (s *Server) holdAssociation(ss *session, c net.Conn) (release func(), err e
 	}, nil
 }
 
-// openAssociation chooses the egress, opens both sockets and sends the
-// reply naming the relay socket.
+// openAssociation chooses the egress, opens both sockets on one loop and
+// sends the reply naming the relay socket.
 func (s *Server) openAssociation(c net.Conn, ss *session, req statute.Request) (*association, error) {
-	eg, out, up, m, err := s.egressUDP(c, ss)
+	eg, outConn, up, m, err := s.egressUDP(c, ss)
 	if err != nil {
 		return nil, err
 	}
-	// The relay listens on the address the client reached us on, so the
-	// reply's BND.ADDR is one the client can send to.
-	local := c.LocalAddr().(*net.TCPAddr).AddrPort().Addr()
-	relay, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(local, 0)))
+	relay, out, err := s.adoptSockets(c, outConn)
 	if err != nil {
-		closeEgress(out, up)
-		return nil, s.fail(c, ss, repGeneralFailure, fmt.Errorf("UDP relay socket: %w", err))
+		closeEgress(nil, up)
+		return nil, s.fail(c, ss, repGeneralFailure, err)
 	}
-	if err := writeReply(c, statute.RepSuccess, relay.LocalAddr()); err != nil {
-		closeEgress(out, up)
+	if err := writeReply(c, statute.RepSuccess, net.UDPAddrFromAddrPort(relay.LocalAddr())); err != nil {
+		closeEgress(nil, up)
 		relay.Close()
+		out.Close()
 		return nil, fmt.Errorf("success reply: %w", err)
 	}
 	ss.reply = statute.RepSuccess
-	a := &association{s: s, ss: ss, eg: eg, m: m, ctl: c, relay: relay, out: out, up: up,
+	a := &association{s: s, ss: ss, eg: eg, m: m, ctl: c, loop: relay.Loop(), relay: relay, out: out, up: up,
 		clientIP: clientAddr(c).Unmap(), names: map[string]netip.Addr{}, refused: map[netip.AddrPort]struct{}{},
-		dests: map[netip.AddrPort]struct{}{}}
+		dests: map[netip.AddrPort]struct{}{}, waiting: map[string][]waitingDatagram{}}
+	a.ctx, a.cancel = context.WithCancel(s.Ctx)
 	// A client that declared the port it will send from is held to it;
 	// otherwise the first datagram's port is pinned.
 	if req.DstAddr.Port != 0 {
@@ -179,6 +207,42 @@ func (s *Server) openAssociation(c net.Conn, ss *session, req statute.Request) (
 	}
 	a.touch()
 	return a, nil
+}
+
+// adoptSockets opens the relay socket, on the address the client reached
+// us on (so the reply's BND.ADDR is one the client can send to), and hands
+// it and the egress socket out to one loop of the server's.
+func (s *Server) adoptSockets(c net.Conn, outConn *net.UDPConn) (relay, out *udploop.Socket, err error) {
+	loop, err := s.udp.Next()
+	if err != nil {
+		outConn.Close()
+		return nil, nil, fmt.Errorf("UDP relay: %w", err)
+	}
+	if out, err = loop.Adopt(outConn); err != nil {
+		return nil, nil, fmt.Errorf("UDP egress socket: %w", err)
+	}
+	local := c.LocalAddr().(*net.TCPAddr).AddrPort().Addr()
+	relayConn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(local, 0)))
+	if err == nil {
+		relay, err = loop.Adopt(relayConn)
+	}
+	if err != nil {
+		out.Close()
+		return nil, nil, fmt.Errorf("UDP relay socket: %w", err)
+	}
+	return relay, out, nil
+}
+
+// serve starts the loop reading both sockets.
+func (a *association) serve() error {
+	if a.up != nil {
+		if err := a.out.Serve(0, a.fromUpstream); err != nil {
+			return err
+		}
+	} else if err := a.out.Serve(destHead, a.fromDestinations); err != nil {
+		return err
+	}
+	return a.relay.Serve(0, a.toDestination)
 }
 
 // egressUDP chooses the association's egress and opens its socket: one
@@ -218,22 +282,26 @@ func (s *Server) egressUDP(c net.Conn, ss *session) (pool.Egress, *net.UDPConn, 
 	}
 }
 
-// closeEgress closes an association's egress socket, and its upstream's
-// control connection when it has one.
-func closeEgress(out *net.UDPConn, up *pool.UpstreamUDP) {
+// closeEgress closes an association's egress socket, when the loop holds
+// it, and its upstream's control connection when it has one.
+func closeEgress(out *udploop.Socket, up *pool.UpstreamUDP) {
 	if up != nil {
-		up.Close()
-		return
+		up.Ctl.Close()
 	}
-	out.Close()
+	if out != nil {
+		out.Close()
+	}
 }
 
 func (a *association) touch() { a.last.Store(time.Now().UnixNano()) }
 
-// end closes the association once, recording why.
+// end closes the association once, recording why: both sockets (waiting
+// until the loop is done with them), the upstream's control connection
+// and the client's. Never called on the loop's goroutine.
 func (a *association) end(why error) {
 	a.endOnce.Do(func() {
 		a.why = why
+		a.cancel()
 		a.relay.Close()
 		closeEgress(a.out, a.up)
 		a.ctl.Close()
@@ -241,56 +309,31 @@ func (a *association) end(why error) {
 }
 
 // watchControl ends the association when the client closes (or resets)
-// its control connection; anything it sends there is discarded.
+// its control connection, or when it idles; anything the client sends
+// there is discarded. The read deadline is when the association would
+// idle out; it is not moved on every datagram (that would cost the loop a
+// timer update each): when it passes, the last activity either way sets
+// it again, or ends the association.
 func (a *association) watchControl() {
-	_, err := io.Copy(io.Discard, a.ctl)
-	if err == nil {
-		err = errControlClosed
-	}
-	a.end(err)
-}
-
-// idleDeadline sets a socket's read deadline to when the association
-// would idle out; on a timeout, expired reports whether it has.
-func (a *association) idleDeadline(c *net.UDPConn) {
-	_ = c.SetReadDeadline(time.Unix(0, a.last.Load()).Add(a.s.opts.UDPIdleTimeout))
-}
-
-func (a *association) expired() bool {
-	return time.Since(time.Unix(0, a.last.Load())) >= a.s.opts.UDPIdleTimeout
-}
-
-// readLoop reads datagrams from c until the association ends, handing
-// each to handle; the read deadline follows the idle timeout.
-// The deadline is not moved on every datagram (that costs a timer update
-// each): when it passes, the loop looks at the last activity either way
-// and sets it again from there, or ends the association.
-func (a *association) readLoop(c *net.UDPConn, buf []byte, handle func(b []byte, from netip.AddrPort)) {
-	a.idleDeadline(c)
 	for {
-		n, from, err := c.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) && !a.expired() {
-				a.idleDeadline(c)
+		_ = a.ctl.SetReadDeadline(time.Unix(0, a.last.Load()).Add(a.s.opts.UDPIdleTimeout))
+		_, err := io.Copy(io.Discard, a.ctl)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if time.Since(time.Unix(0, a.last.Load())) < a.s.opts.UDPIdleTimeout {
 				continue
 			}
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				err = errUDPIdle
-			}
-			a.end(err)
-			return
+			err = errUDPIdle
 		}
-		handle(buf[:n], from)
+		if err == nil {
+			err = errControlClosed
+		}
+		a.end(err)
+		return
 	}
 }
 
-// fromClient relays the client's datagrams to their destinations.
-func (a *association) fromClient() {
-	buf := make([]byte, maxDatagram+1)
-	a.readLoop(a.relay, buf, a.toDestination)
-}
-
-func (a *association) toDestination(b []byte, from netip.AddrPort) {
+// toDestination relays a client's datagram to its destination (loop).
+func (a *association) toDestination(b []byte, _ int, from netip.AddrPort) {
 	if from.Addr().Unmap() != a.clientIP {
 		a.drop(metrics.DropForeign)
 		return
@@ -323,11 +366,18 @@ func (a *association) toDestination(b []byte, from netip.AddrPort) {
 	}
 	ip := h.addr
 	if h.name != nil {
-		if ip = a.resolve(h.name); !ip.IsValid() {
+		var ok bool
+		if ip, ok = a.names[string(h.name)]; !ok {
+			a.resolveThenSend(string(h.name), h.port, payload)
 			return
 		}
 	}
-	dst := netip.AddrPortFrom(ip, h.port)
+	a.send(netip.AddrPortFrom(ip, h.port), payload, now)
+}
+
+// send sends a payload to dst from the egress socket, after the
+// destination policy (loop).
+func (a *association) send(dst netip.AddrPort, payload []byte, now int64) {
 	if dst != a.lastDst || now-a.lastChecked >= int64(policyRecheck) {
 		if err := a.s.opts.Dialer.CheckUDP(a.eg, dst); err != nil {
 			a.lastDst = netip.AddrPort{}
@@ -343,7 +393,7 @@ func (a *association) toDestination(b []byte, from netip.AddrPort) {
 		}
 		a.lastDst, a.lastChecked = dst, now
 	}
-	if _, err := a.out.WriteToUDPAddrPort(payload, dst); err != nil {
+	if err := a.out.WriteTo(payload, dst); err != nil {
 		a.drop(metrics.DropSend)
 		return
 	}
@@ -373,7 +423,7 @@ func (a *association) toUpstream(b []byte, h udpHeader, payloadLen int, now int6
 		}
 		a.lastDst, a.lastChecked = dst, now
 	}
-	if _, err := a.out.WriteToUDPAddrPort(b, a.up.Relay); err != nil {
+	if err := a.out.WriteTo(b, a.up.Relay); err != nil {
 		a.drop(metrics.DropSend)
 		return
 	}
@@ -384,36 +434,33 @@ func (a *association) toUpstream(b []byte, h udpHeader, payloadLen int, now int6
 
 // fromUpstream relays the upstream association's replies to the client as
 // they come, each with the header naming its source; datagrams from any
-// other address, or that do not parse, are dropped.
-func (a *association) fromUpstream() {
-	buf := make([]byte, maxDatagram+1)
-	a.readLoop(a.out, buf, func(b []byte, from netip.AddrPort) {
-		if netip.AddrPortFrom(from.Addr().Unmap(), from.Port()) != a.up.Relay {
-			a.drop(metrics.DropForeign)
-			return
-		}
-		h, payload, err := parseUDPHeader(b)
-		switch {
-		case err != nil || len(b) > maxDatagram:
-			a.drop(metrics.DropMalformed)
-			return
-		case h.frag != 0:
-			a.drop(metrics.DropFragmented)
-			return
-		}
-		client := a.client.Load()
-		if client == nil {
-			return
-		}
-		a.touch()
-		if _, err := a.relay.WriteToUDPAddrPort(b, *client); err != nil {
-			a.drop(metrics.DropSend)
-			return
-		}
-		a.recv.Add(1)
-		a.recvBytes.Add(int64(len(payload)))
-		a.m.UDPReceived(len(payload))
-	})
+// other address, or that do not parse, are dropped (loop).
+func (a *association) fromUpstream(b []byte, _ int, from netip.AddrPort) {
+	if netip.AddrPortFrom(from.Addr().Unmap(), from.Port()) != a.up.Relay {
+		a.drop(metrics.DropForeign)
+		return
+	}
+	h, payload, err := parseUDPHeader(b)
+	switch {
+	case err != nil || len(b) > maxDatagram:
+		a.drop(metrics.DropMalformed)
+		return
+	case h.frag != 0:
+		a.drop(metrics.DropFragmented)
+		return
+	}
+	client := a.client.Load()
+	if client == nil {
+		return
+	}
+	a.touch()
+	if err := a.relay.WriteTo(b, *client); err != nil {
+		a.drop(metrics.DropSend)
+		return
+	}
+	a.recv.Add(1)
+	a.recvBytes.Add(int64(len(payload)))
+	a.m.UDPReceived(len(payload))
 }
 
 // watchUpstream ends the association when the upstream closes its control
@@ -426,24 +473,53 @@ func (a *association) watchUpstream() {
 	a.end(err)
 }
 
-// resolve returns the address of name for this association, resolving it
-// once (in the source's family); invalid, and the datagram dropped, when
-// it does not resolve.
-func (a *association) resolve(name []byte) netip.Addr {
-	if ip, ok := a.names[string(name)]; ok {
-		return ip
-	}
-	ctx, cancel := context.WithTimeout(a.s.Ctx, 5*time.Second)
-	ip, err := a.s.opts.Dialer.ResolveUDP(ctx, a.eg, string(name))
-	cancel()
-	if err != nil {
+// resolveThenSend holds a datagram to a name not resolved yet and, if no
+// lookup of it is running, starts one (in the source's family): the loop
+// must not wait on DNS, which would stall every association on it. The
+// datagrams held go out in order when the answer comes; they are dropped
+// if it does not, or beyond the caps on lookups and bytes held (loop).
+func (a *association) resolveThenSend(name string, port uint16, payload []byte) {
+	q, running := a.waiting[name]
+	if (!running && len(a.waiting) >= maxResolving) || a.waitingBytes+len(payload) > maxWaitingBytes {
 		a.drop(metrics.DropUnresolved)
-		return netip.Addr{}
+		return
+	}
+	a.waiting[name] = append(q, waitingDatagram{port: port, payload: bytes.Clone(payload)})
+	a.waitingBytes += len(payload)
+	if running {
+		return
+	}
+	a.lookups.Add(1)
+	go func() {
+		defer a.lookups.Done()
+		ctx, cancel := context.WithTimeout(a.ctx, 5*time.Second)
+		ip, err := a.s.opts.Dialer.ResolveUDP(ctx, a.eg, name)
+		cancel()
+		a.loop.Post(func() { a.resolved(name, ip, err) })
+	}()
+}
+
+// resolved sends the datagrams held for name to its address, and keeps
+// the address for the association's later datagrams (loop).
+func (a *association) resolved(name string, ip netip.Addr, err error) {
+	q := a.waiting[name]
+	delete(a.waiting, name)
+	for _, d := range q {
+		a.waitingBytes -= len(d.payload)
+	}
+	if err != nil {
+		for range q {
+			a.drop(metrics.DropUnresolved)
+		}
+		return
 	}
 	if len(a.names) < maxNames {
-		a.names[string(name)] = ip
+		a.names[name] = ip
 	}
-	return ip
+	now := time.Now().UnixNano()
+	for _, d := range q {
+		a.send(netip.AddrPortFrom(ip, d.port), d.payload, now)
+	}
 }
 
 // refuse drops a datagram for a refused destination, logging the first
@@ -467,30 +543,27 @@ func (a *association) drop(d metrics.Drop) {
 	a.m.UDPDropped(d)
 }
 
-// fromDestinations relays replies to the client, each with the header
-// naming the destination it came from.
-func (a *association) fromDestinations() {
-	buf := make([]byte, 22+maxDatagram) // room for the longest header
-	const head = 22
-	a.readLoop(a.out, buf[head:], func(payload []byte, from netip.AddrPort) {
-		client := a.client.Load()
-		if client == nil {
-			return // nothing was sent yet: no one to answer
-		}
-		a.touch()
-		hdr := appendUDPHeader(buf[:0], from)
-		// The header goes right before the payload, in the same buffer.
-		start := head - len(hdr)
-		copy(buf[start:], hdr)
-		msg := buf[start : head+len(payload)]
-		if _, err := a.relay.WriteToUDPAddrPort(msg, *client); err != nil {
-			a.drop(metrics.DropSend)
-			return
-		}
-		a.recv.Add(1)
-		a.recvBytes.Add(int64(len(payload)))
-		a.m.UDPReceived(len(payload))
-	})
+// fromDestinations relays a destination's datagram to the client, with
+// the header naming the destination it came from (loop).
+func (a *association) fromDestinations(buf []byte, head int, from netip.AddrPort) {
+	client := a.client.Load()
+	if client == nil {
+		return // nothing was sent yet: no one to answer
+	}
+	a.touch()
+	payload := buf[head:]
+	var room [destHead]byte
+	hdr := appendUDPHeader(room[:0], from)
+	// The header goes right before the payload, in the same buffer.
+	start := head - len(hdr)
+	copy(buf[start:], hdr)
+	if err := a.relay.WriteTo(buf[start:], *client); err != nil {
+		a.drop(metrics.DropSend)
+		return
+	}
+	a.recv.Add(1)
+	a.recvBytes.Add(int64(len(payload)))
+	a.m.UDPReceived(len(payload))
 }
 
 // log writes the association's one line when it ends.

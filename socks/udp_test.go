@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -240,6 +241,13 @@ func TestUDPDrops(t *testing.T) {
 func TestUDPAssociationEnds(t *testing.T) {
 	s, proxy, logs := udpServer(t, func(o *Options) { o.UDPIdleTimeout = 300 * time.Millisecond })
 	e := newUDPEcho(t)
+	// The server's UDP loops (an epoll set and an eventfd each) start with
+	// its first association and stay: count descriptors after one.
+	w := associate(t, proxy, user)
+	w.roundTrip(t, e)
+	w.ctl.Close()
+	w.udp.Close()
+	waitUntil(t, time.Second, func() bool { return s.Active() == 0 }, "first association ended")
 	fds := openFDs(t)
 	a := associate(t, proxy, user)
 	a.roundTrip(t, e)
@@ -256,7 +264,7 @@ func TestUDPAssociationEnds(t *testing.T) {
 		t.Errorf("udp-idle-timeout counted %d times, want 1", n)
 	}
 	l := logs.String()
-	if !strings.Contains(l, `"reason":"udp-idle-timeout"`) || !strings.Contains(l, `"reason":"control-closed"`) ||
+	if strings.Count(l, `"reason":"udp-idle-timeout"`) != 1 || strings.Count(l, `"reason":"control-closed"`) != 2 ||
 		!strings.Contains(l, `"datagrams_up":1`) {
 		t.Errorf("association log lines:\n%s", l)
 	}
@@ -405,4 +413,51 @@ func TestUDPAssociationsPerUser(t *testing.T) {
 	for _, a := range held {
 		a.ctl.Close()
 	}
+}
+
+// A name whose lookup stalls holds up only the datagrams to it: a datagram
+// to an address literal sent after it, on the same association, is
+// answered while the lookup still waits, and so is another association's
+// (the loop never waits on DNS). Ending the association stops its lookups.
+func TestUDPSlowLookupHoldsUpNothingElse(t *testing.T) {
+	lookups := make(chan struct{}, 64)
+	stalling := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		lookups <- struct{}{}
+		<-ctx.Done() // until the association ends
+		return nil, ctx.Err()
+	}}
+	s, proxy, _ := udpServer(t, func(o *Options) {
+		o.Dialer = pool.NewDialer(o.Dialer.Pool(), pool.DialerOptions{Timeout: 5 * time.Second, Resolver: stalling})
+	})
+	e := newUDPEcho(t)
+	a := associate(t, proxy, user)
+	for i := range maxResolving + 1 { // the last one over the cap is dropped at once
+		b := appendUDPHeaderName(nil, fmt.Sprintf("slow%d.example", i), e.Addr.Port())
+		if _, err := a.udp.WriteToUDPAddrPort(append(b, "by name"...), a.relay); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-lookups:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no lookup started")
+	}
+	// Well inside the 5 s a lookup may take: a loop that waited on it
+	// would answer only after.
+	a.send(t, e.Addr, 0, []byte("by address"))
+	if _, _, ok := a.recv(t, 3*time.Second); !ok {
+		t.Fatal("a datagram to an address waited on another destination's lookup")
+	}
+	other := associate(t, proxy, user)
+	other.roundTrip(t, e)
+	a.ctl.Close()
+	other.ctl.Close()
+	waitUntil(t, 5*time.Second, func() bool { return s.Active() == 0 }, "associations ended with their lookups")
+}
+
+// appendUDPHeaderName appends a SOCKS5 UDP header naming host (ATYP 3).
+func appendUDPHeaderName(dst []byte, host string, port uint16) []byte {
+	dst = append(dst, 0, 0, 0, 3, byte(len(host)))
+	dst = append(dst, host...)
+	return binary.BigEndian.AppendUint16(dst, port)
 }

@@ -57,7 +57,10 @@ type Options struct {
 	// UDPPerUser caps the UDP associations of one user (or client address
 	// without a user); zero means DefaultUDPPerUser.
 	UDPPerUser int
-	Log        zerolog.Logger
+	// UDPLoops is how many event loops read the associations' sockets;
+	// zero means one per CPU (GOMAXPROCS).
+	UDPLoops int
+	Log      zerolog.Logger
 	// Limiter caps client connections, shared by both listeners; nil
 	// means no cap.
 	Limiter *serve.Limiter
@@ -90,7 +93,10 @@ func New(o Options) *Server {
 	if o.UDPPerUser <= 0 {
 		o.UDPPerUser = DefaultUDPPerUser
 	}
-	s := &Server{opts: o, udp: udploop.NewGroup(runtime.GOMAXPROCS(0))}
+	if o.UDPLoops <= 0 {
+		o.UDPLoops = runtime.GOMAXPROCS(0)
+	}
+	s := &Server{opts: o, udp: udploop.NewGroup(o.UDPLoops)}
 	s.Init(o.Limiter, o.Hits)
 	s.Proxy = o.ProxyProtocol
 	return s

@@ -113,7 +113,8 @@ type waitingDatagram struct {
 
 // associate serves a UDP ASSOCIATE request after the handshake, until the
 // control connection closes or the association idles; it runs on the
-// connection's worker goroutine and ends the session.
+// connection's worker goroutine, which watches the control connection
+// while a loop moves the datagrams, and ends the session.
 func (s *Server) associate(c net.Conn, ss *session, req statute.Request, start time.Time) {
 	release, err := s.holdAssociation(ss, c)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -234,6 +235,57 @@ func TestUDPDrops(t *testing.T) {
 	if strings.Count(l, `"drop":"forbidden"`) != 1 || !strings.Contains(l, "127.0.0.8") {
 		t.Errorf("forbidden destination not logged once:\n%s", l)
 	}
+}
+
+// A flood at an association's relay from a foreign address, read and
+// dropped by the loop, reaches no client and does not stop another
+// association on the same loop (whose turns udploop's TestReadyTakeTurns
+// shows): it answers every round trip, each with its own echo.
+func TestUDPFloodReachesNoOne(t *testing.T) {
+	_, proxy, _ := udpServer(t, func(o *Options) { o.UDPLoops = 1 })
+	e := newUDPEcho(t)
+	flooded := associate(t, proxy, user)
+	flooded.roundTrip(t, e) // pins its client's port: the flood is foreign
+	victim := associate(t, proxy, user)
+	victim.roundTrip(t, e)
+
+	attacker, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 9)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer attacker.Close()
+	stop := make(chan struct{})
+	var sent atomic.Int64
+	flooding := make(chan struct{})
+	go func() {
+		defer close(flooding)
+		msg := append(appendUDPHeader(nil, e.Addr), make([]byte, 64)...)
+		for i := 0; i < 2_000_000; i++ { // bounded: the victim ends it long before
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := attacker.WriteToUDPAddrPort(msg, flooded.relay); err == nil {
+				sent.Add(1)
+			}
+		}
+	}()
+	for range 200 {
+		victim.roundTrip(t, e)
+	}
+	close(stop)
+	<-flooding
+	if sent.Load() < 1000 {
+		t.Fatalf("the flood sent only %d datagrams", sent.Load())
+	}
+	if _, _, ok := flooded.recv(t, 100*time.Millisecond); ok {
+		t.Error("the flooded association's client received a datagram")
+	}
+	if n := e.Count.Load(); n != 202 {
+		t.Errorf("echo received %d datagrams, want the clients' 202", n)
+	}
+	t.Logf("200 round trips while %d datagrams flooded the other association", sent.Load())
 }
 
 // The association ends when its control connection closes and when it

@@ -45,26 +45,27 @@ func (s *Socket) Serve(head int, h Handler) error {
 	}
 	var err error
 	done := make(chan struct{})
-	if !s.l.Post(func() {
-		defer close(done)
-		if s.fd < 0 {
-			err = net.ErrClosed
-			return
-		}
-		s.l.next++
-		s.token, s.head, s.h = s.l.next, head, h
-		ev := unix.EpollEvent{Events: unix.EPOLLIN}
-		epolltoken.Set(&ev, s.token)
-		if cerr := unix.EpollCtl(s.l.epfd, unix.EPOLL_CTL_ADD, s.fd, &ev); cerr != nil {
-			err = os.NewSyscallError("epoll_ctl", cerr)
-			return
-		}
-		s.l.socks[s.token] = s
-	}) {
+	if !s.l.Post(func() { err = s.register(head, h); close(done) }) {
 		return ErrClosed
 	}
 	<-done
 	return err
+}
+
+// register adds the socket to the loop's epoll set (loop).
+func (s *Socket) register(head int, h Handler) error {
+	if s.fd < 0 {
+		return net.ErrClosed
+	}
+	s.l.next++
+	s.token, s.head, s.h = s.l.next, head, h
+	ev := unix.EpollEvent{Events: unix.EPOLLIN}
+	epolltoken.Set(&ev, s.token)
+	if err := unix.EpollCtl(s.l.epfd, unix.EPOLL_CTL_ADD, s.fd, &ev); err != nil {
+		return os.NewSyscallError("epoll_ctl", err)
+	}
+	s.l.socks[s.token] = s
+	return nil
 }
 
 // Close closes the socket and returns once its handler will not run
@@ -143,26 +144,6 @@ func (s *Socket) sockaddr(rsa *unix.RawSockaddrInet6, to netip.AddrPort) uintptr
 	putPort(&sa4.Port, port)
 	sa4.Addr = ip.As4()
 	return unix.SizeofSockaddrInet4
-}
-
-// recv reads one datagram into b, without waiting.
-func (s *Socket) recv(b []byte) (int, netip.AddrPort, error) {
-	var rsa unix.RawSockaddrInet6
-	salen := uint32(unsafe.Sizeof(rsa))
-	n, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(s.fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), 0,
-		uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&salen)))
-	if e != 0 {
-		return 0, netip.AddrPort{}, e
-	}
-	var from netip.AddrPort
-	switch rsa.Family {
-	case unix.AF_INET6:
-		from = netip.AddrPortFrom(netip.AddrFrom16(rsa.Addr).Unmap(), getPort(&rsa.Port))
-	case unix.AF_INET:
-		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(&rsa))
-		from = netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), getPort(&sa4.Port))
-	}
-	return int(n), from, nil
 }
 
 // A sockaddr's port is in network byte order whatever the machine's.

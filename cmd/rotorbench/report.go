@@ -88,6 +88,9 @@ func (rp *report) write(w io.Writer) {
 				if r.CPU >= 0 {
 					cpu = ms(r.CPU)
 				}
+				if r.GatewayCPU > 0 {
+					cpu += fmt.Sprintf(" (gateway %s, exit %s)", ms(r.GatewayCPU), ms(r.CPU-r.GatewayCPU))
+				}
 				fmt.Fprintf(w, "| %s | %.0f | %s | %s | %s | %s | %s | %s | %s |\n", r.Proxy, r.RPS(), ratio(r.RPS(), direct.RPS()),
 					ms(r.P50), ms(r.P90), ms(r.P99), cpu, errCell(r), sourceList(r.Sources))
 			}

@@ -26,6 +26,9 @@ type result struct {
 	// CPU is the proxy's CPU time (user+system, whole process tree) per
 	// 1,000 requests; negative when there is no proxy process.
 	CPU time.Duration
+	// GatewayCPU is, for a chain, the part of CPU its gateway spent (the
+	// rest is the exit's): what one hop costs on a host of its own.
+	GatewayCPU time.Duration
 	// Sources counts, per address the target reported, the requests that
 	// arrived from it.
 	Sources map[string]int

@@ -49,9 +49,9 @@ func drive(o runOpts, workload string, newOp func() (op func(*recorder) ([]byte,
 	}
 	windows := make([]atomic.Int64, int(o.Duration/window)+2)
 	recs := make([]*recorder, o.Conc)
-	var cpu0 time.Duration
+	var cpu0, gw0 time.Duration
 	if o.PID > 0 {
-		cpu0 = o.cpu()
+		cpu0, gw0 = o.cpu(), cpuTime(o.PID)
 	}
 	start := time.Now()
 	deadline := start.Add(o.Duration)
@@ -83,6 +83,9 @@ func drive(o runOpts, workload string, newOp func() (op func(*recorder) ([]byte,
 	merge(&res, recs)
 	if o.PID > 0 && res.Requests > 0 {
 		res.CPU = (o.cpu() - cpu0) * 1000 / time.Duration(res.Requests)
+		if len(o.ExtraPIDs) > 0 {
+			res.GatewayCPU = (cpuTime(o.PID) - gw0) * 1000 / time.Duration(res.Requests)
+		}
 	}
 	if o.Window > 0 {
 		for i := range windows {
@@ -147,7 +150,6 @@ func runKeepAlive(o runOpts, workload string) result {
 	})
 }
 
-// open returns a connection to the target: direct, CONNECT or SOCKS5.
 // cpu is the CPU time of the proxy's processes so far.
 func (o runOpts) cpu() time.Duration {
 	t := cpuTime(o.PID)
@@ -157,6 +159,7 @@ func (o runOpts) cpu() time.Duration {
 	return t
 }
 
+// open returns a connection to the target: direct, CONNECT or SOCKS5.
 func (o runOpts) open() (*conn, error) {
 	switch {
 	case o.Via.HTTP != "":

@@ -146,14 +146,7 @@ func (l *Loop) run() {
 			l.err = err
 		}
 	}
-	l.mu.Lock()
-	l.closed = true
-	tasks := l.tasks
-	l.tasks = nil
-	l.mu.Unlock()
-	for _, f := range tasks {
-		f()
-	}
+	l.runTasks(true)
 	for _, s := range l.socks {
 		s.closeFD()
 	}
@@ -227,17 +220,26 @@ func (l *Loop) ready(token uint64) bool {
 func (l *Loop) wake() {
 	var b [8]byte
 	_, _ = unix.Read(l.wakefd, b[:])
+	if l.runTasks(false) {
+		l.stopping = true
+	}
+}
+
+// runTasks runs the tasks posted so far, first marking the loop closed
+// (no more may be posted) if final is set; it reports whether the loop is
+// closed.
+func (l *Loop) runTasks(final bool) (closed bool) {
 	l.mu.Lock()
-	tasks := l.tasks
+	if final {
+		l.closed = true
+	}
+	tasks, closed := l.tasks, l.closed
 	l.tasks = nil
-	closed := l.closed
 	l.mu.Unlock()
 	for _, f := range tasks {
 		f()
 	}
-	if closed {
-		l.stopping = true
-	}
+	return closed
 }
 
 // Adopt takes c's socket for the loop and closes c: c's descriptor leaves

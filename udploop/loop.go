@@ -5,9 +5,10 @@
 // Why not Go's poller: a read on an idle *net.UDPConn costs two recvfrom
 // calls per datagram (the first one returns EAGAIN and parks the goroutine)
 // plus a goroutine wake-up, and an association held two such goroutines.
-// Here a datagram costs one recvfrom, and a busy loop finds many sockets
-// ready in one epoll_wait. No well-kept library offers this for UDP, so it
-// is rotor's own (the pattern of tunnel.Parker, for datagrams).
+// Here one recvmmsg takes up to a batch of datagrams from a ready socket,
+// and a busy loop finds many sockets ready in one epoll_wait. No
+// well-kept library offers this for UDP, so it is rotor's own (the
+// pattern of tunnel.Parker, for datagrams).
 //
 // A Loop's epoll descriptor is itself watched by Go's poller, so an idle
 // loop parks its goroutine rather than a thread. Every socket descriptor
@@ -35,7 +36,8 @@ var ErrClosed = errors.New("udploop: loop closed")
 // Handler is called on the loop's goroutine for each datagram a socket
 // reads: buf[head:] is the datagram, buf[:head] room the handler may fill
 // (a header to send in front of it). buf is the loop's and is reused when
-// the handler returns.
+// the handler returns. A handler must not block: every socket of the loop
+// waits on it.
 type Handler func(buf []byte, head int, from netip.AddrPort)
 
 // maxRead is the loop's read buffer past a socket's headroom: one byte
@@ -52,19 +54,19 @@ type Loop struct {
 	wakefd int      // eventfd: Post wakes the loop
 	ep     *os.File // epfd, watched by Go's poller
 	rc     syscall.RawConn
+	done   chan struct{} // closed when the loop's goroutine ends
 
-	mu       sync.Mutex
-	tasks    []func()
-	closed   bool
-	stopping bool // loop goroutine only, after closed was seen
+	mu     sync.Mutex
+	tasks  []func()
+	closed bool
 
 	// Loop goroutine only.
-	socks  map[uint64]*Socket
-	next   uint64
-	events []unix.EpollEvent
-	batch  *batch
-	err    error
-	done   chan struct{}
+	stopping bool // closed was seen: end after this round
+	socks    map[uint64]*Socket
+	next     uint64
+	events   []unix.EpollEvent
+	batch    *batch
+	err      error
 }
 
 // token 0 in an epoll event is the wake-up eventfd.

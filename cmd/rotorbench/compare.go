@@ -30,6 +30,9 @@ type compareOpts struct {
 	// Baseline, when set, is a git revision whose rotor runs beside this
 	// build as the peer "rotor@REV", for a side-by-side table.
 	Baseline string
+	// CPUPerProxy, when above 0, limits each proxy process to that many
+	// cores (see limitCPU).
+	CPUPerProxy float64
 }
 
 func selected(list []string, name string, prefix bool) bool {
@@ -219,8 +222,20 @@ func compare(o compareOpts, log io.Writer) error {
 		if s.name == "" || !selected(o.Peers, strings.TrimSuffix(s.name, "@"+o.Baseline), false) {
 			continue
 		}
-		restart[s.name] = s.start
-		p, err := s.start()
+		start := s.start
+		if o.CPUPerProxy > 0 {
+			start = func() (*peer, error) {
+				p, err := s.start()
+				if err == nil {
+					if err = limitCPU(p, o.CPUPerProxy); err != nil {
+						p.stop()
+					}
+				}
+				return p, err
+			}
+		}
+		restart[s.name] = start
+		p, err := start()
 		if err == errNotInstalled {
 			missing = append(missing, s.name)
 			continue

@@ -55,6 +55,7 @@ func main() {
 	fs.StringSliceVar(&o.Peers, "peers", nil, "only these proxies (rotor, rotor-mixed, rotor-chain, squid, squid-chain, tinyproxy, microsocks, dante); default all found")
 	fs.StringSliceVar(&o.Workloads, "workloads", nil, "only workloads whose name starts with one of these (e.g. socks5-new,idle)")
 	fs.StringVar(&o.Baseline, "baseline", "", "a git revision to build and run beside this build as the peer rotor@REV, with a side-by-side table")
+	fs.Float64Var(&o.CPUPerProxy, "cpu-per-proxy", 0, "limit each proxy process (each hop of a chain apart) to this many cores in a cgroup of its own, as if on a host of its own; needs root")
 	quick := fs.Bool("quick", false, "smoke run: 1 repetition of 1 s, c=16, K=200, 64 MiB bulk, no sustained run")
 	if err := fs.Parse(os.Args[2:]); err != nil {
 		os.Exit(2)

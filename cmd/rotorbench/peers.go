@@ -34,6 +34,9 @@ type peer struct {
 	exit *peer
 	cmd  *exec.Cmd
 	dir  string
+	// cgroup is the CPU cgroup the process runs in (--cpu-per-proxy),
+	// removed when it stops.
+	cgroup string
 }
 
 // extraPIDs are the peer's processes besides PID.
@@ -74,6 +77,9 @@ func (p *peer) stop() {
 		<-done
 	}
 	os.RemoveAll(p.dir)
+	if p.cgroup != "" {
+		_ = os.Remove(p.cgroup) // empty once its processes have exited
+	}
 }
 
 const benchUser, benchPass = "bench", "bench-pass-123"

@@ -48,6 +48,10 @@ func (rp *report) write(w io.Writer) {
 		"rotor runs with a pool of 127.0.0.2-127.0.0.5; all proxies require authentication (Basic or RFC 1929) and have access logs "+
 		"and caching off (configs in `testdata/peers/`). CPU is the proxy's process-tree user+system time per 1,000 requests "+
 		"(from /proc, 10 ms resolution).\n\n", o.Reps, o.Duration)
+	if o.CPUPerProxy > 0 {
+		fmt.Fprintf(w, "Each proxy process (each hop of a chain apart) ran in a CPU cgroup of its own limited to %g cores "+
+			"(`--cpu-per-proxy`), as if on a host of its own; the load generator and the target were not limited.\n\n", o.CPUPerProxy)
+	}
 	if len(rp.missing) > 0 {
 		fmt.Fprintf(w, "Not installed, so not measured: %s.\n\n", strings.Join(rp.missing, ", "))
 	}

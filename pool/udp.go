@@ -47,12 +47,6 @@ type UpstreamUDP struct {
 	Conn  *net.UDPConn
 }
 
-// Close closes both sockets.
-func (u *UpstreamUDP) Close() {
-	u.Ctl.Close()
-	u.Conn.Close()
-}
-
 // OpenUDPUpstream opens a UDP association on e's upstream, a SOCKS5 proxy.
 // An upstream that answers "command not supported" is remembered as one
 // that does not relay UDP (ErrUpstreamNoUDP: choose again); its other

@@ -39,9 +39,10 @@ const (
 	// policyRecheck is how long a destination's policy check holds for
 	// the datagrams that follow to it (the host's addresses may change).
 	policyRecheck = time.Second
-	// maxResolving caps the names an association resolves at once, and
+	// maxResolving caps the names an association resolves at once (a few:
+	// each is a DNS query a client can make the server send), and
 	// maxWaitingBytes the datagrams it holds for them meanwhile.
-	maxResolving    = 16
+	maxResolving    = 4
 	maxWaitingBytes = 256 << 10
 	// destHead is the room in front of a destination's datagram for the
 	// SOCKS5 UDP header naming it (IPv6: 4 + 16 + 2 bytes).
